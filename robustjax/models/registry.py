@@ -1,0 +1,93 @@
+"""Literal registry from model name to (flax module constructor, default spec)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from robustjax.types import Model, ModelSpec, normalize
+
+MNIST_SHAPE = (28, 28, 1)
+CIFAR_SHAPE = (32, 32, 3)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2471, 0.2435, 0.2616)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """How to build one architecture: a module factory and its default spec."""
+
+    module: Callable[..., nn.Module]
+    spec: ModelSpec
+
+
+
+def _small_entries() -> dict[str, Entry]:
+    from robustjax.models import small
+
+    return {
+        "mlp": Entry(small.MLP, ModelSpec("mlp", MNIST_SHAPE, 10)),
+        "cnn": Entry(small.CNN, ModelSpec("cnn", MNIST_SHAPE, 10)),
+        "resnet18_cifar": Entry(
+            small.ResNet18CIFAR, ModelSpec("resnet18_cifar", CIFAR_SHAPE, 10, CIFAR_MEAN,
+                                           CIFAR_STD)),
+    }
+
+
+# name -> Entry. Model-zoo families add their entries here (see robustjax.models.zoo).
+MODELS: dict[str, Entry] = _small_entries()
+
+
+def wrap(module: nn.Module, variables: Any, spec: ModelSpec) -> Model:
+    """Make a ``Model`` whose ``apply_fn`` takes [0, 1] pixels and normalises inside.
+
+    ``module.__call__(x, features=False)`` must accept normalised NHWC input; with
+    ``features=True`` it returns the penultimate features.
+    """
+    mean, std = spec.mean, spec.std
+
+    def apply_fn(params, x):
+        return module.apply(params, normalize(x, mean, std))
+
+    def embed_fn(params, x):
+        return module.apply(params, normalize(x, mean, std), features=True)
+
+    return Model(apply_fn, variables, spec, embed_fn)
+
+
+def create(name: str, num_classes: Optional[int] = None, *, key: Optional[jax.Array] = None,
+           input_shape: Optional[tuple[int, int, int]] = None, **overrides) -> Model:
+    """Build a randomly initialised model from the registry.
+
+    Args:
+      name: one of ``MODELS`` (e.g. ``"cnn"``).
+      num_classes: number of outputs (default: the architecture's).
+      key: PRNG key for the initialisation (default ``PRNGKey(0)``).
+      input_shape: ``(H, W, C)`` override (e.g. a CNN on 32x32x3).
+      **overrides: module fields (e.g. ``channels=(8, 16)``, ``depths=(1, 1, 1, 1)``).
+    """
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    entry = MODELS[name]
+    spec = entry.spec
+    changes = {}
+    if num_classes is not None:
+        changes["num_classes"] = int(num_classes)
+        changes["class_names"] = None
+    if input_shape is not None:
+        changes["input_shape"] = tuple(input_shape)
+    if changes:
+        spec = dataclasses.replace(spec, **changes)
+    try:
+        module = entry.module(num_classes=spec.num_classes, **overrides)
+    except TypeError as e:
+        raise TypeError(f"bad override for model {name!r}: {e}") from None
+    key = jax.random.PRNGKey(0) if key is None else key
+    variables = module.init(key, jnp.zeros((1,) + spec.input_shape, jnp.float32))
+    return wrap(module, variables, spec)
+
+

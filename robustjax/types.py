@@ -1,0 +1,170 @@
+"""The one boundary object of robustjax: ``Model(apply_fn, params, spec)``.
+
+Conventions every module relies on:
+
+* images ``x``: float32, NHWC, pixel range [0, 1];
+* labels ``y``: int32, shape ``[b]``, in ``[0, num_classes)``;
+* logits: float32, shape ``[b, k]``; the number of classes comes from the logits.
+
+Normalisation (mean/std) lives *inside* ``apply_fn``, so eps, step sizes and corruption
+strengths are always in pixel units. Attacks, corruptions, certifiers and metrics only ever
+receive ``apply_fn`` and ``params``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+Params = Any  # a pytree of arrays (flax variables: {"params": ..., "batch_stats": ...})
+ApplyFn = Callable[[Params, Array], Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything about a model that is not its weights.
+
+    Attributes:
+      name: registry name of the architecture (e.g. ``"cnn"``, ``"convnext_tiny"``).
+      input_shape: ``(H, W, C)`` the model expects.
+      num_classes: number of logits.
+      mean, std: per-channel normalisation applied inside ``apply_fn`` to [0, 1] pixels.
+      class_names: optional names of the classes, ``len == num_classes``.
+      source: where the weights came from (a path, "random init", "trained on mnist5k" ...).
+      resize, crop_pct, interpolation: the checkpoint's eval preprocessing (timm convention:
+        resize the short side to ``floor(size / crop_pct)``, then center-crop ``size``).
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    class_names: Optional[tuple[str, ...]] = None
+    source: str = "random init"
+    crop_pct: Optional[float] = None
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if len(self.input_shape) != 3:
+            raise ValueError(f"input_shape must be (H, W, C), got {self.input_shape!r}")
+        channels = self.input_shape[-1]
+        for field in ("mean", "std"):
+            value = getattr(self, field)
+            if len(value) not in (1, channels):
+                raise ValueError(
+                    f"{field} must have 1 or {channels} entries (one per channel), got {value!r}"
+                )
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std!r}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} entries but num_classes is "
+                f"{self.num_classes}"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        d = dict(d)
+        for key in ("input_shape", "mean", "std"):
+            d[key] = tuple(d[key])
+        if d.get("class_names") is not None:
+            d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A classifier as pure functions plus its weights.
+
+    ``apply_fn(params, x) -> logits`` with ``x`` float32 NHWC in [0, 1].
+    ``embed_fn(params, x) -> features`` gives the penultimate features (may be ``None``).
+    """
+
+    apply_fn: ApplyFn
+    params: Params
+    spec: ModelSpec
+    embed_fn: Optional[ApplyFn] = None
+
+    def __call__(self, x: Array) -> Array:
+        return self.apply_fn(self.params, x)
+
+
+def normalize(x: Array, mean, std) -> Array:
+    """``(x - mean) / std`` per channel, broadcasting over NHWC."""
+    mean = jnp.asarray(mean, dtype=x.dtype)
+    std = jnp.asarray(std, dtype=x.dtype)
+    return (x - mean) / std
+
+
+def _is_concrete(a) -> bool:
+    return not isinstance(a, jax.core.Tracer)
+
+
+def check_images(x, expected_shape: Optional[tuple[int, ...]] = None, name: str = "x") -> None:
+    """Raise a ValueError/TypeError that says what is wrong with an image batch.
+
+    Expects float NHWC in [0, 1]. ``expected_shape`` is ``(H, W, C)`` if the model fixes it.
+    Value checks are skipped under ``jit`` (tracers have no values).
+    """
+    shape = tuple(np.shape(x))
+    dtype = np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
+    if len(shape) != 4:
+        raise ValueError(
+            f"{name} must be a batch of images with shape [batch, height, width, channels] "
+            f"(NHWC), got shape {shape}. For one image use x[None]."
+        )
+    if not np.issubdtype(dtype, np.floating):
+        raise TypeError(
+            f"{name} must be floating point in [0, 1], got dtype {dtype}. Integer images in "
+            f"0..255 should be converted with x.astype(np.float32) / 255."
+        )
+    if expected_shape is not None and tuple(shape[1:]) != tuple(expected_shape):
+        raise ValueError(
+            f"{name} has per-image shape {tuple(shape[1:])} but the model expects "
+            f"{tuple(expected_shape)} (H, W, C). Resize or crop the images first."
+        )
+    if _is_concrete(x) and shape[0] > 0:
+        lo, hi = float(jnp.min(x)), float(jnp.max(x))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"{name} contains NaN or inf values.")
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, {hi:.4g}]. "
+                f"robustjax models normalise internally: pass raw pixels scaled to [0, 1]."
+            )
+
+
+def check_labels(y, num_classes: Optional[int] = None, batch: Optional[int] = None,
+                 name: str = "y") -> None:
+    """Raise if labels are not int [b] in ``[0, num_classes)``."""
+    shape = tuple(np.shape(y))
+    dtype = np.dtype(getattr(y, "dtype", np.asarray(y).dtype))
+    if len(shape) != 1:
+        raise ValueError(f"{name} must be a vector of integer labels [batch], got shape {shape}.")
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"{name} must be integer class indices, got dtype {dtype}.")
+    if batch is not None and shape[0] != batch:
+        raise ValueError(f"{name} has {shape[0]} labels but there are {batch} images.")
+    if num_classes is not None and _is_concrete(y) and shape[0] > 0:
+        lo, hi = int(jnp.min(y)), int(jnp.max(y))
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} must be in [0, {num_classes}), got labels in [{lo}, {hi}]."
+            )
+
+
+def check_batch(x, y=None, num_classes: Optional[int] = None,
+                expected_shape: Optional[tuple[int, ...]] = None) -> None:
+    """Validate an image batch and (optionally) its labels together."""
+    check_images(x, expected_shape)
+    if y is not None:
+        check_labels(y, num_classes, batch=np.shape(x)[0])
