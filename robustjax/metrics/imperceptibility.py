@@ -1,0 +1,188 @@
+"""Imperceptibility of perturbations (survey Table 3, "Data imperceptibility"): average Lp
+distortion (ALDp), average SSIM (ASS) and perturbation sensitivity distance (PSD).
+
+All take clean images ``x`` and perturbed images ``x_adv``, float32 NHWC in [0, 1], and an
+optional bool mask ``[b]`` of the examples to average over (DEEPSEC and AISafety average over
+successful adversarial examples only: pass ``mask=success``).
+
+**ALDp** (DEEPSEC). With ``delta = x_adv - x`` flattened over H, W, C:
+
+* ``l{p}_abs`` = ``||delta||_p`` (what DEEPSEC's and AISafety's code report for L2 and Linf);
+* ``l{p}_rel`` = ``||delta||_p / ||x||_p`` (what the DEEPSEC paper defines);
+* ``l0_abs`` = number of elements (pixel x channel) with ``|delta| > l0_tol``, ``l0_rel`` that
+  count over ``||x||_0`` (non-zero elements of ``x``), and ``l0_fraction`` that count over
+  H*W*C (what DEEPSEC's code reports after rounding both images to 8 bits). The default
+  ``l0_tol`` = 1/512 (half an 8-bit grey level) ignores float round-off.
+
+**SSIM** (Wang et al. 2004, IEEE TIP 13:600): local statistics under an 11x11 Gaussian window
+(sigma 1.5, normalised), K1 = 0.01, K2 = 0.03, data range L = 1, population (co)variances;
+mean of the SSIM map over the positions where the window lies inside the image, then mean over
+channels. This equals scikit-image's ``structural_similarity(a, b, gaussian_weights=True,
+sigma=1.5, use_sample_covariance=False, data_range=1, channel_axis=-1)`` (tested to 1e-4):
+scikit-image filters with reflect padding but then crops the 5-pixel border, so only "valid"
+windows count. Images must be at least 11x11.
+
+**PSD** (Luo et al., AAAI 2018, "Towards imperceptible and robust adversarial example attacks
+against neural networks"; used by DEEPSEC): per image
+``sum_{j} |delta_j| * Sen(R(x_j))`` over all elements j, where ``R(x_j)`` is the 3x3
+neighbourhood of element j in its channel (reflect padding at the border, as DEEPSEC) and
+``sd`` its population standard deviation. Sources disagree on the sensitivity weight ``Sen``:
+
+* ``"inverse_std"`` (default, the paper's): ``1 / max(sd, std_floor)``. A change in a smooth
+  region is the most visible; the floor (default 1/255, one 8-bit grey level) keeps it finite
+  where the paper's definition divides by zero (flat regions, e.g. MNIST background).
+* ``"one_minus_std"``: ``1 - sd`` (DEEPSEC's code).
+* ``"std"``: ``sd`` (AISafety's code; it weights textured regions more, the opposite intent).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from robustjax.metrics.accumulators import Average
+
+Array = jax.Array
+
+PSD_WEIGHTS = ("inverse_std", "one_minus_std", "std")
+
+
+def _check_pair(x, x_adv):
+    if x.ndim != 4 or x.shape != x_adv.shape:
+        raise ValueError(
+            f"x and x_adv must be NHWC batches of the same shape, got {x.shape} and {x_adv.shape}"
+        )
+
+
+def lp_distortions(x: Array, x_adv: Array, l0_tol: float = 1.0 / 512) -> dict[str, Array]:
+    """Per-example distortions, each float32 ``[b]``: keys ``l0_abs, l0_rel, l0_fraction,
+    l2_abs, l2_rel, linf_abs, linf_rel`` (see the module docstring)."""
+    x, x_adv = jnp.asarray(x, jnp.float32), jnp.asarray(x_adv, jnp.float32)
+    _check_pair(x, x_adv)
+    b = x.shape[0]
+    d, xf = (x_adv - x).reshape(b, -1), x.reshape(b, -1)
+    tiny = jnp.finfo(jnp.float32).tiny
+    l0 = jnp.sum(jnp.abs(d) > l0_tol, axis=1).astype(jnp.float32)
+    l2 = jnp.sqrt(jnp.sum(d * d, axis=1))
+    linf = jnp.max(jnp.abs(d), axis=1)
+    return {
+        "l0_abs": l0,
+        "l0_rel": l0 / jnp.maximum(jnp.sum(xf != 0, axis=1), 1).astype(jnp.float32),
+        "l0_fraction": l0 / d.shape[1],
+        "l2_abs": l2,
+        "l2_rel": l2 / jnp.maximum(jnp.sqrt(jnp.sum(xf * xf, axis=1)), tiny),
+        "linf_abs": linf,
+        "linf_rel": linf / jnp.maximum(jnp.max(jnp.abs(xf), axis=1), tiny),
+    }
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    r = (size - 1) // 2
+    t = np.arange(-r, r + 1, dtype=np.float64)
+    w = np.exp(-0.5 * (t / sigma) ** 2)
+    return (w / w.sum()).astype(np.float32)
+
+
+def _valid_filter(img: Array, w: np.ndarray) -> Array:
+    """Separable 'valid' filtering of NHWC ``img`` with the 1-D window ``w`` per channel."""
+    c = img.shape[-1]
+    k = len(w)
+    dn = ("NHWC", "HWIO", "NHWC")
+    prec = jax.lax.Precision.HIGHEST
+    kh = jnp.tile(jnp.asarray(w).reshape(k, 1, 1, 1), (1, 1, 1, c))
+    kw = jnp.tile(jnp.asarray(w).reshape(1, k, 1, 1), (1, 1, 1, c))
+    out = jax.lax.conv_general_dilated(img, kh, (1, 1), "VALID", dimension_numbers=dn,
+                                       feature_group_count=c, precision=prec)
+    return jax.lax.conv_general_dilated(out, kw, (1, 1), "VALID", dimension_numbers=dn,
+                                        feature_group_count=c, precision=prec)
+
+
+def ssim(x: Array, x_adv: Array, *, data_range: float = 1.0, win_size: int = 11,
+         sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Array:
+    """Mean SSIM per example, float32 ``[b]`` (Wang et al. 2004; see the module docstring).
+
+    ``x``, ``x_adv``: float NHWC with ``H, W >= win_size``; 1.0 means identical images.
+    Example: ``ssim(x, jnp.clip(x + 0.05 * noise, 0, 1)).mean()``.
+    """
+    x, x_adv = jnp.asarray(x, jnp.float32), jnp.asarray(x_adv, jnp.float32)
+    _check_pair(x, x_adv)
+    if min(x.shape[1:3]) < win_size:
+        raise ValueError(f"SSIM needs images of at least {win_size}x{win_size}, got {x.shape}")
+    w = _gaussian_window(win_size, sigma)
+    mx, my = _valid_filter(x, w), _valid_filter(x_adv, w)
+    vx = _valid_filter(x * x, w) - mx * mx
+    vy = _valid_filter(x_adv * x_adv, w) - my * my
+    cxy = _valid_filter(x * x_adv, w) - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return jnp.mean(s, axis=(1, 2, 3))  # mean over positions then channels (equal counts)
+
+
+def _local_std(x: Array) -> Array:
+    """Population std of each element's 3x3 neighbourhood within its channel (reflect pad)."""
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = x.shape[1:3]
+    patches = jnp.stack([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], 0)
+    mean = jnp.mean(patches, axis=0)
+    return jnp.sqrt(jnp.mean((patches - mean) ** 2, axis=0))
+
+
+def psd(x: Array, x_adv: Array, *, weight: str = "inverse_std",
+        std_floor: float = 1.0 / 255) -> Array:
+    """Perturbation sensitivity distance per example, float32 ``[b]`` (module docstring).
+
+    ``weight``: one of ``PSD_WEIGHTS``; ``std_floor`` only applies to ``"inverse_std"``.
+    """
+    x, x_adv = jnp.asarray(x, jnp.float32), jnp.asarray(x_adv, jnp.float32)
+    _check_pair(x, x_adv)
+    sd = _local_std(x)
+    if weight == "inverse_std":
+        sen = 1.0 / jnp.maximum(sd, std_floor)
+    elif weight == "one_minus_std":
+        sen = 1.0 - sd
+    elif weight == "std":
+        sen = sd
+    else:
+        raise ValueError(f"unknown PSD weight {weight!r}; valid: {', '.join(PSD_WEIGHTS)}")
+    return jnp.sum(jnp.abs(x_adv - x) * sen, axis=(1, 2, 3))
+
+
+_FIELDS = ("l0_abs", "l0_rel", "l0_fraction", "l2_abs", "l2_rel", "linf_abs", "linf_rel",
+           "ssim", "psd")
+
+
+@struct.dataclass
+class ImperceptibilityStats:
+    """Accumulator of the averages of ALDp (7 variants), SSIM and PSD over masked examples.
+
+    ``stats`` maps each name in ``_FIELDS`` to an ``Average``; SSIM is skipped (NaN) for
+    images smaller than 11x11.
+    """
+
+    stats: dict
+
+    @classmethod
+    def empty(cls) -> "ImperceptibilityStats":
+        return cls({f: Average.empty() for f in _FIELDS})
+
+    @classmethod
+    def from_batch(cls, x: Array, x_adv: Array, mask: Optional[Array] = None, *,
+                   psd_weight: str = "inverse_std",
+                   l0_tol: float = 1.0 / 512) -> "ImperceptibilityStats":
+        """``x``, ``x_adv`` float NHWC in [0, 1]; ``mask`` bool ``[b]`` (e.g. attack success)."""
+        values = lp_distortions(x, x_adv, l0_tol)
+        if min(np.shape(x)[1:3]) >= 11:
+            values["ssim"] = ssim(x, x_adv)
+        values["psd"] = psd(x, x_adv, weight=psd_weight)
+        return cls({f: (Average.from_values(values[f], mask) if f in values
+                        else Average.empty()) for f in _FIELDS})
+
+    def merge(self, other: "ImperceptibilityStats") -> "ImperceptibilityStats":
+        return type(self)({f: self.stats[f].merge(other.stats[f]) for f in _FIELDS})
+
+    def compute(self) -> dict[str, Array]:
+        return {f: self.stats[f].compute() for f in _FIELDS}

@@ -1,0 +1,70 @@
+"""Task performance: clean accuracy, top-1 and top-5 (survey Table 3, "Task Performance").
+
+Definition (standard; Russakovsky et al. 2015 for top-k): an example is top-k correct when its
+label is among the k largest logits. Ties are resolved like ``jax.lax.top_k`` (lower index
+first), i.e. the label counts as top-k when fewer than k classes have a strictly larger logit
+or it wins the tie by index. With fewer than k classes, top-k accuracy is 1.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from robustjax.metrics.accumulators import Average
+
+Array = jax.Array
+
+
+def _check_logits_labels(logits, y, name="logits"):
+    if logits.ndim != 2:
+        raise ValueError(f"{name} must have shape [batch, classes], got {logits.shape}")
+    if y.shape != logits.shape[:1]:
+        raise ValueError(
+            f"labels must have shape [batch] = {logits.shape[:1]}, got {y.shape}"
+        )
+
+
+def topk_correct(logits: Array, y: Array, k: int = 1) -> Array:
+    """bool ``[b]``: label ``y`` (int ``[b]``) is among the top-``k`` of ``logits`` ``[b, K]``."""
+    logits, y = jnp.asarray(logits), jnp.asarray(y)
+    _check_logits_labels(logits, y)
+    k = min(int(k), logits.shape[-1])
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k == 1:
+        return jnp.argmax(logits, axis=-1) == y
+    _, idx = jax.lax.top_k(logits, k)
+    return jnp.any(idx == y[:, None], axis=-1)
+
+
+@struct.dataclass
+class TaskStats:
+    """Accumulator of clean top-1 and top-5 accuracy (each an ``Average`` of 0/1 values)."""
+
+    top1: Average
+    top5: Average
+
+    @classmethod
+    def empty(cls) -> "TaskStats":
+        return cls(Average.empty(), Average.empty())
+
+    @classmethod
+    def from_batch(cls, logits: Array, y: Array) -> "TaskStats":
+        """``logits`` float ``[b, K]`` on clean images, ``y`` int ``[b]``."""
+        return cls(
+            Average.from_values(topk_correct(logits, y, 1)),
+            Average.from_values(topk_correct(logits, y, 5)),
+        )
+
+    def merge(self, other: "TaskStats") -> "TaskStats":
+        return type(self)(self.top1.merge(other.top1), self.top5.merge(other.top5))
+
+    def compute(self) -> dict[str, Array]:
+        return {"top1": self.top1.compute(), "top5": self.top5.compute()}
+
+
+def accuracy(logits: Array, y: Array, k: int = 1) -> Array:
+    """Top-``k`` accuracy in [0, 1] of ``logits`` ``[b, K]`` against labels ``y`` ``[b]``."""
+    return jnp.mean(topk_correct(logits, y, k).astype(jnp.float32))
