@@ -80,24 +80,7 @@ class AdversarialStats:
             success rate, ACAC, ACTC and NTE only count examples correct on clean input.
           target: optional int ``[b]`` target labels of a targeted attack.
         """
-        logits_adv, y = jnp.asarray(logits_adv, jnp.float32), jnp.asarray(y)
-        _check_logits_labels(logits_adv, y, "logits_adv")
-        attacked = jnp.ones(y.shape, bool)
-        if logits_clean is not None:
-            _check_logits_labels(jnp.asarray(logits_clean), y, "logits_clean")
-            attacked = jnp.argmax(logits_clean, axis=-1) == y
-        success = attack_success(logits_adv, y, target) & attacked
-        p = jax.nn.softmax(logits_adv, axis=-1)
-        top2 = jax.lax.top_k(p, min(2, p.shape[-1]))[0]
-        second = top2[:, 1] if p.shape[-1] > 1 else jnp.zeros_like(top2[:, 0])
-        p_true = jnp.take_along_axis(p, y[:, None], axis=-1)[:, 0]
-        return cls(
-            adv_accuracy=Average.from_values(jnp.argmax(logits_adv, -1) == y),
-            success_rate=Average.from_values(success, attacked),
-            acac=Average.from_values(top2[:, 0], success),
-            actc=Average.from_values(p_true, success),
-            nte=Average.from_values(top2[:, 0] - second, success),
-        )
+        return _adversarial_batch(logits_adv, y, logits_clean, target)
 
     def merge(self, other: "AdversarialStats") -> "AdversarialStats":
         return type(self)(*(getattr(self, f).merge(getattr(other, f)) for f in _FIELDS))
@@ -107,6 +90,28 @@ class AdversarialStats:
 
 
 _FIELDS = ("adv_accuracy", "success_rate", "acac", "actc", "nte")
+
+
+@jax.jit
+def _adversarial_batch(logits_adv, y, logits_clean, target) -> AdversarialStats:
+    logits_adv, y = jnp.asarray(logits_adv, jnp.float32), jnp.asarray(y)
+    _check_logits_labels(logits_adv, y, "logits_adv")
+    attacked = jnp.ones(y.shape, bool)
+    if logits_clean is not None:
+        _check_logits_labels(jnp.asarray(logits_clean), y, "logits_clean")
+        attacked = jnp.argmax(logits_clean, axis=-1) == y
+    success = attack_success(logits_adv, y, target) & attacked
+    p = jax.nn.softmax(logits_adv, axis=-1)
+    top2 = jax.lax.top_k(p, min(2, p.shape[-1]))[0]
+    second = top2[:, 1] if p.shape[-1] > 1 else jnp.zeros_like(top2[:, 0])
+    p_true = jnp.take_along_axis(p, y[:, None], axis=-1)[:, 0]
+    return AdversarialStats(
+        adv_accuracy=Average.from_values(jnp.argmax(logits_adv, -1) == y),
+        success_rate=Average.from_values(success, attacked),
+        acac=Average.from_values(top2[:, 0], success),
+        actc=Average.from_values(p_true, success),
+        nte=Average.from_values(top2[:, 0] - second, success),
+    )
 
 
 def adversarial_metrics(logits_adv: Array, y: Array, *, logits_clean: Optional[Array] = None,

@@ -27,6 +27,7 @@ from robustjax.metrics.task import _check_logits_labels
 Array = jax.Array
 
 
+@jax.jit
 def eni_values(logits_clean: Array, logits_pert: Array, y: Array, x: Array,
                x_pert: Array) -> tuple[Array, Array]:
     """Per-example ENI ratios float32 ``[b]`` and the bool mask ``[b]`` of defined ones.

@@ -65,32 +65,37 @@ class DefenseStats:
     def from_batch(cls, logits_orig: Array, logits_def: Array, y: Array) -> "DefenseStats":
         """``logits_orig``/``logits_def`` float ``[b, K]`` of ``F`` and ``F^D`` on the same clean
         images; ``y`` int ``[b]``."""
-        lo, ld, y = (jnp.asarray(logits_orig, jnp.float32), jnp.asarray(logits_def, jnp.float32),
-                     jnp.asarray(y))
-        _check_logits_labels(lo, y, "logits_orig")
-        _check_logits_labels(ld, y, "logits_def")
-        if lo.shape != ld.shape:
-            raise ValueError(f"logits_orig {lo.shape} and logits_def {ld.shape} differ in shape")
-        ok_o = jnp.argmax(lo, -1) == y
-        ok_d = jnp.argmax(ld, -1) == y
-        both = ok_o & ok_d
-        po, pd = jax.nn.softmax(lo, -1), jax.nn.softmax(ld, -1)
-        py_o = jnp.take_along_axis(po, y[:, None], -1)[:, 0]
-        py_d = jnp.take_along_axis(pd, y[:, None], -1)[:, 0]
-        f32 = jnp.float32
-        return cls(
-            cav=Average.from_values(ok_d.astype(f32) - ok_o.astype(f32)),
-            crr=Average.from_values(~ok_o & ok_d),
-            csr=Average.from_values(ok_o & ~ok_d),
-            ccv=Average.from_values(jnp.abs(py_o - py_d), both),
-            cos=Average.from_values(js_divergence(po, pd), both),
-        )
+        return _defense_batch(logits_orig, logits_def, y)
 
     def merge(self, other: "DefenseStats") -> "DefenseStats":
         return type(self)(*(getattr(self, f).merge(getattr(other, f)) for f in _FIELDS))
 
     def compute(self) -> dict[str, Array]:
         return {f: getattr(self, f).compute() for f in _FIELDS}
+
+
+@jax.jit
+def _defense_batch(logits_orig, logits_def, y) -> DefenseStats:
+    lo, ld, y = (jnp.asarray(logits_orig, jnp.float32), jnp.asarray(logits_def, jnp.float32),
+                 jnp.asarray(y))
+    _check_logits_labels(lo, y, "logits_orig")
+    _check_logits_labels(ld, y, "logits_def")
+    if lo.shape != ld.shape:
+        raise ValueError(f"logits_orig {lo.shape} and logits_def {ld.shape} differ in shape")
+    ok_o = jnp.argmax(lo, -1) == y
+    ok_d = jnp.argmax(ld, -1) == y
+    both = ok_o & ok_d
+    po, pd = jax.nn.softmax(lo, -1), jax.nn.softmax(ld, -1)
+    py_o = jnp.take_along_axis(po, y[:, None], -1)[:, 0]
+    py_d = jnp.take_along_axis(pd, y[:, None], -1)[:, 0]
+    f32 = jnp.float32
+    return DefenseStats(
+        cav=Average.from_values(ok_d.astype(f32) - ok_o.astype(f32)),
+        crr=Average.from_values(~ok_o & ok_d),
+        csr=Average.from_values(ok_o & ~ok_d),
+        ccv=Average.from_values(jnp.abs(py_o - py_d), both),
+        cos=Average.from_values(js_divergence(po, pd), both),
+    )
 
 
 def defense_metrics(logits_orig: Array, logits_def: Array, y: Array) -> dict[str, Array]:

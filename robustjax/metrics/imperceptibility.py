@@ -37,6 +37,7 @@ neighbourhood of element j in its channel (reflect padding at the border, as DEE
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -58,6 +59,7 @@ def _check_pair(x, x_adv):
         )
 
 
+@functools.partial(jax.jit, static_argnames="l0_tol")
 def lp_distortions(x: Array, x_adv: Array, l0_tol: float = 1.0 / 512) -> dict[str, Array]:
     """Per-example distortions, each float32 ``[b]``: keys ``l0_abs, l0_rel, l0_fraction,
     l2_abs, l2_rel, linf_abs, linf_rel`` (see the module docstring)."""
@@ -101,6 +103,7 @@ def _valid_filter(img: Array, w: np.ndarray) -> Array:
                                         feature_group_count=c, precision=prec)
 
 
+@functools.partial(jax.jit, static_argnames=("data_range", "win_size", "sigma", "k1", "k2"))
 def ssim(x: Array, x_adv: Array, *, data_range: float = 1.0, win_size: int = 11,
          sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Array:
     """Mean SSIM per example, float32 ``[b]`` (Wang et al. 2004; see the module docstring).
@@ -131,6 +134,7 @@ def _local_std(x: Array) -> Array:
     return jnp.sqrt(jnp.mean((patches - mean) ** 2, axis=0))
 
 
+@functools.partial(jax.jit, static_argnames=("weight", "std_floor"))
 def psd(x: Array, x_adv: Array, *, weight: str = "inverse_std",
         std_floor: float = 1.0 / 255) -> Array:
     """Perturbation sensitivity distance per example, float32 ``[b]`` (module docstring).
@@ -174,15 +178,20 @@ class ImperceptibilityStats:
                    psd_weight: str = "inverse_std",
                    l0_tol: float = 1.0 / 512) -> "ImperceptibilityStats":
         """``x``, ``x_adv`` float NHWC in [0, 1]; ``mask`` bool ``[b]`` (e.g. attack success)."""
-        values = lp_distortions(x, x_adv, l0_tol)
-        if min(np.shape(x)[1:3]) >= 11:
-            values["ssim"] = ssim(x, x_adv)
-        values["psd"] = psd(x, x_adv, weight=psd_weight)
-        return cls({f: (Average.from_values(values[f], mask) if f in values
-                        else Average.empty()) for f in _FIELDS})
+        return _imperceptibility_batch(x, x_adv, mask, psd_weight, l0_tol)
 
     def merge(self, other: "ImperceptibilityStats") -> "ImperceptibilityStats":
         return type(self)({f: self.stats[f].merge(other.stats[f]) for f in _FIELDS})
 
     def compute(self) -> dict[str, Array]:
         return {f: self.stats[f].compute() for f in _FIELDS}
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _imperceptibility_batch(x, x_adv, mask, psd_weight, l0_tol) -> ImperceptibilityStats:
+    values = lp_distortions(x, x_adv, l0_tol)
+    if min(np.shape(x)[1:3]) >= 11:
+        values["ssim"] = ssim(x, x_adv)
+    values["psd"] = psd(x, x_adv, weight=psd_weight)
+    return ImperceptibilityStats({f: (Average.from_values(values[f], mask) if f in values
+                                      else Average.empty()) for f in _FIELDS})

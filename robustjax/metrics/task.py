@@ -8,6 +8,8 @@ or it wins the tie by index. With fewer than k classes, top-k accuracy is 1.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -26,6 +28,7 @@ def _check_logits_labels(logits, y, name="logits"):
         )
 
 
+@functools.partial(jax.jit, static_argnames="k")
 def topk_correct(logits: Array, y: Array, k: int = 1) -> Array:
     """bool ``[b]``: label ``y`` (int ``[b]``) is among the top-``k`` of ``logits`` ``[b, K]``."""
     logits, y = jnp.asarray(logits), jnp.asarray(y)
