@@ -42,11 +42,13 @@ its neurons. High uncertainty = neurons whose output noise easily moves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from robustjax.metrics.accumulators import AnySeen, Average, MinMax, merge_dicts
@@ -98,7 +100,7 @@ def activations_fn(module: nn.Module, variables, *, mean: Sequence[float] = (0.0
                 elif isinstance(v, dict) or hasattr(v, "items"):
                     walk(v, path + (k,))
 
-        walk(state["intermediates"], ())
+        walk(state.get("intermediates", {}), ())
         if not out:
             raise ValueError(f"no activations captured: no submodule of kinds {kinds} outside "
                              f"{sorted(excluded)} was called")
@@ -124,7 +126,7 @@ class NeuronRanges:
 
     @classmethod
     def from_batch(cls, acts: dict) -> "NeuronRanges":
-        return cls({k: MinMax.from_values(neuron_values(a)) for k, a in acts.items()})
+        return _ranges_batch(acts)
 
     def merge(self, other: "NeuronRanges") -> "NeuronRanges":
         return type(self)(merge_dicts(self.layers, other.layers))
@@ -151,20 +153,10 @@ class CoverageStats:
     @classmethod
     def from_batch(cls, acts: dict, ranges: NeuronRanges, k: int = 10) -> "CoverageStats":
         """``acts`` from an ``activations_fn`` on test inputs; ``ranges`` from training data."""
-        sections, upper, lower = {}, {}, {}
-        for name, a in acts.items():
-            if name not in ranges.layers:
-                raise KeyError(f"no range for layer {name!r}; ranges have {sorted(ranges.layers)}")
-            v = neuron_values(a)
-            low, high = ranges.layers[name].low, ranges.layers[name].high
-            width = jnp.where(high > low, high - low, 1.0)
-            inside = (v >= low) & (v <= high)
-            idx = jnp.clip(jnp.floor((v - low) / width * k).astype(jnp.int32), 0, k - 1)
-            hits = (jax.nn.one_hot(idx, k, dtype=bool) & inside[..., None])  # [b, N, k]
-            sections[name] = AnySeen.from_values(hits)
-            upper[name] = AnySeen.from_values(v > high)
-            lower[name] = AnySeen.from_values(v < low)
-        return cls(sections, upper, lower)
+        missing = sorted(set(acts) - set(ranges.layers))
+        if missing:
+            raise KeyError(f"no range for layers {missing}; ranges have {sorted(ranges.layers)}")
+        return _coverage_batch(acts, ranges, k)
 
     def merge(self, other: "CoverageStats") -> "CoverageStats":
         return type(self)(merge_dicts(self.sections, other.sections),
@@ -172,18 +164,44 @@ class CoverageStats:
                           merge_dicts(self.lower, other.lower))
 
     def compute(self) -> dict:
-        per_layer, tot = {}, jnp.zeros(4)
-        for name in self.sections:
-            s, u, lo = (self.sections[name].seen, self.upper[name].seen, self.lower[name].seen)
-            n, k = s.shape
-            counts = jnp.array([s.sum(), u.sum(), lo.sum(), n], jnp.float32)
-            tot = tot + counts
-            per_layer[name] = {"kmnc": counts[0] / (n * k), "nbc": (counts[1] + counts[2]) / (2 * n),
-                               "snac": counts[1] / n}
-        kk = next(iter(self.sections.values())).seen.shape[1] if self.sections else 1
-        n = jnp.maximum(tot[3], 1.0)
-        return {"kmnc": tot[0] / (n * kk), "nbc": (tot[1] + tot[2]) / (2 * n),
-                "snac": tot[1] / n, "per_layer": per_layer}
+        return _coverage_compute(self)
+
+
+@jax.jit
+def _ranges_batch(acts: dict) -> NeuronRanges:
+    return NeuronRanges({k: MinMax.from_values(neuron_values(a)) for k, a in acts.items()})
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _coverage_batch(acts: dict, ranges: NeuronRanges, k: int) -> CoverageStats:
+    sections, upper, lower = {}, {}, {}
+    for name, a in acts.items():
+        v = neuron_values(a)
+        low, high = ranges.layers[name].low, ranges.layers[name].high
+        width = jnp.where(high > low, high - low, 1.0)
+        inside = (v >= low) & (v <= high)
+        idx = jnp.clip(jnp.floor((v - low) / width * k).astype(jnp.int32), 0, k - 1)
+        hits = (jax.nn.one_hot(idx, k, dtype=bool) & inside[..., None])  # [b, N, k]
+        sections[name] = AnySeen.from_values(hits)
+        upper[name] = AnySeen.from_values(v > high)
+        lower[name] = AnySeen.from_values(v < low)
+    return CoverageStats(sections, upper, lower)
+
+
+def _coverage_compute(cov: CoverageStats) -> dict:
+    # Plain numpy: a handful of integer counts, no need to compile anything.
+    per_layer, tot = {}, np.zeros(4)
+    for name in cov.sections:
+        s, u, lo = (np.asarray(a) for a in (cov.sections[name].seen, cov.upper[name].seen,
+                                           cov.lower[name].seen))
+        n, k = s.shape
+        counts = np.array([s.sum(), u.sum(), lo.sum(), n], np.float64)
+        tot = tot + counts * [1.0 / k, 1.0, 1.0, 1.0]
+        per_layer[name] = {"kmnc": counts[0] / (n * k), "nbc": (counts[1] + counts[2]) / (2 * n),
+                           "snac": counts[1] / n}
+    n = max(tot[3], 1.0)
+    return {"kmnc": tot[0] / n, "nbc": (tot[1] + tot[2]) / (2 * n), "snac": tot[1] / n,
+            "per_layer": per_layer}
 
 
 def _per_neuron(a: Array) -> Array:
@@ -212,6 +230,7 @@ class LayerAverages:
         return {k: jnp.mean(v) for k, v in self.per_neuron().items()}
 
 
+@jax.jit
 def neuron_sensitivity(acts_clean: dict, acts_adv: dict) -> LayerAverages:
     """Neuron sensitivity statistics of one batch (Zhang et al. 2021; module docstring).
 
