@@ -5,8 +5,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from robustjax.metrics import (RobustnessCurve, certified, fooling_rate, mce, retention_rate,
-                               robustness_curve, robustness_indicator)
+from robustjax.metrics import (RobustnessCurve, corruption_error, fooling_rate, mce,
+                               retention_rate, robust_condition, robustness_curve,
+                               robustness_indicator)
 
 CLEAN = np.array([[2, 0, 0], [0, 2, 0], [0, 0, 2], [2, 0, 0]], np.float32)  # preds 0 1 2 0
 Y = np.array([0, 1, 0, 0], np.int32)                                         # ex. 2 wrong
@@ -63,12 +64,20 @@ def _available(name):
 
 
 def test_shared_implementations_forward_or_say_missing():
-    if not _available("robustjax.corruptions.metrics"):
+    """Forwarding to the one mCE / eq. (5) implementation; a clear error before the merge."""
+    if _available("robustjax.corruptions.metrics"):
+        # AlexNet's mean gaussian_noise error is .886428: half of it gives CE = 0.5
+        assert corruption_error([0.443214] * 5, "gaussian_noise") == pytest.approx(0.5)
+        assert callable(mce)
+    else:
         with pytest.raises(ImportError, match="robustjax.corruptions.metrics"):
             mce({"gaussian_noise": [0.5] * 5})
+    lower = np.array([[1.0, -1.0, 0.0], [1.0, 2.0, 0.0]], np.float32)
+    upper = np.array([[2.0, 0.5, 0.9], [3.0, 2.5, 0.5]], np.float32)
+    y = np.array([0, 1], np.int32)
+    if _available("robustjax.certify"):
+        # ex. 0: lower_0 = 1 > upper_1 = .5, upper_2 = .9; ex. 1: lower_1 = 2 < upper_0 = 3
+        np.testing.assert_array_equal(robust_condition(lower, upper, y), [True, False])
     else:
-        from robustjax.corruptions import metrics as cm
-        assert mce is not cm.mce and callable(cm.mce)
-    if not _available("robustjax.certify"):
         with pytest.raises(ImportError, match="robustjax.certify"):
-            certified(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros(1, np.int32))
+            robust_condition(lower, upper, y)

@@ -31,7 +31,6 @@ from robustjax.metrics.consistency import eni, eni_stats, eni_values  # noqa: F4
 from robustjax.metrics.defense import DefenseStats, defense_metrics, js_divergence  # noqa: F401
 from robustjax.metrics.equations import (  # noqa: F401
     RobustnessCurve,
-    certified,
     corruption_error,
     fooling_rate,
     fooling_rate_stats,
@@ -39,6 +38,7 @@ from robustjax.metrics.equations import (  # noqa: F401
     relative_mce,
     retention_rate,
     retention_rate_stats,
+    robust_condition,
     robustness_curve,
     robustness_indicator,
 )

@@ -14,7 +14,7 @@
   universal perturbations: ``P(k(x + v) != k(x))``).
 * **Eq. (4)** retention rate (Zhou et al. 2022) = accuracy on corrupted / accuracy on clean.
 * **Eq. (5)** ``lower_y > upper_j for all j != y`` lives in ``robustjax.certify``;
-  :func:`certified` forwards to it at call time.
+  :func:`robust_condition` forwards to it at call time.
 * **Robustness curve** (survey §5.3, after Dong et al. 2020): given each example's minimal
   adversarial perturbation size ``eps*_i`` (from a bisection search the caller runs; 0 for an
   example misclassified already, ``inf`` when no adversarial example was found), the curve at
@@ -163,11 +163,16 @@ def relative_mce(*args, **kwargs):
     return _corruption_metrics().relative_mce(*args, **kwargs)
 
 
-def certified(*args, **kwargs):
-    """Eq. (5): forwards to ``robustjax.certify.certified`` (lower_y > upper_j, j != y)."""
+def robust_condition(*args, **kwargs):
+    """Eq. (5): forwards to ``robustjax.certify``'s ``robust_condition(lower, upper, y)``
+    (bool ``[b]``: ``lower_y > upper_j`` for all ``j != y``)."""
     try:
         from robustjax import certify
+        fn = getattr(certify, "robust_condition", None)
+        if fn is None:
+            from robustjax.certify import api
+            fn = api.robust_condition
     except ImportError as e:
         raise ImportError("the certification condition lives in robustjax.certify, which is "
                           f"not available in this installation: {e}") from None
-    return certify.certified(*args, **kwargs)
+    return fn(*args, **kwargs)
