@@ -7,6 +7,9 @@ the metric later (sums and counts, minima and maxima, "seen" flags), and has
 * ``merge(o)``  the statistics of the union of two disjoint sets of examples;
 * ``compute()`` the metric value(s).
 
+``compute()`` runs in numpy when the statistics are concrete arrays (no XLA compilation for a
+few divisions at the end of an evaluation) and in ``jax.numpy`` under ``jit``.
+
 Accumulators are pytrees (``flax.struct.dataclass``): they can be returned from ``jit``-ed
 functions, summed over a ``pmap``/``shard_map`` axis, or stacked along a leading axis (one row
 per device or batch) and folded with :func:`reduce_stacked`. Merging is exact for sums of
@@ -27,9 +30,15 @@ from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Array = jax.Array
+
+
+def _xp(*arrays):
+    """numpy for concrete arrays, jax.numpy under tracing."""
+    return jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
 
 
 def _mask_or_ones(values: Array, mask: Optional[Array]) -> Array:
@@ -78,7 +87,9 @@ class Average:
         return type(self)(total=self.total + other.total, count=self.count + other.count)
 
     def compute(self) -> Array:
-        return jnp.where(self.count > 0, self.total / jnp.maximum(self.count, 1), jnp.nan)
+        xp = _xp(self.total, self.count)
+        total, count = xp.asarray(self.total), xp.asarray(self.count)
+        return xp.where(count > 0, total / xp.maximum(count, 1), xp.nan).astype(xp.float32)
 
 
 @struct.dataclass
@@ -107,8 +118,9 @@ class Ratio:
         return type(self)(self.numerator + other.numerator, self.denominator + other.denominator)
 
     def compute(self) -> Array:
-        d = self.denominator
-        return jnp.where(d != 0, self.numerator / jnp.where(d != 0, d, 1.0), jnp.nan)
+        xp = _xp(self.numerator, self.denominator)
+        n, d = xp.asarray(self.numerator), xp.asarray(self.denominator)
+        return xp.where(d != 0, n / xp.where(d != 0, d, 1.0), xp.nan).astype(xp.float32)
 
 
 @struct.dataclass
@@ -159,7 +171,8 @@ class AnySeen:
         return type(self)(jnp.logical_or(self.seen, other.seen))
 
     def compute(self) -> Array:
-        return jnp.mean(self.seen.astype(jnp.float32))
+        xp = _xp(self.seen)
+        return xp.mean(xp.asarray(self.seen).astype(xp.float32))
 
 
 def merge_all(accumulators: Sequence[Any]) -> Any:

@@ -156,10 +156,15 @@ class BoundaryStats:
 
     @classmethod
     def from_result(cls, result: BoundaryResult) -> "BoundaryStats":
-        return cls(Average.from_values(result.distance), Average.from_values(result.found))
+        return _boundary_stats(result.distance, result.found)
 
     def merge(self, other: "BoundaryStats") -> "BoundaryStats":
         return type(self)(self.distance.merge(other.distance), self.found.merge(other.found))
 
     def compute(self) -> dict[str, Array]:
         return {"distance": self.distance.compute(), "found": self.found.compute()}
+
+
+@jax.jit
+def _boundary_stats(distance, found) -> BoundaryStats:
+    return BoundaryStats(Average.from_values(distance), Average.from_values(found))

@@ -47,6 +47,7 @@ def eni_values(logits_clean: Array, logits_pert: Array, y: Array, x: Array,
     return jnp.where(defined, dl / jnp.where(defined, dist, 1.0), 0.0), defined
 
 
+@jax.jit
 def eni_stats(logits_clean: Array, logits_pert: Array, y: Array, x: Array,
               x_pert: Array) -> Average:
     """Mergeable ``Average`` of ENI over the batch's defined examples; ``.compute()`` = ENI."""

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -61,6 +62,7 @@ def robustness_indicator(logits_clean: Array, logits_perturbed: Array,
     return r
 
 
+@functools.partial(jax.jit, static_argnames="reference")
 def fooling_rate_stats(logits_clean: Array, logits_perturbed: Array, y: Optional[Array] = None,
                        *, reference: str = "label") -> Average:
     """Eq. (3) as a mergeable ``Average``; ``.compute()`` is the fooling rate in [0, 1].
@@ -84,6 +86,7 @@ def fooling_rate(logits_clean, logits_perturbed, y=None, *, reference: str = "la
     return fooling_rate_stats(logits_clean, logits_perturbed, y, reference=reference).compute()
 
 
+@jax.jit
 def retention_rate_stats(logits_clean: Array, logits_corrupted: Array, y: Array) -> Ratio:
     """Eq. (4) as a mergeable ``Ratio`` (# correct on corrupted / # correct on clean)."""
     y = jnp.asarray(y)
@@ -117,8 +120,7 @@ class RobustnessCurve:
         eps = jnp.asarray(eps, jnp.float32)
         if eps.ndim != 1:
             raise ValueError(f"eps must be a 1-D grid of budgets, got shape {eps.shape}")
-        m = jnp.asarray(min_eps, jnp.float32)
-        return cls(eps, Average.from_values(m[:, None] <= eps[None, :]))
+        return cls(eps, _below(jnp.asarray(min_eps, jnp.float32), eps))
 
     def merge(self, other: "RobustnessCurve") -> "RobustnessCurve":
         if self.eps.shape != other.eps.shape or not np.array_equal(np.asarray(self.eps),
@@ -128,7 +130,13 @@ class RobustnessCurve:
 
     def compute(self) -> Array:
         """float32 ``[n]``: share of examples with minimal perturbation <= each budget."""
-        return jnp.broadcast_to(self.below.compute(), self.eps.shape)
+        v = self.below.compute()
+        return (jnp if isinstance(v, jax.Array) else np).broadcast_to(v, self.eps.shape)
+
+
+@jax.jit
+def _below(min_eps, eps) -> Average:
+    return Average.from_values(min_eps[:, None] <= eps[None, :])
 
 
 def robustness_curve(min_eps: Array, eps) -> Array:

@@ -227,7 +227,7 @@ class LayerAverages:
         return {k: v.compute() for k, v in self.layers.items()}
 
     def compute(self) -> dict:
-        return {k: jnp.mean(v) for k, v in self.per_neuron().items()}
+        return {k: v.mean() for k, v in self.per_neuron().items()}
 
 
 @jax.jit
@@ -248,6 +248,7 @@ class NeuronUncertaintyConfig:
     num_samples: int = 16
 
 
+@functools.partial(jax.jit, static_argnames=("acts_fn", "config"))
 def neuron_uncertainty(acts_fn: ActivationsFn, x: Array, key: Array,
                        config: NeuronUncertaintyConfig = NeuronUncertaintyConfig()
                        ) -> LayerAverages:

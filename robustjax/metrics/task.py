@@ -56,16 +56,19 @@ class TaskStats:
     @classmethod
     def from_batch(cls, logits: Array, y: Array) -> "TaskStats":
         """``logits`` float ``[b, K]`` on clean images, ``y`` int ``[b]``."""
-        return cls(
-            Average.from_values(topk_correct(logits, y, 1)),
-            Average.from_values(topk_correct(logits, y, 5)),
-        )
+        return _task_batch(logits, y)
 
     def merge(self, other: "TaskStats") -> "TaskStats":
         return type(self)(self.top1.merge(other.top1), self.top5.merge(other.top5))
 
     def compute(self) -> dict[str, Array]:
         return {"top1": self.top1.compute(), "top5": self.top5.compute()}
+
+
+@jax.jit
+def _task_batch(logits, y) -> TaskStats:
+    return TaskStats(Average.from_values(topk_correct(logits, y, 1)),
+                     Average.from_values(topk_correct(logits, y, 5)))
 
 
 def accuracy(logits: Array, y: Array, k: int = 1) -> Array:
