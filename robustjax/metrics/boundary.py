@@ -70,7 +70,10 @@ class BoundaryResult(NamedTuple):
 
 
 def orthogonal_directions(key: Array, shape: tuple[int, ...], num: int) -> Array:
-    """``num`` orthonormal directions of per-image ``shape`` scaled by ``sqrt(D)``: ``[num, *shape]``."""
+    """``num`` orthonormal directions of per-image ``shape``, scaled by ``sqrt(D)``.
+
+    Returns float32 ``[num, *shape]``; each direction has RMS 1 per element.
+    """
     d = int(np.prod(shape))
     if num > d:
         raise ValueError(f"cannot draw {num} orthogonal directions in dimension {d}")

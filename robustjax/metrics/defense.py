@@ -34,7 +34,7 @@ Array = jax.Array
 
 
 def js_divergence(p: Array, q: Array) -> Array:
-    """Jensen-Shannon divergence in nats between rows of probability arrays ``[b, K]`` -> ``[b]``."""
+    """Jensen-Shannon divergence (nats) between rows of probabilities ``[b, K]`` -> ``[b]``."""
     m = 0.5 * (p + q)
 
     def kl(a, b):
