@@ -108,3 +108,9 @@ def test_stats_average_over_mask():
                                                  rel=1e-5)
     assert float(out["ssim"]) == pytest.approx(float(np.asarray(ssim(x, xa))[mask].mean()),
                                                rel=1e-5)
+
+
+def test_stats_skip_ssim_on_small_images():
+    x = np.full((2, 8, 8, 1), 0.5, np.float32)
+    out = ImperceptibilityStats.from_batch(x, x + 0.01).compute()
+    assert np.isnan(float(out["ssim"])) and float(out["linf_abs"]) == pytest.approx(0.01)

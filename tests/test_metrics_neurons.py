@@ -98,3 +98,37 @@ def test_neuron_uncertainty_linear_layer_closed_form():
     u = neuron_uncertainty(acts_fn, x, jax.random.PRNGKey(0), cfg).per_neuron()["lin"]
     expected = 0.02 ** 2 * np.sum(np.asarray(w) ** 2, axis=0)   # Var(e @ w)
     np.testing.assert_allclose(u, expected, rtol=0.08)
+
+
+def _deepgauge_numpy(train, test, k):
+    """Independent float64 loop over neurons: KMNC, NBC, SNAC as in Ma et al. 2018."""
+    sections = upper = lower = total = 0
+    for name in train:
+        tr, te = np.asarray(train[name], np.float64), np.asarray(test[name], np.float64)
+        for n in range(tr.shape[1]):
+            lo, hi = tr[:, n].min(), tr[:, n].max()
+            edges = np.linspace(lo, hi, k + 1)
+            hit = set()
+            for v in te[:, n]:
+                if lo <= v <= hi:
+                    hit.add(min(int(np.searchsorted(edges, v, side="right")) - 1, k - 1))
+            sections += len(hit)
+            upper += int(np.any(te[:, n] > hi))
+            lower += int(np.any(te[:, n] < lo))
+            total += 1
+    return sections / (k * total), (upper + lower) / (2 * total), upper / total
+
+
+def test_coverage_matches_numpy_reimplementation():
+    r = np.random.default_rng(5)
+    train = {"a": r.normal(size=(50, 6)), "b": r.uniform(size=(50, 3))}
+    test = {"a": 1.3 * r.normal(size=(20, 6)), "b": r.uniform(-0.2, 1.1, size=(20, 3))}
+    ranges = NeuronRanges.from_batch({k: jnp.asarray(v, jnp.float32) for k, v in train.items()})
+    got = CoverageStats.from_batch({k: jnp.asarray(v, jnp.float32) for k, v in test.items()},
+                                   ranges, k=7).compute()
+    kmnc, nbc, snac = _deepgauge_numpy(
+        {k: np.asarray(v, np.float32) for k, v in train.items()},
+        {k: np.asarray(v, np.float32) for k, v in test.items()}, 7)
+    assert 0 < nbc < 1 and 0 < kmnc < 1
+    assert got["kmnc"] == pytest.approx(kmnc) and got["nbc"] == pytest.approx(nbc)
+    assert got["snac"] == pytest.approx(snac)

@@ -68,3 +68,16 @@ def test_metrics_section_quick(tmp_path):
         assert np.all(np.diff(curve) >= 0) and (tmp_path / sec.figures[0]).exists()
     else:
         assert "robustness curve not computed" in sec.markdown and "curve" not in d
+
+
+def test_flax_module_found_from_registry_only_when_it_reproduces_the_logits(tmp_path):
+    from robustjax.report.metrics import _flax_module
+
+    x = np.random.default_rng(1).uniform(size=(2, 28, 28, 1)).astype(np.float32)
+    for module, expect in ((CNN(), True), (CNN(channels=(4, 8), hidden=16), False)):
+        variables = jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+        model = wrap(module, variables, MODELS["cnn"].spec)
+        ctx = ReportContext(model, x, np.zeros(2, np.int32), jax.random.PRNGKey(0), tmp_path)
+        found, reason = _flax_module(ctx)
+        assert (found is not None) == expect
+        assert expect or "flax_module" in reason

@@ -123,8 +123,10 @@ class RobustnessCurve:
         return cls(eps, _below(jnp.asarray(min_eps, jnp.float32), eps))
 
     def merge(self, other: "RobustnessCurve") -> "RobustnessCurve":
-        if self.eps.shape != other.eps.shape or not np.array_equal(np.asarray(self.eps),
-                                                                   np.asarray(other.eps)):
+        if self.eps.shape != other.eps.shape:
+            raise ValueError("cannot merge robustness curves on different eps grids")
+        concrete = not any(isinstance(e, jax.core.Tracer) for e in (self.eps, other.eps))
+        if concrete and not np.array_equal(np.asarray(self.eps), np.asarray(other.eps)):
             raise ValueError("cannot merge robustness curves on different eps grids")
         return type(self)(self.eps, self.below.merge(other.below))
 

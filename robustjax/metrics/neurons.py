@@ -139,7 +139,8 @@ class NeuronRanges:
 class CoverageStats:
     """KMNC / NBC / SNAC accumulator: per layer, which sections/corners were hit (``AnySeen``).
 
-    ``compute()`` gives ``{"kmnc", "nbc", "snac"}`` over all neurons and ``"per_layer"``.
+    ``compute()`` gives ``{"kmnc", "nbc", "snac"}`` over all neurons and ``"per_layer"``
+    (python floats, computed with numpy: call it outside ``jit``).
     """
 
     sections: dict
