@@ -90,17 +90,13 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
 
 
 def _valid_filter(img: Array, w: np.ndarray) -> Array:
-    """Separable 'valid' filtering of NHWC ``img`` with the 1-D window ``w`` per channel."""
-    c = img.shape[-1]
+    """Separable 'valid' filtering over axes 1 and 2 (H, W) of ``img`` with the 1-D window
+    ``w``, written as a sum of shifted slices (XLA fuses it; depthwise convolutions are much
+    slower on XLA:CPU)."""
     k = len(w)
-    dn = ("NHWC", "HWIO", "NHWC")
-    prec = jax.lax.Precision.HIGHEST
-    kh = jnp.tile(jnp.asarray(w).reshape(k, 1, 1, 1), (1, 1, 1, c))
-    kw = jnp.tile(jnp.asarray(w).reshape(1, k, 1, 1), (1, 1, 1, c))
-    out = jax.lax.conv_general_dilated(img, kh, (1, 1), "VALID", dimension_numbers=dn,
-                                       feature_group_count=c, precision=prec)
-    return jax.lax.conv_general_dilated(out, kw, (1, 1), "VALID", dimension_numbers=dn,
-                                        feature_group_count=c, precision=prec)
+    h, wd = img.shape[1] - k + 1, img.shape[2] - k + 1
+    out = sum(float(w[i]) * img[:, i:i + h] for i in range(k))
+    return sum(float(w[i]) * out[:, :, i:i + wd] for i in range(k))
 
 
 @functools.partial(jax.jit, static_argnames=("data_range", "win_size", "sigma", "k1", "k2"))
@@ -116,10 +112,12 @@ def ssim(x: Array, x_adv: Array, *, data_range: float = 1.0, win_size: int = 11,
     if min(x.shape[1:3]) < win_size:
         raise ValueError(f"SSIM needs images of at least {win_size}x{win_size}, got {x.shape}")
     w = _gaussian_window(win_size, sigma)
-    mx, my = _valid_filter(x, w), _valid_filter(x_adv, w)
-    vx = _valid_filter(x * x, w) - mx * mx
-    vy = _valid_filter(x_adv * x_adv, w) - my * my
-    cxy = _valid_filter(x * x_adv, w) - mx * my
+    # the five local statistics in one filtering pass over a [5b, H, W, C] stack (measured
+    # fastest on XLA:CPU among stacking on a trailing axis, 5 passes, and banded matmuls)
+    b = x.shape[0]
+    stats = _valid_filter(jnp.concatenate([x, x_adv, x * x, x_adv * x_adv, x * x_adv], 0), w)
+    mx, my, exx, eyy, exy = (stats[i * b:(i + 1) * b] for i in range(5))
+    vx, vy, cxy = exx - mx * mx, eyy - my * my, exy - mx * my
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return jnp.mean(s, axis=(1, 2, 3))  # mean over positions then channels (equal counts)
