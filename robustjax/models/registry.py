@@ -38,8 +38,28 @@ def _small_entries() -> dict[str, Entry]:
     }
 
 
-# name -> Entry. Model-zoo families add their entries here (see robustjax.models.zoo).
-MODELS: dict[str, Entry] = _small_entries()
+# The model-zoo families (robustjax.models.loading.FAMILIES); each module exposes ENTRIES.
+ZOO_FAMILIES = ("efficientnet", "resnet", "convnext", "vit", "inception")
+
+
+def _zoo_entries() -> dict[str, Entry]:
+    import importlib
+
+    out: dict[str, Entry] = {}
+    for fam in ZOO_FAMILIES:
+        try:
+            mod = importlib.import_module(f"robustjax.models.{fam}")
+        except ModuleNotFoundError as e:
+            if e.name == f"robustjax.models.{fam}":
+                continue  # family not written (yet): the others still register
+            raise
+        out.update(mod.ENTRIES)
+    return out
+
+
+# name -> Entry: the small models, then the zoo (ImageNet architectures with their checkpoint's
+# preprocessing; see robustjax.models.loading for loading PyTorch weights).
+MODELS: dict[str, Entry] = {**_small_entries(), **_zoo_entries()}
 
 
 def wrap(module: nn.Module, variables: Any, spec: ModelSpec) -> Model:
