@@ -1,0 +1,75 @@
+"""Every full-size zoo model's PyTorch state dict converts exactly, without allocating weights.
+
+``tests/fixtures/zoo/manifest.json`` (made by ``scripts/make_zoo_fixtures.py`` from timm,
+torchvision and efficientnet-lite-pytorch with ``pretrained=False``) lists each checkpoint's key
+names and shapes. Each key gets a zero-stride ``np.broadcast_to`` array of its shape (no memory),
+the family converter maps it, and ``loading.convert`` compares the result with
+``jax.eval_shape(module.init)``: no missing, unexpected or wrongly shaped keys, no model variable
+left unconverted.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from robustjax.models import loading
+
+MANIFEST = pathlib.Path(__file__).parent / "fixtures" / "zoo" / "manifest.json"
+MODELS = json.loads(MANIFEST.read_text())["models"]
+LOADABLE = sorted(k for k, v in MODELS.items() if v["loadable"])
+_ZERO = np.zeros((), np.float32)
+
+
+def _placeholder_state_dict(keys):
+    return {k: np.broadcast_to(_ZERO, tuple(shape)) for k, shape in keys}
+
+
+def test_manifest_covers_the_zoo():
+    """The manifest has every architecture the issue names (and every loadable zoo name)."""
+    expected = {f"convnext_{s}" for s in ("atto", "femto", "pico", "nano", "tiny", "small",
+                                          "base", "large", "xlarge")}
+    expected |= {f"convnext_{s}_22k" for s in ("tiny", "small", "base", "large", "xlarge")}
+    expected |= {f"vit_{s}_patch{p}_224" for s in ("tiny", "small", "base", "large")
+                 for p in (16, 32)}
+    expected |= {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
+    expected |= {"inception_v3", "efficientnet_lite0"}
+    covered = {v["model"] for v in MODELS.values() if v["loadable"]}
+    assert expected <= covered, expected - covered
+    assert set(loading.loadable_names()) <= covered, set(loading.loadable_names()) - covered
+    assert MODELS["convnext_xlarge_22k"]["num_classes"] == 21841
+
+
+@pytest.mark.parametrize("entry", LOADABLE)
+def test_full_size_keys_convert_exactly(entry):
+    info = MODELS[entry]
+    name = info["model"]
+    sd = _placeholder_state_dict(info["keys"])
+    module, spec = loading._build(name, info["num_classes"], None, {})
+    produced, report, expected = loading.convert(name, sd, module, spec)
+    assert report.ok, report.describe()
+    assert produced.keys() == expected.keys()
+    for path, want in expected.items():
+        assert tuple(np.shape(produced[path])) == tuple(want.shape), path
+    n_ckpt = sum(int(np.prod(s)) for k, s in info["keys"] if not k.endswith("num_batches_tracked")
+                 and not k.startswith(tuple(getattr(loading.family_of(name), "IGNORED_KEYS", ()))))
+    assert sum(int(np.prod(w.shape)) for w in expected.values()) == n_ckpt
+
+
+def test_head_size_mismatch_is_reported():
+    """A 21841-class checkpoint does not silently load into the 1000-class model."""
+    info = MODELS["convnext_tiny_22k"]
+    module, spec = loading._build("convnext_tiny", None, None, {})
+    _, report, _ = loading.convert("convnext_tiny", _placeholder_state_dict(info["keys"]),
+                                   module, spec)
+    assert report.shape_mismatch and all("head_fc" in s for s in report.shape_mismatch)
+    assert not (report.missing or report.unexpected)
+
+
+def test_timm_efficientnet_names_differ_from_the_real_weights():
+    """Documented in the manifest: timm's tf_efficientnet_lite0 names are not the checkpoint's."""
+    timm_keys = {k for k, _ in MODELS["tf_efficientnet_lite0@timm"]["keys"]}
+    real_keys = {k for k, _ in MODELS["efficientnet_lite0"]["keys"]}
+    assert not timm_keys & real_keys
+    assert len(timm_keys) == len(real_keys) == 296
