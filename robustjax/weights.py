@@ -110,7 +110,7 @@ class _LazyTensor:
         item = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset:], self.size, tuple(s * item for s in self.stride), writeable=False)
-        return np.array(view)
+        return np.array(view, order="C")  # an owned, writable, C-contiguous copy
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):

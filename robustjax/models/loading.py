@@ -324,9 +324,12 @@ def load_variables(name: str, checkpoint: Union[str, os.PathLike, Mapping[str, n
     for path, want in expected.items():
         got = produced.get(path)
         if got is None or isinstance(got, _Missing) or tuple(np.shape(got)) != want.shape:
-            if init is None:
-                init = _flatten(flax.core.unfreeze(module.init(
-                    jax.random.PRNGKey(0), jnp.zeros((1,) + spec.input_shape, jnp.float32))))
+            if init is None:  # fresh initial values for what did not fit (strict=False)
+                # unsafe_rbg: compiles ~7x faster than threefry for a ResNet init; quality of
+                # these placeholder values does not matter.
+                init = _flatten(flax.core.unfreeze(jax.jit(module.init)(
+                    jax.random.key(0, impl="unsafe_rbg"),
+                    jnp.zeros((1,) + spec.input_shape, jnp.float32))))
             got = init[path]
         flat[path] = jnp.asarray(np.asarray(got, dtype=want.dtype))
     if own is None:
