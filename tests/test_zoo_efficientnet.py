@@ -75,3 +75,25 @@ def test_wrong_head_is_one_clear_error():
     msg = str(e.value)
     assert "_blocks.3._bn1.running_var" in msg and "extra.weight" in msg
     assert "params/fc/kernel: checkpoint (1280, 1000) vs model (1280, 10)" in msg
+
+
+def test_report_section_top3_quick(tmp_path):
+    from robustjax.models import create
+    from robustjax.report.base import ReportContext
+    from robustjax.report.zoo import section, top_k
+
+    tiny = create("cnn", key=jax.random.key(0, impl="unsafe_rbg"))  # not used by this section
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    ctx = ReportContext(tiny, x, np.zeros(4, np.int32), jax.random.PRNGKey(0), tmp_path,
+                        quick=True)
+    sec = section(ctx)
+    ref = np.load(FIXTURE)
+    names = ref["names"].tolist()[:3]
+    assert list(sec.data["predictions"]) == names
+    expected = top_k(ref["logits"][:3], efficientnet.ENTRIES["efficientnet_lite0"].spec.class_names)
+    for name, exp in zip(names, expected):
+        got = sec.data["predictions"][name]
+        assert [p["index"] for p in got] == [i for i, _, _ in exp]  # same top-3 as PyTorch
+        np.testing.assert_allclose([p["prob"] for p in got], [p for _, _, p in exp], atol=1e-4)
+    assert "tiger cat" in sec.markdown and "espresso" in sec.markdown
+    assert sec.key == "zoo"
