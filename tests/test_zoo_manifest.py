@@ -73,3 +73,20 @@ def test_timm_efficientnet_names_differ_from_the_real_weights():
     real_keys = {k for k, _ in MODELS["efficientnet_lite0"]["keys"]}
     assert not timm_keys & real_keys
     assert len(timm_keys) == len(real_keys) == 296
+
+
+# torchvision's documented parameter counts (weights, biases, norm affines; no running stats).
+# Inception-V3 counts its AuxLogits head; timm's inception_v3 has none (23.8M).
+DOCUMENTED = {"convnext_tiny": 28_589_128, "convnext_small": 50_223_688,
+              "convnext_base": 88_591_464, "convnext_large": 197_767_336,
+              "vit_base_patch16_224": 86_567_656, "vit_base_patch32_224": 88_224_232,
+              "vit_large_patch16_224": 304_326_632, "vit_large_patch32_224": 306_535_400,
+              "inception_v3@torchvision": 27_161_264}
+
+
+@pytest.mark.parametrize("entry", sorted(DOCUMENTED))
+def test_manifest_parameter_counts_match_documented(entry):
+    """The manifest (and so the shapes the converters were checked against) is the real one."""
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    n = sum(int(np.prod(s)) for k, s in MODELS[entry]["keys"] if not k.endswith(stats))
+    assert n == DOCUMENTED[entry]
