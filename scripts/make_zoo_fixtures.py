@@ -203,6 +203,19 @@ def _manifest_models():
     return models
 
 
+FB_SIZES = tuple(f"convnext_{s}" for s in ("tiny", "small", "base", "large", "xlarge"))
+
+
+def _check_fb_names(model) -> None:
+    """timm_to_fb is exactly inverted by timm's own checkpoint filter (fb -> timm names)."""
+    from timm.models.convnext import checkpoint_filter_fn
+
+    sd = model.state_dict()
+    back = checkpoint_filter_fn({"model": {timm_to_fb(k): v for k, v in sd.items()}}, model)
+    assert list(back) == list(sd)
+    assert all(back[k].shape == sd[k].shape for k in sd)
+
+
 def _head_key(model) -> str:
     """The classifier's bias (its length is the number of classes)."""
     keys = list(model.state_dict())
@@ -227,6 +240,8 @@ def make_manifest() -> dict:
                 from efficientnet_lite_pytorch import EfficientNet
                 model = EfficientNet.from_name(ctor)
         model_name, _, variant = name.partition("@")
+        if model_name.startswith("convnext_") and "_".join(name.split("_")[:2]) in FB_SIZES:
+            _check_fb_names(model)
         manifest[name] = {
             "model": model_name,
             "source": f"{lib}.{ctor}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",

@@ -8,6 +8,7 @@ the family converter maps it, and ``loading.convert`` compares the result with
 left unconverted.
 """
 
+import importlib.util
 import json
 import pathlib
 
@@ -16,7 +17,8 @@ import pytest
 
 from robustjax.models import loading
 
-MANIFEST = pathlib.Path(__file__).parent / "fixtures" / "zoo" / "manifest.json"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MANIFEST = ROOT / "tests" / "fixtures" / "zoo" / "manifest.json"
 MODELS = json.loads(MANIFEST.read_text())["models"]
 LOADABLE = sorted(k for k, v in MODELS.items() if v["loadable"])
 _ZERO = np.zeros((), np.float32)
@@ -55,6 +57,25 @@ def test_full_size_keys_convert_exactly(entry):
     n_ckpt = sum(int(np.prod(s)) for k, s in info["keys"] if not k.endswith("num_batches_tracked")
                  and not k.startswith(tuple(getattr(loading.family_of(name), "IGNORED_KEYS", ()))))
     assert sum(int(np.prod(w.shape)) for w in expected.values()) == n_ckpt
+
+
+@pytest.mark.parametrize("entry", ["convnext_tiny", "convnext_xlarge_22k"])
+def test_full_size_facebookresearch_names_convert_exactly(entry):
+    """Original ConvNeXt release names (two-digit block indices in xlarge's stage 2, 22k head).
+
+    ``timm_to_fb`` is checked by the fixture script to be inverted exactly by timm's own
+    ``checkpoint_filter_fn`` for every released size.
+    """
+    spec = importlib.util.spec_from_file_location("make_zoo_fixtures",
+                                                  ROOT / "scripts" / "make_zoo_fixtures.py")
+    mzf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mzf)
+    info = MODELS[entry]
+    sd = {mzf.timm_to_fb(k): v for k, v in _placeholder_state_dict(info["keys"]).items()}
+    assert "stages.2.26.pwconv2.weight" in sd or entry == "convnext_tiny"
+    module, mspec = loading._build(info["model"], info["num_classes"], None, {})
+    _, report, _ = loading.convert(info["model"], sd, module, mspec)
+    assert report.ok, report.describe()
 
 
 def test_head_size_mismatch_is_reported():
