@@ -12,6 +12,7 @@ import pytest
 
 from robustjax.models import efficientnet, load
 from robustjax.models.loading import StateDictMismatchError
+from robustjax.report.zoo import ported_lite0
 from robustjax.weights import read_state_dict
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures/efficientnet/lite0_natural.npz"
@@ -20,13 +21,10 @@ FIXTURE = pathlib.Path(__file__).parent / "fixtures/efficientnet/lite0_natural.n
 @pytest.fixture(scope="module")
 def ported():
     # No skip: without the weights package this must fail, saying what to install.
-    path = efficientnet.pretrained_path()
-    model = load("efficientnet_lite0", path)
+    efficientnet.pretrained_path()
+    model, fwd = ported_lite0()  # shared with the report section (one compilation)
     ref = np.load(FIXTURE)
-    x = ref["images"].astype(np.float32) / 255.0
-    with jax.default_matmul_precision("highest"):
-        fwd = jax.jit(lambda p, x: (model.apply_fn(p, x), model.embed_fn(p, x)))
-        logits, feats = fwd(model.params, x)
+    logits, feats = fwd(model.params, ref["images"].astype(np.float32) / 255.0)
     return model, ref, np.asarray(logits), np.asarray(feats)
 
 
@@ -78,19 +76,23 @@ def test_wrong_head_is_one_clear_error():
 
 
 def test_report_section_top3_quick(tmp_path):
-    from robustjax.models import create
     from robustjax.report.base import ReportContext
-    from robustjax.report.zoo import section, top_k
+    from robustjax.report.zoo import natural_images, section, top_k
+    from robustjax.types import Model, ModelSpec
 
-    tiny = create("cnn", key=jax.random.key(0, impl="unsafe_rbg"))  # not used by this section
+    # the section ignores ctx.model (an MNIST model cannot classify photographs): a stub
+    spec = ModelSpec("stub", (28, 28, 1), 10)
+    stub = Model(lambda p, x: np.zeros((x.shape[0], 10), np.float32), {}, spec)
     x = np.zeros((4, 28, 28, 1), np.float32)
-    ctx = ReportContext(tiny, x, np.zeros(4, np.int32), jax.random.PRNGKey(0), tmp_path,
+    ctx = ReportContext(stub, x, np.zeros(4, np.int32), jax.random.PRNGKey(0), tmp_path,
                         quick=True)
     sec = section(ctx)
     ref = np.load(FIXTURE)
-    names = ref["names"].tolist()[:3]
+    # the report's image loader reproduces the fixture's inputs exactly
+    np.testing.assert_array_equal(natural_images()[1], ref["images"])
+    names = ref["names"].tolist()
     assert list(sec.data["predictions"]) == names
-    expected = top_k(ref["logits"][:3], efficientnet.ENTRIES["efficientnet_lite0"].spec.class_names)
+    expected = top_k(ref["logits"], efficientnet.ENTRIES["efficientnet_lite0"].spec.class_names)
     for name, exp in zip(names, expected):
         got = sec.data["predictions"][name]
         assert [p["index"] for p in got] == [i for i, _, _ in exp]  # same top-3 as PyTorch
