@@ -29,7 +29,7 @@ import pathlib
 import pickle
 import struct
 import zipfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import ml_dtypes
 import numpy as np
@@ -37,7 +37,7 @@ import numpy as np
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 # Wrappers that training scripts put around a state dict (facebookresearch ConvNeXt: "model").
-WRAPPER_KEYS = ("state_dict", "model_ema", "model", "module", "params")
+WRAPPER_KEYS = ("state_dict", "model", "module")
 
 
 class CheckpointError(ValueError):
@@ -102,11 +102,15 @@ class _LazyTensor:
             raise CheckpointError("a tensor refers to a storage whose bytes were never read")
         if 0 in self.size:
             return np.zeros(self.size, flat.dtype)
+        # as_strided does not check bounds: we do (non-negative strides, inside the storage,
+        # and no absurd expansion of a small storage into a huge array).
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        if self.offset < 0 or last >= flat.size:  # as_strided does not check bounds: we do.
+        numel = int(np.prod(self.size, dtype=np.int64))
+        if (self.offset < 0 or min(self.stride, default=0) < 0 or last >= flat.size
+                or numel > 1024 * max(flat.size, 1)):
             raise CheckpointError(
-                f"tensor of size {self.size} at offset {self.offset} reads past its storage "
-                f"of {flat.size} elements")
+                f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
+                f"reads past its storage of {flat.size} elements")
         item = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset:], self.size, tuple(s * item for s in self.stride), writeable=False)
@@ -129,21 +133,41 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with an allow-list for globals and a restricted BUILD.
+
+    Every way a pickle can reach a callable goes through ``find_class`` (GLOBAL, STACK_GLOBAL,
+    the extension registry); BUILD (``__setstate__`` / attribute updates) is only accepted on
+    ``OrderedDict`` (torch attaches ``_metadata`` to state dicts) and its state is dropped, so a
+    pickle cannot mutate the reader's own objects.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
     def __init__(self, file, persistent_load, where: str):
         super().__init__(file, encoding="latin1")
         self._persistent = persistent_load
         self._where = where
 
+    def load_build(self):
+        self.stack.pop()  # the state
+        if type(self.stack[-1]) is not collections.OrderedDict:
+            raise UnsafeCheckpointError(
+                f"{self._where}: refused to set the state of a {type(self.stack[-1]).__name__} "
+                f"(pickle BUILD); only OrderedDict state (torch's _metadata) is accepted")
+
+    dispatch[pickle.BUILD[0]] = load_build
+
     def find_class(self, module: str, name: str):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)  # a fresh object per reference: nothing shared to mutate
         try:
             return _ALLOWED[(module, name)]
         except KeyError:
-            allowed = ", ".join(sorted(f"{m}.{n}" for m, n in _ALLOWED if m != "torch"))
+            allowed = ", ".join(sorted(f"{m}.{n}" for m, n in _ALLOWED))
             raise UnsafeCheckpointError(
                 f"{self._where}: refused to load global '{module}.{name}'. The torch-free reader "
                 f"only rebuilds tensors and containers (allowed: {allowed} and torch storage "
@@ -257,7 +281,7 @@ def load_torch(path) -> Any:
     except CheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile, ValueError,
-            TypeError, IndexError, AttributeError) as e:
+            TypeError, IndexError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: {e})"
                               ) from None
 
@@ -309,8 +333,18 @@ def read_npz(path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: unreadable .npz file ({e})") from None
 
 
-def flatten_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, np.ndarray]:
-    """Unwrap ``{"model": sd}``-style wrappers and flatten nested dicts to dotted keys."""
+def flatten_state_dict(obj: Any, where: str = "checkpoint", key: Optional[str] = None,
+                       ) -> dict[str, np.ndarray]:
+    """Unwrap ``{"model": sd}``-style wrappers and flatten nested dicts to dotted keys.
+
+    ``key`` selects a sub-dict explicitly (e.g. ``"model_ema"`` or timm's ``"state_dict_ema"``);
+    otherwise the first of ``WRAPPER_KEYS`` that holds tensors is used, else the whole object.
+    """
+    if key is not None:
+        if not (isinstance(obj, Mapping) and key in obj):
+            keys = list(obj) if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(f"{where}: no entry {key!r} in the checkpoint (it has {keys})")
+        return flatten_state_dict(obj[key], where)
     if isinstance(obj, Mapping):
         for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], Mapping) and any(
@@ -334,8 +368,12 @@ def flatten_state_dict(obj: Any, where: str = "checkpoint") -> dict[str, np.ndar
     return out
 
 
-def read_state_dict(path) -> dict[str, np.ndarray]:
-    """Read any supported checkpoint into a flat ``{name: np.ndarray}`` dict."""
+def read_state_dict(path, key: Optional[str] = None) -> dict[str, np.ndarray]:
+    """Read any supported checkpoint into a flat ``{name: np.ndarray}`` dict.
+
+    ``key``: for ``torch.save`` files holding several dicts, the entry to use (see
+    :func:`flatten_state_dict`).
+    """
     path = _existing(path)
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -343,7 +381,7 @@ def read_state_dict(path) -> dict[str, np.ndarray]:
     if suffix == ".npz":
         return read_npz(path)
     if suffix in TORCH_SUFFIXES:
-        return flatten_state_dict(load_torch(path), str(path))
+        return flatten_state_dict(load_torch(path), str(path), key)
     raise CheckpointError(f"{path}: unknown checkpoint format {suffix!r}; expected one of "
                           f"{', '.join(TORCH_SUFFIXES + ('.safetensors', '.npz'))}")
 

@@ -75,10 +75,10 @@ def _legacy_bytes(obj, header_obj=None):
     return f.getvalue()
 
 
-def _zip_bytes(obj):
+def _zip_bytes(obj, raw=None):
     f = io.BytesIO()
     with zipfile.ZipFile(f, "w") as zf:
-        zf.writestr("archive/data.pkl", pickle.dumps(obj, protocol=2))
+        zf.writestr("archive/data.pkl", raw if raw is not None else pickle.dumps(obj, protocol=2))
         zf.writestr("archive/version", "3\n")
     return f.getvalue()
 
@@ -112,15 +112,35 @@ def test_other_globals_are_refused_too(tmp_path):
         weights.read_state_dict(path)
 
 
-def test_storage_bounds_are_checked(tmp_path):
-    # a tensor whose size/stride reach past its storage must not read foreign memory
-    data = _zip_bytes({})
-    good = (WEIGHTS / "zip.pt").read_bytes()
-    assert good[:2] == data[:2] == b"PK"
-    lt = weights._LazyTensor(weights._Storage(np.dtype(np.float32), 4), 2, (3,), (1,))
-    lt.storage.set_bytes(np.arange(4, dtype=np.float32).tobytes(), "t")
-    with pytest.raises(weights.CheckpointError, match="past its storage"):
-        lt.materialize()
+def test_build_is_only_accepted_on_ordered_dicts(tmp_path):
+    # _rebuild_parameter({}) -> {}; then BUILD {'a': 1} onto it: must be refused
+    evil = (b"\x80\x02ctorch._utils\n_rebuild_parameter\n}\x85R"
+            b"}X\x01\x00\x00\x00aK\x01sb.")
+    odict = evil.replace(b"torch._utils\n_rebuild_parameter", b"collections\nOrderedDict")
+    assert pickle.loads(odict).a == 1  # valid opcodes: a plain unpickler sets the state
+    path = tmp_path / "build.pt"
+    path.write_bytes(_zip_bytes(None, raw=odict))
+    assert not hasattr(weights.load_torch(path), "a")  # accepted on OrderedDict, state dropped
+    path.write_bytes(_zip_bytes(None, raw=evil))
+    with pytest.raises(weights.UnsafeCheckpointError, match="BUILD"):
+        weights.load_torch(path)
+
+
+@pytest.mark.parametrize("offset,size,stride", [(2, (3,), (1,)), (3, (2,), (-1,)),
+                                                (0, (10**6,), (0,))])
+def test_tensor_geometry_is_checked(offset, size, stride):
+    # views reaching outside their storage (or absurdly expanding it) must never be read
+    storage = weights._Storage(np.dtype(np.float32), 4)
+    storage.set_bytes(np.arange(4, dtype=np.float32).tobytes(), "t")
+    with pytest.raises(weights.CheckpointError):
+        weights._LazyTensor(storage, offset, size, stride).materialize()
+
+
+def test_explicit_sub_dict_key():
+    sd = weights.read_state_dict(WEIGHTS / "legacy.pt", key="model")
+    assert "f32" in sd
+    with pytest.raises(weights.CheckpointError, match="no entry 'model_ema'"):
+        weights.read_state_dict(WEIGHTS / "legacy.pt", key="model_ema")
 
 
 def test_unreadable_and_missing_files(tmp_path):
