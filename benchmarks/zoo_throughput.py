@@ -121,7 +121,7 @@ def main(argv=None):
         rows.append(row)
     lines = [
         "# Zoo forward throughput (CPU, batch %d)" % args.batch, "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({platform.processor() or '?'}),"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores,"
         f" Python {platform.python_version()}, jax {jax.__version__}"
         + (f", torch {sys.modules['torch'].__version__}, timm {sys.modules['timm'].__version__}"
            if torch_ok else "")

@@ -218,7 +218,8 @@ def _load_zip(path: pathlib.Path) -> Any:
                 try:
                     raw = zf.read(f"{prefix}data/{key}")
                 except KeyError:
-                    raise CheckpointError(f"{where}: storage {key!r} missing from the zip") from None
+                    raise CheckpointError(
+                        f"{where}: storage {key!r} missing from the zip") from None
                 storage.set_bytes(raw, where)
                 storages[key] = storage
             return storages[key]
@@ -315,7 +316,8 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
         dtype = np.dtype(_ST_DTYPES[info["dtype"]])
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
-        if not 0 <= start <= end <= len(body) or end - start != int(np.prod(shape)) * dtype.itemsize:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not 0 <= start <= end <= len(body) or end - start != nbytes:
             raise CheckpointError(f"{path}: tensor {name!r} has inconsistent offsets "
                                   f"{(start, end)} for shape {shape} and dtype {dtype}")
         arr = np.frombuffer(body[start:end], dtype=dtype.newbyteorder("<")).astype(dtype)

@@ -24,7 +24,8 @@ from robustjax.models.loading import loadable_names
 HERE = pathlib.Path(__file__).parent
 WEIGHTS = HERE / "fixtures/weights"
 RESNET = HERE / "fixtures/resnet"
-RESNET_KW = dict(num_classes=10, input_shape=(40, 40, 3), layers=(1, 2, 1, 1), widths=(4, 8, 16, 32))
+RESNET_KW = dict(num_classes=10, input_shape=(40, 40, 3), layers=(1, 2, 1, 1),
+                 widths=(4, 8, 16, 32))
 
 
 # --- .pth / .pt without torch ---------------------------------------------------------------
@@ -55,7 +56,8 @@ def test_legacy_real_checkpoint_is_read():
     assert not raw.startswith(b"PK")  # really the legacy format, not a zip
     sd = weights.read_state_dict(pretrained_path())
     assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
-    assert sum(v.size for v in sd.values()) == 4_694_073  # NOTES.md: 4.69M (incl. 49 num_batches_tracked)
+    # NOTES.md: 4.69M values (including the 49 num_batches_tracked counters)
+    assert sum(v.size for v in sd.values()) == 4_694_073
 
 
 class _Payload:

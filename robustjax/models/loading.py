@@ -15,7 +15,8 @@ A family module exposes
   ``sd`` is a :class:`TrackedStateDict` that records which keys were read (unread keys are
   reported as *unexpected*) and, for a key that is absent, records it as *missing* and returns a
   :data:`MISSING` placeholder that survives numpy operations, so one run of the converter finds
-  every missing key. Do not branch on ``key in sd`` for required tensors. Use the helpers below
+  every missing key. Do not branch on ``key in sd`` for required tensors, and take the
+  architecture from the module's fields, not from tensor shapes. Use the helpers below
   (:func:`conv_kernel`, :func:`dense`, :func:`batch_norm`, :func:`layer_norm`) for layouts.
 * optionally ``canonicalize_keys(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]``: rename
   other naming schemes (torchvision, facebookresearch ConvNeXt, ...) to the canonical ones.
@@ -305,7 +306,9 @@ def load_variables(name: str, checkpoint: Union[str, os.PathLike, Mapping[str, n
         header = own[1]
         if header["model"] != name:
             raise ValueError(f"{source} holds a ported {header['model']!r}, not {name!r}")
-        overrides = {**header.get("overrides", {}), **overrides}
+        stored = {k: tuple(v) if isinstance(v, list) else v  # JSON lists -> module tuples
+                  for k, v in header.get("overrides", {}).items()}
+        overrides = {**stored, **overrides}
         spec_file = ModelSpec.from_dict(header["spec"])
         num_classes = spec_file.num_classes if num_classes is None else num_classes
         input_shape = spec_file.input_shape if input_shape is None else input_shape
