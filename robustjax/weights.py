@@ -305,7 +305,7 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
         header = json.loads(raw[8:8 + n])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
-    body = raw[8 + n:]
+    body = memoryview(raw)[8 + n:]  # no copy of the (possibly GB-sized) body
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
