@@ -12,32 +12,29 @@ import os
 import pathlib
 import tempfile
 import zipfile
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
 from robustjax.types import ModelSpec
+from robustjax.weights import CheckpointError  # noqa: F401 - one error type for all formats
 
 _SPEC_KEY = "__robustjax_spec__"
 _META_KEY = "__robustjax_meta__"
 _FORMAT = "robustjax-params-v1"
 
 
-class CheckpointError(ValueError):
-    """A parameter file is missing, unreadable or not a robustjax file."""
-
-
 def flatten(tree: Any, prefix: str = "") -> dict[str, np.ndarray]:
     """Nested dict of arrays -> ``{"a/b/c": array}``."""
     out = {}
-    if isinstance(tree, dict) or hasattr(tree, "items"):
+    if isinstance(tree, Mapping):
         for k, v in tree.items():
             if "/" in str(k):
                 raise ValueError(f"parameter name {k!r} contains '/', which is the separator")
             out.update(flatten(v, f"{prefix}{k}/"))
     else:
-        out[prefix[:-1]] = np.asarray(tree)
+        out[prefix[:-1]] = tree
     return out
 
 
@@ -68,7 +65,7 @@ def save(path, variables: Any, spec: Optional[ModelSpec] = None,
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --force) to "
                               f"replace it, or choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    flat = flatten(jax.device_get(variables))
+    flat = {k: np.asarray(v) for k, v in flatten(jax.device_get(variables)).items()}
     meta = {"format": _FORMAT, **(metadata or {})}
     payload = {k: v for k, v in flat.items()}
     payload[_SPEC_KEY] = np.frombuffer(
@@ -85,6 +82,29 @@ def save(path, variables: Any, spec: Optional[ModelSpec] = None,
     return path
 
 
+def is_robustjax_file(arrays) -> bool:
+    """True if a mapping of arrays read from an ``.npz`` was written by ``save``."""
+    return _META_KEY in arrays
+
+
+def from_arrays(arrays, source: str = "arrays") -> tuple[dict, Optional[ModelSpec], dict]:
+    """Split the arrays of a file written by ``save`` -> ``(variables, spec, metadata)``."""
+    arrays = dict(arrays)
+    if _META_KEY not in arrays:
+        raise CheckpointError(f"{source} is an .npz file but not a robustjax parameter file "
+                              f"(no metadata entry); write it with robustjax.checkpoint.save")
+    try:
+        meta = json.loads(np.asarray(arrays.pop(_META_KEY), np.uint8).tobytes().decode())
+        spec_dict = json.loads(np.asarray(arrays.pop(_SPEC_KEY), np.uint8).tobytes().decode())
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{source}: corrupt metadata ({e})") from None
+    if meta.get("format") != _FORMAT:
+        raise CheckpointError(f"{source}: unknown format {meta.get('format')!r}, "
+                              f"expected {_FORMAT!r}")
+    spec = ModelSpec.from_dict(spec_dict) if spec_dict is not None else None
+    return unflatten(arrays), spec, meta
+
+
 def load(path) -> tuple[dict, Optional[ModelSpec], dict]:
     """Read a file written by ``save`` -> ``(variables, spec or None, metadata)``."""
     path = pathlib.Path(path)
@@ -96,16 +116,4 @@ def load(path) -> tuple[dict, Optional[ModelSpec], dict]:
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise CheckpointError(f"{path} is not a readable .npz parameter file ({e}); it may be "
                               f"truncated or corrupt") from None
-    if _META_KEY not in arrays:
-        raise CheckpointError(f"{path} is an .npz file but not a robustjax parameter file "
-                              f"(no metadata entry); write it with robustjax.checkpoint.save")
-    try:
-        meta = json.loads(arrays.pop(_META_KEY).tobytes().decode())
-        spec_dict = json.loads(arrays.pop(_SPEC_KEY).tobytes().decode())
-    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt metadata ({e})") from None
-    if meta.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}, "
-                              f"expected {_FORMAT!r}")
-    spec = ModelSpec.from_dict(spec_dict) if spec_dict is not None else None
-    return unflatten(arrays), spec, meta
+    return from_arrays(arrays, str(path))

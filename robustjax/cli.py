@@ -70,6 +70,12 @@ def _run_models(args) -> int:
     return 0
 
 
+def _add_port(sub):
+    from robustjax import port
+
+    port.add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="robustjax", description="Measure and improve the robustness of vision models.")
@@ -78,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_datasets(sub)
     _add_models(sub)
+    _add_port(sub)
     return parser
 
 

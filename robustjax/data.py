@@ -122,28 +122,35 @@ def _natural_pixels(image: NaturalImage) -> np.ndarray:
         from sklearn.datasets import load_sample_image
 
         arr = load_sample_image(image.source.split(":", 1)[1])
-    return np.asarray(arr)[..., :3]
+    return np.asarray(arr, np.uint8)[..., :3]
 
 
-def resize_center_crop(img: np.ndarray, size: int, resize: int,
-                       interpolation: str = "bicubic") -> np.ndarray:
-    """ImageNet eval preprocessing on one uint8 HWC image -> float32 [size, size, 3] in [0, 1].
+def resize_center_crop_uint8(img: np.ndarray, size: int, resize: int,
+                             interpolation: str = "bicubic") -> np.ndarray:
+    """ImageNet eval preprocessing of one uint8 HWC image, exactly as torchvision does it.
 
-    The short side is resized to ``resize`` (PIL, like torchvision), then a ``size`` center crop.
+    ``Resize(resize)`` (short side -> ``resize``, the long side truncated, PIL resampling)
+    then ``CenterCrop(size)`` (offsets rounded). Returns uint8 ``[size, size, 3]``.
     """
     from PIL import Image
 
     methods = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
     if interpolation not in methods:
         raise ValueError(f"unknown interpolation {interpolation!r}; use one of {list(methods)}")
-    pil = Image.fromarray(img)
+    if size > resize:
+        raise ValueError(f"crop size {size} is larger than the resized short side {resize}")
+    pil = Image.fromarray(np.asarray(img, np.uint8))
     w, h = pil.size
-    scale = resize / min(w, h)
-    new_w, new_h = max(resize, round(w * scale)), max(resize, round(h * scale))
-    pil = pil.resize((new_w, new_h), methods[interpolation])
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    pil = pil.crop((left, top, left + size, top + size))
-    return np.asarray(pil, dtype=np.float32) / 255.0
+    new = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
+    arr = np.asarray(pil.resize(new, methods[interpolation]))
+    top, left = (int(round((arr.shape[i] - size) / 2.0)) for i in (0, 1))
+    return np.ascontiguousarray(arr[top:top + size, left:left + size])
+
+
+def resize_center_crop(img: np.ndarray, size: int, resize: int,
+                       interpolation: str = "bicubic") -> np.ndarray:
+    """``resize_center_crop_uint8`` scaled to float32 [0, 1]."""
+    return resize_center_crop_uint8(img, size, resize, interpolation).astype(np.float32) / 255.0
 
 
 def _load_natural(split, size=224, resize=256, interpolation="bicubic"):

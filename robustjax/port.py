@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, strict=not args.non_strict, num_classes=args.num_classes,
         input_shape=input_shape, **overrides)
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = loading.save_params(out, args.model, variables, spec, overrides)
+    header = loading.save_params(out, args.model, variables, spec, overrides,
+                                 overwrite=args.force)
     spec_path.write_text(json.dumps(header, indent=1) + "\n")
     n = sum(int(np.size(v)) for v in _leaves(variables.get("params", {})))
     print(f"ported {args.checkpoint} -> {out} ({args.model}, {n:,} parameters, "

@@ -11,7 +11,7 @@ from robustjax.report.run import SECTIONS
 def test_every_subcommand_has_help(capsys):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"report", "datasets", "models"} <= set(sub.choices)
+    assert {"report", "datasets", "models", "port"} <= set(sub.choices)
     for name in sub.choices:
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])

@@ -109,6 +109,12 @@ def test_default_model_accuracy_and_cache(default_model, mnist_test):
     leaves = zip(jax.tree_util.tree_leaves(again.params),
                  jax.tree_util.tree_leaves(default_model.params))
     assert all(np.array_equal(a, b) for a, b in leaves)
+    # The cache file is an ordinary robustjax params file: models.load rebuilds the model.
+    from robustjax.models import load
+
+    loaded = load("cnn", default_model_module.cache_path())
+    np.testing.assert_array_equal(loaded(x[:4]), default_model(x[:4]))
+    assert loaded.spec == default_model.spec
 
 
 def test_corrupt_cache_is_reported_not_trained_over(tmp_cache):

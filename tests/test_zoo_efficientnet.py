@@ -77,7 +77,8 @@ def test_wrong_head_is_one_clear_error():
 
 def test_report_section_top3_quick(tmp_path):
     from robustjax.report.base import ReportContext
-    from robustjax.report.zoo import natural_images, section, top_k
+    from robustjax import data
+    from robustjax.report.zoo import section, top_k
     from robustjax.types import Model, ModelSpec
 
     # the section ignores ctx.model (an MNIST model cannot classify photographs): a stub
@@ -88,11 +89,15 @@ def test_report_section_top3_quick(tmp_path):
                         quick=True)
     sec = section(ctx)
     ref = np.load(FIXTURE)
-    # the report's image loader reproduces the fixture's inputs exactly
-    np.testing.assert_array_equal(natural_images()[1], ref["images"])
-    names = ref["names"].tolist()
+    # data.load("natural") reproduces the fixture's inputs exactly (the fixture also holds
+    # skimage's astronaut, which has no ImageNet label and is not in the dataset)
+    names = [im.name for im in data.NATURAL_IMAGES]
+    rows = [ref["names"].tolist().index(n) for n in names]
+    x, _ = data.load("natural")
+    np.testing.assert_array_equal(np.round(x * 255).astype(np.uint8), ref["images"][rows])
     assert list(sec.data["predictions"]) == names
-    expected = top_k(ref["logits"], efficientnet.ENTRIES["efficientnet_lite0"].spec.class_names)
+    expected = top_k(ref["logits"][rows],
+                     efficientnet.ENTRIES["efficientnet_lite0"].spec.class_names)
     for name, exp in zip(names, expected):
         got = sec.data["predictions"][name]
         assert [p["index"] for p in got] == [i for i, _, _ in exp]  # same top-3 as PyTorch

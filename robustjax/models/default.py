@@ -105,7 +105,7 @@ def embedded_default(*, retrain: bool = False, use_cache: bool = True, progress=
     model, info = train_default(progress=progress, log=log)
     if use_cache:
         checkpoint.save(path, model.params, model.spec,
-                        {"arch": DEFAULT_ARCH, "overrides": DEFAULT_OVERRIDES, **info},
+                        {"model": DEFAULT_ARCH, "overrides": DEFAULT_OVERRIDES, **info},
                         overwrite=True)
     return model
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import warnings
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -44,13 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax import weights
+from robustjax import checkpoint, weights
 from robustjax.models import registry
 from robustjax.types import Model, ModelSpec
 
 FAMILIES = registry.ZOO_FAMILIES
-PARAMS_FORMAT = "robustjax-params-v1"
-_SPEC_KEY = "__robustjax__"
 
 
 class StateDictMismatchError(ValueError):
@@ -207,26 +204,11 @@ def loadable_names() -> list[str]:
     return names
 
 
-def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, path))
-        else:
-            out[path] = v
-    return out
+def _flatten(tree: Mapping) -> dict[str, Any]:
+    return checkpoint.flatten(tree) if tree else {}
 
 
-def _unflatten(flat: Mapping[str, Any]) -> dict:
-    tree: dict = {}
-    for path, v in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
-    return tree
+_unflatten = checkpoint.unflatten
 
 
 def _build(name: str, num_classes: Optional[int], input_shape, overrides: dict):
@@ -245,13 +227,17 @@ def _build(name: str, num_classes: Optional[int], input_shape, overrides: dict):
 
 
 def _read_robustjax_params(sd: Mapping[str, np.ndarray]):
-    """If ``sd`` is a file written by ``robustjax port``: (flat variables, header dict)."""
-    if _SPEC_KEY not in sd:
+    """If ``sd`` is a robustjax params file (``robustjax port``, ``checkpoint.save``):
+    (flat variables, header with model name, spec and module overrides)."""
+    if not checkpoint.is_robustjax_file(sd):
         return None
-    header = json.loads(bytes(np.asarray(sd[_SPEC_KEY], np.uint8)).decode())
-    if header.get("format") != PARAMS_FORMAT:
-        raise weights.CheckpointError(f"unknown robustjax params format {header.get('format')!r}")
-    return {k: v for k, v in sd.items() if k != _SPEC_KEY}, header
+    variables, spec, meta = checkpoint.from_arrays(sd)
+    if "model" not in meta or spec is None:
+        raise weights.CheckpointError("this robustjax params file records no model name/spec; "
+                                      "load it with robustjax.checkpoint.load")
+    header = {"model": meta["model"], "spec": spec.to_dict(),
+              "overrides": meta.get("overrides", {})}
+    return _flatten(variables), header
 
 
 def convert(name: str, state_dict: Mapping[str, np.ndarray], module, spec: ModelSpec,
@@ -369,16 +355,13 @@ def load(name: str, checkpoint: Union[str, os.PathLike, Mapping[str, np.ndarray]
 
 
 def save_params(path, name: str, variables, spec: ModelSpec, overrides: Optional[dict] = None,
-                ) -> dict:
-    """Write ``variables`` as a flat ``.npz`` (paths like ``params/head/kernel``) with a header.
+                overwrite: bool = False) -> dict:
+    """Write ``variables`` with ``robustjax.checkpoint.save``, recording model name and overrides.
 
-    The header (model name, spec, module overrides) is stored inside the ``.npz`` under
-    ``__robustjax__`` and returned, so ``load(name, path)`` rebuilds the same model exactly.
+    ``load(name, path)`` then rebuilds the same model exactly. Returns the header (model name,
+    spec, module overrides) as a JSON-able dict.
     """
-    header = {"format": PARAMS_FORMAT, "model": name, "spec": spec.to_dict(),
-              "overrides": dict(overrides or {})}
-    flat = {k: np.asarray(v) for k, v in _flatten(flax.core.unfreeze(variables)).items()}
-    flat[_SPEC_KEY] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **flat)
+    header = {"model": name, "spec": spec.to_dict(), "overrides": dict(overrides or {})}
+    checkpoint.save(path, flax.core.unfreeze(variables), spec,
+                    {"model": name, "overrides": header["overrides"]}, overwrite=overwrite)
     return header

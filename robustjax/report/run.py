@@ -23,6 +23,7 @@ from robustjax.report.base import ReportContext, Section
 # name -> module holding ``section(ctx) -> Section``; literal, in report order.
 SECTIONS = {
     "clean": "robustjax.report.clean",
+    "zoo": "robustjax.report.zoo",
 }
 REPORT_FORMAT = "robustjax-report-v1"
 

@@ -5,10 +5,9 @@ reader and lists its top-3 ImageNet predictions with class names for each photog
 not use ``ctx.model`` (an MNIST model cannot classify photographs); it shows that the zoo's
 porting path works end to end.
 
-The photographs are loaded here (:func:`natural_images`): skimage/sklearn sample images,
-short side resized to 256 with PIL bicubic, center crop 224 -- the same preprocessing as
-``robustjax.data.load("natural")``; this local loader exists because the zoo was written before
-that loader, and it keeps the reference script independent of it.
+The photographs are ``robustjax.data.load("natural")``: skimage/sklearn sample images, short
+side resized to 256 with PIL bicubic, center crop 224 (torchvision's exact semantics), each
+with a hand-checked ImageNet label.
 """
 
 from __future__ import annotations
@@ -18,53 +17,6 @@ import functools
 import numpy as np
 
 from robustjax.report.base import ReportContext, Section, markdown_table
-
-NATURAL = (  # (name, source): the photographs of NOTES.md, in this order
-    ("chelsea", "skimage.chelsea"),
-    ("coffee", "skimage.coffee"),
-    ("rocket", "skimage.rocket"),
-    ("astronaut", "skimage.astronaut"),
-    ("motorcycle", "skimage.stereo_motorcycle"),
-    ("china", "sklearn:china.jpg"),
-    ("flower", "sklearn:flower.jpg"),
-)
-
-
-def _pixels(source: str) -> np.ndarray:
-    if source.startswith("skimage."):
-        import skimage.data
-
-        arr = getattr(skimage.data, source.split(".", 1)[1])()
-        if isinstance(arr, tuple):  # stereo_motorcycle -> (left, right, disparity)
-            arr = arr[0]
-    else:
-        from sklearn.datasets import load_sample_image
-
-        arr = load_sample_image(source.split(":", 1)[1])
-    return np.asarray(arr, np.uint8)[..., :3]
-
-
-def resize_center_crop_uint8(img: np.ndarray, size: int = 224, resize: int = 256,
-                             interpolation: str = "bicubic") -> np.ndarray:
-    """Short side -> ``resize`` (PIL, as torchvision), center crop ``size``; uint8 HWC."""
-    from PIL import Image
-
-    pil = Image.fromarray(img)
-    w, h = pil.size
-    # torchvision Resize(int): the long side is truncated, the crop offset rounded.
-    new = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-    method = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[interpolation]
-    arr = np.asarray(pil.resize(new, method))
-    top, left = (int(round((arr.shape[i] - size) / 2.0)) for i in (0, 1))
-    return np.ascontiguousarray(arr[top:top + size, left:left + size])
-
-
-def natural_images(size: int = 224, resize: int = 256) -> tuple[tuple[str, ...], np.ndarray]:
-    """(names, uint8 images ``[7, size, size, 3]``) of the bundled photographs."""
-    names = tuple(n for n, _ in NATURAL)
-    return names, np.stack([resize_center_crop_uint8(_pixels(s), size, resize)
-                            for _, s in NATURAL])
-
 
 def top_k(logits: np.ndarray, class_names, k: int = 3) -> list[list[tuple[int, str, float]]]:
     """Per row: the ``k`` most likely classes as (index, name, softmax probability)."""
@@ -91,23 +43,30 @@ def ported_lite0():
 
 
 def section(ctx: ReportContext) -> Section:
-    """Top-3 ImageNet predictions of the ported EfficientNet-Lite0 on the 7 photographs.
+    """Top-3 ImageNet predictions of the ported EfficientNet-Lite0 on the ``natural`` photos.
 
-    The 7 images are already tiny, so ``ctx.quick`` changes nothing here.
+    The 6 images are already tiny, so ``ctx.quick`` changes nothing here.
     """
+    from robustjax import data
     from robustjax.models import efficientnet
 
     model, fwd = ported_lite0()
-    names, images = natural_images()
-    x = images.astype(np.float32) / 255.0
+    x, y = data.load("natural")
+    names = tuple(im.name for im in data.NATURAL_IMAGES)
     logits = np.asarray(fwd(model.params, x)[0])
     preds = top_k(logits, model.spec.class_names, 3)
-    rows = [[name] + [f"{c} ({i}) {p:.1%}" for i, c, p in pr] for name, pr in zip(names, preds)]
+    labels = [model.spec.class_names[int(c)] for c in y]
+    rows = [[name, f"{lab} ({int(c)})"] + [f"{n} ({i}) {p:.1%}" for i, n, p in pr]
+            for name, lab, c, pr in zip(names, labels, y, preds)]
+    top1 = float(np.mean(logits.argmax(1) == y))
+    top3 = float(np.mean([int(c) in [i for i, _, _ in pr] for c, pr in zip(y, preds)]))
     md = ("Ported ImageNet EfficientNet-Lite0 (PyTorch weights `"
           f"{efficientnet.WEIGHTS_FILE}` read without torch), top-3 predictions on the bundled "
           "photographs (resize 256 bicubic, crop 224, mean = std = 0.5):\n\n"
-          + markdown_table(["image", "top-1", "top-2", "top-3"], rows))
-    data = {"checkpoint": model.spec.source,
+          + markdown_table(["image", "label", "top-1", "top-2", "top-3"], rows)
+          + f"\n\nTop-1 accuracy against the hand-checked labels: {top1:.2f}, top-3: {top3:.2f}.")
+    out = {"checkpoint": model.spec.source, "top1_accuracy": top1, "top3_accuracy": top3,
+           "labels": {n: int(c) for n, c in zip(names, y)},
             "predictions": {n: [{"index": i, "name": c, "prob": p} for i, c, p in pr]
                             for n, pr in zip(names, preds)}}
-    return Section("zoo", "Model zoo: ported EfficientNet-Lite0", data, md)
+    return Section("zoo", "Model zoo: ported EfficientNet-Lite0", out, md)
