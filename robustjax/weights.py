@@ -1,0 +1,397 @@
+"""Checkpoint readers that never need PyTorch and never run code from a file.
+
+* ``.pth`` / ``.pt`` / ``.bin`` / ``.ckpt``: PyTorch ``torch.save`` files, both the zip format of
+  torch >= 1.6 and the LEGACY format (a run of pickles: magic number, protocol version, system
+  info, the object with persistent ids, the storage keys, then the raw storages). The pickles are
+  read by a restricted unpickler that only resolves an allow-list of globals (tensor rebuild
+  functions, storage types, ``collections.OrderedDict``); anything else raises
+  :class:`UnsafeCheckpointError` naming the refused global, so loading can never run code.
+* ``.safetensors``: 8-byte little-endian header length, a JSON header, raw little-endian bytes.
+* ``.npz``: numpy archives, read with ``allow_pickle=False``.
+
+``read_state_dict(path)`` returns a flat ``dict[str, np.ndarray]`` (``"layer.0.weight" -> array``)
+with tensors as numpy arrays in PyTorch layout; converting layouts and names is the job of the
+model families (``robustjax.models.loading``).
+
+Example::
+
+    sd = read_state_dict("efficientnet-lite0-57934424.pth")
+    sd["_conv_stem.weight"].shape  # (32, 3, 3, 3)
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import pathlib
+import pickle
+import struct
+import zipfile
+from typing import Any, Mapping, Optional
+
+import ml_dtypes
+import numpy as np
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+# Wrappers that training scripts put around a state dict (facebookresearch ConvNeXt: "model").
+WRAPPER_KEYS = ("state_dict", "model", "module")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, malformed or of an unsupported format."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A pickle asked for a global outside the allow-list (it could run code)."""
+
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    """Stands in for ``torch.FloatStorage`` & co. during unpickling."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+class _Storage:
+    """A typed flat buffer; ``data`` is filled when the raw bytes are read."""
+
+    def __init__(self, dtype: np.dtype, numel: int):
+        self.dtype, self.numel, self.data = dtype, int(numel), None
+
+    def set_bytes(self, raw: bytes, where: str):
+        nbytes = self.numel * self.dtype.itemsize
+        if len(raw) != nbytes:
+            raise CheckpointError(
+                f"{where}: storage should hold {nbytes} bytes ({self.numel} x {self.dtype}), "
+                f"found {len(raw)}; the file is truncated or corrupt.")
+        self.data = np.frombuffer(raw, dtype=self.dtype.newbyteorder("<")).astype(self.dtype)
+
+
+class _LazyTensor:
+    """A tensor view (offset, size, stride in elements) of a storage, made concrete later."""
+
+    def __init__(self, storage, offset, size, stride):
+        if not isinstance(storage, _Storage):
+            raise CheckpointError(f"tensor rebuilt from a {type(storage).__name__}, not a storage")
+        self.storage, self.offset = storage, int(offset)
+        self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+        if len(self.size) != len(self.stride) or any(s < 0 for s in self.size + self.stride):
+            raise CheckpointError(f"bad tensor geometry: size {self.size}, stride {self.stride}")
+
+    def materialize(self) -> np.ndarray:
+        flat = self.storage.data
+        if flat is None:
+            raise CheckpointError("a tensor refers to a storage whose bytes were never read")
+        if 0 in self.size:
+            return np.zeros(self.size, flat.dtype)
+        # as_strided does not check bounds: we do (non-negative strides, inside the storage,
+        # and no absurd expansion of a small storage into a huge array).
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        numel = int(np.prod(self.size, dtype=np.int64))
+        if (self.offset < 0 or min(self.stride, default=0) < 0 or last >= flat.size
+                or numel > 1024 * max(flat.size, 1)):
+            raise CheckpointError(
+                f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
+                f"reads past its storage of {flat.size} elements")
+        item = flat.dtype.itemsize
+        view = np.lib.stride_tricks.as_strided(
+            flat[self.offset:], self.size, tuple(s * item for s in self.stride), writeable=False)
+        return np.array(view, order="C")  # an owned, writable, C-contiguous copy
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+    del unused  # requires_grad, backward_hooks, metadata: irrelevant for weights
+    return _LazyTensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, *unused):
+    del unused
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+}
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with an allow-list for globals and a restricted BUILD.
+
+    Every way a pickle can reach a callable goes through ``find_class`` (GLOBAL, STACK_GLOBAL,
+    the extension registry); BUILD (``__setstate__`` / attribute updates) is only accepted on
+    ``OrderedDict`` (torch attaches ``_metadata`` to state dicts) and its state is dropped, so a
+    pickle cannot mutate the reader's own objects.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, persistent_load, where: str):
+        super().__init__(file, encoding="latin1")
+        self._persistent = persistent_load
+        self._where = where
+
+    def load_build(self):
+        self.stack.pop()  # the state
+        if type(self.stack[-1]) is not collections.OrderedDict:
+            raise UnsafeCheckpointError(
+                f"{self._where}: refused to set the state of a {type(self.stack[-1]).__name__} "
+                f"(pickle BUILD); only OrderedDict state (torch's _metadata) is accepted")
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+    def find_class(self, module: str, name: str):
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)  # a fresh object per reference: nothing shared to mutate
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            allowed = ", ".join(sorted(f"{m}.{n}" for m, n in _ALLOWED))
+            raise UnsafeCheckpointError(
+                f"{self._where}: refused to load global '{module}.{name}'. The torch-free reader "
+                f"only rebuilds tensors and containers (allowed: {allowed} and torch storage "
+                f"types); executing this pickle could run arbitrary code. If you trust the file, "
+                f"re-save it as a plain state dict or .safetensors with PyTorch.") from None
+
+    def persistent_load(self, pid):
+        return self._persistent(pid)
+
+
+def _storage_pid(pid, where: str):
+    """Parse ``('storage', storage_type, key, location, numel[, view_metadata])``."""
+    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] in ("storage", b"storage")
+            and isinstance(pid[1], _StorageType)):
+        raise CheckpointError(f"{where}: unsupported persistent id {pid!r} (expected a storage)")
+    if len(pid) == 6 and pid[5] is not None:
+        raise CheckpointError(f"{where}: storage views (view_metadata) are not supported")
+    key = pid[2].decode() if isinstance(pid[2], bytes) else str(pid[2])
+    return pid[1], key, int(pid[4])
+
+
+def _materialize(obj):
+    if isinstance(obj, _LazyTensor):
+        return obj.materialize()
+    if isinstance(obj, dict):
+        return type(obj)((k, _materialize(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_materialize(v) for v in obj)
+    return obj
+
+
+def _load_zip(path: pathlib.Path) -> Any:
+    where = str(path)
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            raise CheckpointError(f"{where}: a zip but not a PyTorch checkpoint (no */data.pkl)")
+        prefix = pkls[0][: -len("data.pkl")]
+        if prefix + "byteorder" in names and zf.read(prefix + "byteorder").strip() != b"little":
+            raise CheckpointError(f"{where}: big-endian checkpoints are not supported")
+        storages: dict[str, _Storage] = {}
+
+        def persistent_load(pid):
+            stype, key, numel = _storage_pid(pid, where)
+            if key not in storages:
+                storage = _Storage(stype.dtype, numel)
+                try:
+                    raw = zf.read(f"{prefix}data/{key}")
+                except KeyError:
+                    raise CheckpointError(
+                        f"{where}: storage {key!r} missing from the zip") from None
+                storage.set_bytes(raw, where)
+                storages[key] = storage
+            return storages[key]
+
+        obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), persistent_load, where).load()
+    return _materialize(obj)
+
+
+def _load_legacy(path: pathlib.Path) -> Any:
+    where = str(path)
+    storages: dict[str, _Storage] = {}
+
+    def persistent_load(pid):
+        stype, key, numel = _storage_pid(pid, where)
+        if key not in storages:
+            storages[key] = _Storage(stype.dtype, numel)
+        return storages[key]
+
+    def refuse(pid):
+        raise CheckpointError(f"{where}: unexpected persistent id {pid!r} in the header")
+
+    with open(path, "rb") as f:
+        header = lambda: _RestrictedUnpickler(f, refuse, where).load()  # noqa: E731
+        magic = header()
+        if magic != LEGACY_MAGIC:
+            raise CheckpointError(f"{where}: not a PyTorch checkpoint (bad magic number {magic!r})")
+        protocol = header()
+        if protocol != 1001:
+            raise CheckpointError(f"{where}: unsupported legacy protocol {protocol!r} (want 1001)")
+        sys_info = header()
+        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+            raise CheckpointError(f"{where}: big-endian checkpoints are not supported")
+        obj = _RestrictedUnpickler(f, persistent_load, where).load()
+        keys = header()
+        for key in keys:
+            key = key.decode() if isinstance(key, bytes) else str(key)
+            if key not in storages:
+                raise CheckpointError(f"{where}: storage {key!r} listed but never referenced")
+            storage = storages[key]
+            (numel,) = struct.unpack("<q", f.read(8))
+            if numel != storage.numel:
+                raise CheckpointError(
+                    f"{where}: storage {key!r} has {numel} elements on disk, {storage.numel} "
+                    f"expected")
+            storage.set_bytes(f.read(numel * storage.dtype.itemsize), where)
+    return _materialize(obj)
+
+
+def load_torch(path) -> Any:
+    """Read a ``torch.save`` file (zip or legacy) without torch; tensors become numpy arrays.
+
+    Returns the saved object (usually an ``OrderedDict`` of arrays). Raises
+    :class:`UnsafeCheckpointError` if the pickle references a global outside the allow-list.
+    """
+    path = _existing(path)
+    try:
+        if zipfile.is_zipfile(path):
+            return _load_zip(path)
+        return _load_legacy(path)
+    except CheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile, ValueError,
+            TypeError, IndexError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: {e})"
+                              ) from None
+
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+              "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+              "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Read a ``.safetensors`` file: ``u64`` little-endian header size, JSON header, bytes."""
+    path = _existing(path)
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise CheckpointError(f"{path}: too short to be a .safetensors file ({len(raw)} bytes)")
+    (n,) = struct.unpack("<Q", raw[:8])
+    if 8 + n > len(raw):
+        raise CheckpointError(f"{path}: header length {n} exceeds the file size {len(raw)}")
+    try:
+        header = json.loads(raw[8:8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
+    body = memoryview(raw)[8 + n:]  # no copy of the (possibly GB-sized) body
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info.get("dtype") not in _ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype "
+                                  f"{info.get('dtype')!r}; supported: {sorted(_ST_DTYPES)}")
+        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if not 0 <= start <= end <= len(body) or end - start != nbytes:
+            raise CheckpointError(f"{path}: tensor {name!r} has inconsistent offsets "
+                                  f"{(start, end)} for shape {shape} and dtype {dtype}")
+        arr = np.frombuffer(body[start:end], dtype=dtype.newbyteorder("<")).astype(dtype)
+        out[name] = arr.reshape(shape)
+    return out
+
+
+def read_npz(path) -> dict[str, np.ndarray]:
+    """Read a ``.npz`` archive (no pickled objects allowed)."""
+    path = _existing(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: unreadable .npz file ({e})") from None
+
+
+def flatten_state_dict(obj: Any, where: str = "checkpoint", key: Optional[str] = None,
+                       ) -> dict[str, np.ndarray]:
+    """Unwrap ``{"model": sd}``-style wrappers and flatten nested dicts to dotted keys.
+
+    ``key`` selects a sub-dict explicitly (e.g. ``"model_ema"`` or timm's ``"state_dict_ema"``);
+    otherwise the first of ``WRAPPER_KEYS`` that holds tensors is used, else the whole object.
+    """
+    if key is not None:
+        if not (isinstance(obj, Mapping) and key in obj):
+            keys = list(obj) if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(f"{where}: no entry {key!r} in the checkpoint (it has {keys})")
+        return flatten_state_dict(obj[key], where)
+    if isinstance(obj, Mapping):
+        for key in WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping) and any(
+                    isinstance(v, (np.ndarray, Mapping)) for v in obj[key].values()):
+                return flatten_state_dict(obj[key], where)
+    out: dict[str, np.ndarray] = {}
+
+    def walk(o, prefix):
+        if isinstance(o, np.ndarray):
+            out[prefix] = o
+        elif isinstance(o, Mapping):
+            for k, v in o.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        # non-tensor entries (epoch counters, strings) are not weights: ignored.
+
+    walk(obj, "")
+    if not out:
+        raise CheckpointError(f"{where}: no tensors found (got a {type(obj).__name__})")
+    if all(k.startswith("module.") for k in out):  # saved from nn.DataParallel
+        out = {k[len("module."):]: v for k, v in out.items()}
+    return out
+
+
+def read_state_dict(path, key: Optional[str] = None) -> dict[str, np.ndarray]:
+    """Read any supported checkpoint into a flat ``{name: np.ndarray}`` dict.
+
+    ``key``: for ``torch.save`` files holding several dicts, the entry to use (see
+    :func:`flatten_state_dict`).
+    """
+    path = _existing(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return read_safetensors(path)
+    if suffix == ".npz":
+        return read_npz(path)
+    if suffix in TORCH_SUFFIXES:
+        return flatten_state_dict(load_torch(path), str(path), key)
+    raise CheckpointError(f"{path}: unknown checkpoint format {suffix!r}; expected one of "
+                          f"{', '.join(TORCH_SUFFIXES + ('.safetensors', '.npz'))}")
+
+
+def _existing(path) -> pathlib.Path:
+    path = pathlib.Path(os.fspath(path))
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint is not a file: {path}")
+    return path
