@@ -77,24 +77,50 @@ def _min_eps_fn(quick: bool):
                 f"{cfg.steps}, {steps} halvings of [0, {EPS_MAX_CURVE}])")
 
 
+def _module_candidates(ctx: ReportContext) -> list[dict]:
+    """Constructor overrides to try: the training metadata's, the embedded default's, none."""
+    out = []
+    info = ctx.extras.get("training_info") or {}
+    if isinstance(info.get("overrides"), dict):
+        out.append(dict(info["overrides"]))
+    try:
+        from robustjax.models import default
+
+        if ctx.model.spec.name == default.DEFAULT_ARCH:
+            out.append(dict(default.DEFAULT_OVERRIDES))
+    except ImportError:
+        pass
+    return out + [{}]
+
+
 def _flax_module(ctx: ReportContext):
-    """The flax module behind ``ctx.model``, or None (with a reason)."""
+    """The flax module behind ``ctx.model``, or None (with a reason).
+
+    ``ctx.extras["flax_module"]`` wins; otherwise registry modules built with the candidate
+    overrides are accepted only if they reproduce ``ctx.model``'s logits.
+    """
     if "flax_module" in ctx.extras:
         return ctx.extras["flax_module"], ""
     spec = ctx.model.spec
     try:
         from robustjax.models.registry import MODELS, wrap
-
-        module = MODELS[spec.name].module(num_classes=spec.num_classes)
-        probe = jnp.asarray(ctx.x[:2])
-        same = np.allclose(wrap(module, ctx.model.params, spec).apply_fn(ctx.model.params, probe),
-                           ctx.model.apply_fn(ctx.model.params, probe), atol=1e-5)
-        if same:
-            return module, ""
-        reason = "the registry's default module does not reproduce the model's logits"
-    except Exception as e:  # any mismatch of names, shapes or structure
-        reason = f"no flax module for model {spec.name!r} ({type(e).__name__}: {e})"
-    return None, reason + "; pass ctx.extras['flax_module'] for neuron metrics."
+    except ImportError as e:
+        return None, f"no model registry ({e}); pass ctx.extras['flax_module']"
+    if spec.name not in MODELS:
+        return None, (f"model {spec.name!r} is not in the registry; pass "
+                      "ctx.extras['flax_module'] for neuron metrics.")
+    probe = jnp.asarray(ctx.x[:2])
+    want = ctx.model.apply_fn(ctx.model.params, probe)
+    for overrides in _module_candidates(ctx):
+        try:
+            module = MODELS[spec.name].module(num_classes=spec.num_classes, **overrides)
+            got = wrap(module, ctx.model.params, spec).apply_fn(ctx.model.params, probe)
+            if np.allclose(got, want, atol=1e-5):
+                return module, ""
+        except Exception:  # noqa: BLE001 - wrong shapes or names: try the next candidate
+            continue
+    return None, ("no registry module with the tried overrides reproduces the model's logits; "
+                  "pass ctx.extras['flax_module'] for neuron metrics.")
 
 
 def _train_images(ctx: ReportContext, n: int, n_eval: int):
