@@ -18,7 +18,7 @@ B = np.array([0.0, -0.5 * (W[:, 1] - W[:, 0]).sum()], np.float32)
 
 def apply_fn(params, x):
     w, b = params
-    return x.reshape(x.shape[0], -1) @ w + b
+    return x.reshape(x.shape[0], -1) @ w + b[None]
 
 
 def _batch():
@@ -76,9 +76,11 @@ def test_ebd1_matches_closed_form_crossings():
 def test_ebd1_max_reduction_is_at_least_min():
     x, y = _batch()
     key = jax.random.PRNGKey(1)
-    lo = ebd1(apply_fn, (W, B), x, y, key, EBD1Config(num_directions=3, num_steps=20))
-    hi = ebd1(apply_fn, (W, B), x, y, key, EBD1Config(num_directions=3, num_steps=20,
-                                                      reduction="max"))
+    def run(cfg):
+        return jax.jit(lambda x, y: ebd1(apply_fn, (W, B), x, y, key, cfg))(x, y)
+
+    lo = run(EBD1Config(num_directions=3, num_steps=20))
+    hi = run(EBD1Config(num_directions=3, num_steps=20, reduction="max"))
     assert bool(jnp.all(hi.distance >= lo.distance))
 
 

@@ -96,7 +96,7 @@ def ebd1(apply_fn, params, x: Array, y: Array, key: Array,
 
     def one_direction(d):
         def flipped_at(t):
-            logits = apply_fn(params, jnp.clip(x + t * d, 0.0, 1.0))
+            logits = apply_fn(params, jnp.clip(x + t * d[None], 0.0, 1.0))
             return jnp.argmax(logits, -1) != y
 
         flips = jax.lax.map(flipped_at, ts)  # [T, b]

@@ -128,7 +128,7 @@ def _local_std(x: Array) -> Array:
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     h, w = x.shape[1:3]
     patches = jnp.stack([xp[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], 0)
-    mean = jnp.mean(patches, axis=0)
+    mean = jnp.mean(patches, axis=0, keepdims=True)
     return jnp.sqrt(jnp.mean((patches - mean) ** 2, axis=0))
 
 

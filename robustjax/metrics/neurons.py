@@ -178,7 +178,7 @@ def _coverage_batch(acts: dict, ranges: NeuronRanges, k: int) -> CoverageStats:
     sections, upper, lower = {}, {}, {}
     for name, a in acts.items():
         v = neuron_values(a)
-        low, high = ranges.layers[name].low, ranges.layers[name].high
+        low, high = ranges.layers[name].low[None], ranges.layers[name].high[None]  # [1, N]
         width = jnp.where(high > low, high - low, 1.0)
         inside = (v >= low) & (v <= high)
         idx = jnp.clip(jnp.floor((v - low) / width * k).astype(jnp.int32), 0, k - 1)

@@ -110,11 +110,11 @@ def _flax_module(ctx: ReportContext):
         return None, (f"model {spec.name!r} is not in the registry; pass "
                       "ctx.extras['flax_module'] for neuron metrics.")
     probe = jnp.asarray(ctx.x[:2])
-    want = ctx.model.apply_fn(ctx.model.params, probe)
+    want = jax.jit(ctx.model.apply_fn)(ctx.model.params, probe)
     for overrides in _module_candidates(ctx):
         try:
             module = MODELS[spec.name].module(num_classes=spec.num_classes, **overrides)
-            got = wrap(module, ctx.model.params, spec).apply_fn(ctx.model.params, probe)
+            got = jax.jit(wrap(module, ctx.model.params, spec).apply_fn)(ctx.model.params, probe)
             if np.allclose(got, want, atol=1e-5):
                 return module, ""
         except Exception:  # noqa: BLE001 - wrong shapes or names: try the next candidate
