@@ -13,7 +13,8 @@ paths joined by ``/`` (``"conv0"``, ``"layer1_0/conv1"``).
 
 **A neuron** of a dense layer is one unit; of a conv layer one channel (DeepGauge, Ma et al.
 ASE 2018, and NOTES.md). For coverage a channel's value on an input is the spatial mean of its
-feature map (DeepGauge's implementation); sensitivity and uncertainty use the whole map.
+feature map (as DeepGauge-style implementations do); sensitivity and uncertainty use the
+whole map.
 
 **KMNC / NBC / SNAC** (Ma et al. 2018, "DeepGauge", Sec. 3). Each neuron ``n`` has a range
 ``[low_n, high_n]`` = min and max of its value over the *training* data (:class:`NeuronRanges`).
@@ -22,9 +23,10 @@ KMNC = sum_n #{sections of [low_n, high_n] split into k equal parts hit by some 
 NBC = (#{n: some x has value > high_n} + #{n: some x has value < low_n}) / (2 N);
 SNAC = #{n: some x has value > high_n} / N.
 N counts the neurons of all captured layers (values are also given per layer). A value equal
-to ``high_n`` falls into the last section; a neuron with ``low_n = high_n`` has one point-like
-range, counted as all k sections' first one (its other sections cannot be hit). AISafety's NBC
-counts neurons rather than corners and undercounts; robustjax follows the paper's formula.
+to ``high_n`` falls into the last section; a neuron with ``low_n = high_n`` (e.g. a dead ReLU)
+has a zero-width range: a value equal to it counts as its first section, its other k - 1
+sections cannot be hit. AISafety's NBC undercounts (NOTES.md); robustjax follows the paper's
+formula, checked against an independent numpy loop in the tests.
 
 **Neuron sensitivity** (Zhang et al. 2021, "Interpreting and improving adversarial robustness
 of deep neural networks with neuron sensitivity", IEEE TIP 30): for neuron ``n`` and pairs
