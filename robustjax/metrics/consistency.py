@@ -1,7 +1,8 @@
 """Consistency-based robustness (survey Table 3): empirical noise insensitivity (ENI).
 
-Definition (after Xu & Mannor 2012, "Robustness and generalization", as used by AISafety's
-``ENI``): for an example ``(x, y)`` and a perturbed version ``x'`` (adversarial or noisy),
+Definition (AISafety's ``ENI``; a local Lipschitz ratio of the loss, cf. Xu & Mannor 2012,
+"Robustness and generalization"): for an example ``(x, y)`` and a perturbed version ``x'``
+(adversarial or noisy),
 
     ENI(x, x') = |l(f(x), y) - l(f(x'), y)| / ||x - x'||_inf,
 
