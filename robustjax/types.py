@@ -100,8 +100,10 @@ class Model:
 
 def normalize(x: Array, mean, std) -> Array:
     """``(x - mean) / std`` per channel, broadcasting over NHWC."""
-    mean = jnp.asarray(mean, dtype=x.dtype)
-    std = jnp.asarray(std, dtype=x.dtype)
+    # Explicit broadcast shape: no implicit rank promotion (strict-promotion users stay happy).
+    shape = (1,) * (x.ndim - 1) + (-1,)
+    mean = jnp.asarray(mean, dtype=x.dtype).reshape(shape)
+    std = jnp.asarray(std, dtype=x.dtype).reshape(shape)
     return (x - mean) / std
 
 

@@ -24,6 +24,7 @@ from robustjax.report.base import ReportContext, Section
 SECTIONS = {
     "clean": "robustjax.report.clean",
     "zoo": "robustjax.report.zoo",
+    "metrics": "robustjax.report.metrics",
 }
 REPORT_FORMAT = "robustjax-report-v1"
 
