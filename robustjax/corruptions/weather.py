@@ -82,24 +82,28 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
     per level."""
     if mapsize & (mapsize - 1):
         raise ValueError(f"mapsize must be a power of two, got {mapsize}")
-    m = jnp.zeros((mapsize, mapsize), jnp.float32)
-    step, wibble = mapsize, 100.0
-    while step >= 2:
+    # The reference fills a full map in place with strided slices; here the grid of one level
+    # (values every ``step`` pixels) is kept compact and interleaved with the new points, which
+    # is the same computation without scatters.
+    grid = jnp.zeros((1, 1), jnp.float32)
+    wibble = 100.0
+    while grid.shape[0] < mapsize:
         key, k1, k2, k3 = jax.random.split(key, 4)
-        half = step // 2
-        noise = lambda k, a: a / 4 + wibble * jax.random.uniform(
-            k, a.shape, minval=-wibble, maxval=wibble
-        )
-        corner = m[0::step, 0::step]
-        sq = corner + jnp.roll(corner, -1, axis=0)
-        sq = sq + jnp.roll(sq, -1, axis=1)
-        m = m.at[half::step, half::step].set(noise(k1, sq))
-        dr, ul = m[half::step, half::step], m[0::step, 0::step]
-        lt = dr + jnp.roll(dr, 1, axis=0) + ul + jnp.roll(ul, -1, axis=1)
-        m = m.at[0::step, half::step].set(noise(k2, lt))
-        tt = dr + jnp.roll(dr, 1, axis=1) + ul + jnp.roll(ul, -1, axis=0)
-        m = m.at[half::step, 0::step].set(noise(k3, tt))
-        step, wibble = half, wibble / wibbledecay
+        n = grid.shape[0]
+
+        def noise(k, a, wibble=wibble):
+            return a / 4 + wibble * jax.random.uniform(k, a.shape, minval=-wibble, maxval=wibble)
+
+        sq = grid + jnp.roll(grid, -1, axis=0)
+        centre = noise(k1, sq + jnp.roll(sq, -1, axis=1))  # the squares' middles
+        ul = grid
+        top = noise(k2, centre + jnp.roll(centre, 1, axis=0) + ul + jnp.roll(ul, -1, axis=1))
+        left = noise(k3, centre + jnp.roll(centre, 1, axis=1) + ul + jnp.roll(ul, -1, axis=0))
+        even = jnp.stack([grid, top], axis=-1).reshape(n, 2 * n)
+        odd = jnp.stack([left, centre], axis=-1).reshape(n, 2 * n)
+        grid = jnp.stack([even, odd], axis=1).reshape(2 * n, 2 * n)
+        wibble = wibble / wibbledecay
+    m = grid
     m = m - m.min()
     return m / m.max()
 
@@ -144,7 +148,7 @@ def frost_textures(h: int, w: int, px: float = 1.0):
         nh, nw = max(nh, h + 1), max(nw, w + 1)
         mh, mw = _ops.cv2_cubic_matrix(fh, nh), _ops.cv2_cubic_matrix(fw, nw)
         res = (mh @ tex.reshape(fh, -1)).reshape(nh, fw, 3)
-        res = np.matmul(mw, res)  # [nw, fw] @ [nh, fw, 3] -> [nh, nw, 3]
+        res = np.tensordot(res, mw, axes=([1], [1])).transpose(0, 2, 1)  # [nh, nw, 3]
         images.append(np.clip(np.round(res), 0, 255).astype(np.uint8))
     hmax, wmax = max(t.shape[0] for t in images), max(t.shape[1] for t in images)
     stack = np.zeros((len(images), hmax, wmax, 3), np.uint8)
