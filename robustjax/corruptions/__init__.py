@@ -30,3 +30,4 @@ from robustjax.corruptions.metrics import (
 )
 from robustjax.corruptions.sequences import NOISE_SEQUENCE, PERTURBATIONS, perturbation_sequence
 from robustjax.corruptions.spatial import SPATIAL_SEVERITIES, distort
+from robustjax.corruptions.tfds_readers import TFDS_NAMES, load_corrupted, tfds_config

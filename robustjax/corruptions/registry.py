@@ -7,6 +7,8 @@ The first 15 are the benchmark corruptions (mCE), the last 4 the held-out extras
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -83,8 +85,16 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
         if key is None:
             raise ValueError(f"corruption {name!r} is random: pass a PRNG key")
     rgb, channels = _ops.as_rgb(x.astype(jnp.float32))
-    out = CORRUPTIONS[name](rgb, severity, key, scale_pixels=scale_pixels)
+    out = _compiled(name, severity, bool(scale_pixels))(rgb, key)
     return _ops.from_rgb(out, channels)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str, severity: int, scale_pixels: bool):
+    # One XLA computation per (corruption, severity): compiling the whole graph once is much
+    # cheaper than JAX's op-by-op eager dispatch; inside a caller's jit it is simply inlined.
+    fn = CORRUPTIONS[name]
+    return jax.jit(lambda x, key: fn(x, severity, key, scale_pixels=scale_pixels))
 
 
 _DETERMINISTIC = (

@@ -85,20 +85,23 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
     # The reference fills a full map in place with strided slices; here the grid of one level
     # (values every ``step`` pixels) is kept compact and interleaved with the new points, which
     # is the same computation without scatters.
+    levels = mapsize.bit_length() - 1
+    sizes = [1 << i for i in range(levels)]  # side of the coarse grid at each level
+    # one draw for all levels (one RNG kernel to compile instead of 3 per level)
+    u = jax.random.uniform(key, (sum(3 * n * n for n in sizes),), minval=-1.0, maxval=1.0)
     grid = jnp.zeros((1, 1), jnp.float32)
-    wibble = 100.0
-    while grid.shape[0] < mapsize:
-        key, k1, k2, k3 = jax.random.split(key, 4)
-        n = grid.shape[0]
-
-        def noise(k, a, wibble=wibble):
-            return a / 4 + wibble * jax.random.uniform(k, a.shape, minval=-wibble, maxval=wibble)
+    wibble, offset = 100.0, 0
+    for n in sizes:
+        draws = []
+        for _ in range(3):
+            draws.append(u[offset : offset + n * n].reshape(n, n) * wibble * wibble)
+            offset += n * n
 
         sq = grid + jnp.roll(grid, -1, axis=0)
-        centre = noise(k1, sq + jnp.roll(sq, -1, axis=1))  # the squares' middles
+        centre = (sq + jnp.roll(sq, -1, axis=1)) / 4 + draws[0]  # the squares' middles
         ul = grid
-        top = noise(k2, centre + jnp.roll(centre, 1, axis=0) + ul + jnp.roll(ul, -1, axis=1))
-        left = noise(k3, centre + jnp.roll(centre, 1, axis=1) + ul + jnp.roll(ul, -1, axis=0))
+        top = (centre + jnp.roll(centre, 1, axis=0) + ul + jnp.roll(ul, -1, axis=1)) / 4 + draws[1]
+        left = (centre + jnp.roll(centre, 1, axis=1) + ul + jnp.roll(ul, -1, axis=0)) / 4 + draws[2]
         even = jnp.stack([grid, top], axis=-1).reshape(n, 2 * n)
         odd = jnp.stack([left, centre], axis=-1).reshape(n, 2 * n)
         grid = jnp.stack([even, odd], axis=1).reshape(2 * n, 2 * n)

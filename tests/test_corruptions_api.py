@@ -1,0 +1,64 @@
+"""`corrupt` on batches: shapes and ranges for all 19, determinism per key, grayscale inputs,
+jit/vmap, input errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from robustjax.corruptions import CORRUPTIONS, corrupt
+
+RNG = np.random.default_rng(0)
+X = jnp.asarray(RNG.uniform(0.1, 0.9, size=(2, 32, 32, 3)), jnp.float32)
+RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow",
+          "frost", "fog", "elastic_transform", "speckle_noise", "spatter")
+
+
+def test_all_corruptions_shape_range_and_key_determinism():
+    k1, k2 = jax.random.key(1), jax.random.key(2)
+    for name in CORRUPTIONS:
+        y = corrupt(X, name, 3, k1, scale_pixels=True)
+        assert y.shape == X.shape and y.dtype == jnp.float32, name
+        y = np.asarray(y)
+        assert np.isfinite(y).all() and y.min() >= 0 and y.max() <= 1, name
+        assert np.abs(y - np.asarray(X)).mean() > 1e-3, f"{name} left the images unchanged"
+        if name in RANDOM:
+            np.testing.assert_array_equal(y, corrupt(X, name, 3, k1, scale_pixels=True), name)
+            assert not np.array_equal(y, corrupt(X, name, 3, k2, scale_pixels=True)), name
+            # images of a batch draw independently
+            assert not np.allclose(y[0] - X[0], y[1] - X[1]), name
+
+
+def test_grayscale_inputs_are_replicated_and_returned_as_luma():
+    g = X[..., :1]
+    y = corrupt(g, "brightness", 3)  # HSV value + 0.3 on a gray pixel is gray + 0.3
+    assert y.shape == g.shape
+    np.testing.assert_allclose(y, np.clip(g + 0.3, 0, 1), atol=1e-6)
+    y = corrupt(g, "gaussian_blur", 1, scale_pixels=True)
+    ref = corrupt(jnp.repeat(g, 3, -1), "gaussian_blur", 1, scale_pixels=True)[..., :1]
+    np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+def test_jit_and_vmap_agree_with_eager():
+    f = jax.jit(corrupt, static_argnames=("name", "severity"))
+    key = jax.random.key(3)
+    np.testing.assert_allclose(f(X, "gaussian_noise", 2, key), corrupt(X, "gaussian_noise", 2, key),
+                               atol=1e-6)
+    keys = jax.random.split(key, 3)
+    ys = jax.vmap(lambda k: corrupt(X, "gaussian_noise", 2, k))(keys)
+    np.testing.assert_allclose(ys[1], corrupt(X, "gaussian_noise", 2, keys[1]), atol=1e-6)
+    ys = jax.vmap(lambda x: corrupt(x[None], "jpeg_compression", 1)[0])(X)  # host callback
+    np.testing.assert_allclose(ys, corrupt(X, "jpeg_compression", 1), atol=1e-6)
+
+
+def test_input_errors_name_the_valid_choices():
+    with pytest.raises(ValueError, match="valid names"):
+        corrupt(X, "rain", 1, jax.random.key(0))
+    with pytest.raises(ValueError, match="severity"):
+        corrupt(X, "fog", 0, jax.random.key(0))
+    with pytest.raises(ValueError, match="PRNG key"):
+        corrupt(X, "fog", 1)
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        corrupt(jnp.zeros((1, 32, 32, 2)), "contrast", 1)
+    with pytest.raises(ValueError, match="batch"):
+        corrupt(X[0], "contrast", 1)
