@@ -308,3 +308,9 @@ def apply_taps(img: Array, taps_h, taps_w) -> Array:
         jnp.take(img, ih[:, t], axis=-3) * wh[:, t, None, None] for t in range(ih.shape[1])
     )
     return sum(jnp.take(out, iw[:, t], axis=-2) * ww[:, t, None] for t in range(iw.shape[1]))
+
+
+def param(table, severity):
+    """``table[severity - 1]`` as float32; ``severity`` may be a Python int or a traced int
+    (then one compilation serves all five severities)."""
+    return jnp.asarray(table, jnp.float32)[jnp.asarray(severity) - 1]

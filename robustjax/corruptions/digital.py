@@ -29,7 +29,7 @@ ELASTIC_ALPHA = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)
 def contrast(x, severity, key=None, *, scale_pixels=False):
     """``clip((x - m) c + m)``, ``m`` the per-image per-channel mean."""
     del key, scale_pixels
-    c = CONTRAST[severity - 1]
+    c = _ops.param(CONTRAST, severity)
     means = jnp.mean(x, axis=(-3, -2), keepdims=True)
     return jnp.clip((x - means) * c + means, 0.0, 1.0)
 
@@ -37,7 +37,7 @@ def contrast(x, severity, key=None, *, scale_pixels=False):
 def brightness(x, severity, key=None, *, scale_pixels=False):
     """HSV value ``v -> clip(v + c)`` (skimage's rgb2hsv / hsv2rgb)."""
     del key, scale_pixels
-    c = BRIGHTNESS[severity - 1]
+    c = _ops.param(BRIGHTNESS, severity)
     hsv = _ops.rgb_to_hsv(x)
     hsv = hsv.at[..., 2].set(jnp.clip(hsv[..., 2] + c, 0.0, 1.0))
     return jnp.clip(_ops.hsv_to_rgb(hsv), 0.0, 1.0)
@@ -46,7 +46,7 @@ def brightness(x, severity, key=None, *, scale_pixels=False):
 def saturate(x, severity, key=None, *, scale_pixels=False):
     """HSV saturation ``s -> clip(s a + b)``."""
     del key, scale_pixels
-    a, b = SATURATE[severity - 1]
+    a, b = _ops.param(SATURATE, severity)
     hsv = _ops.rgb_to_hsv(x)
     hsv = hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * a + b, 0.0, 1.0))
     return jnp.clip(_ops.hsv_to_rgb(hsv), 0.0, 1.0)
@@ -83,10 +83,11 @@ def _jpeg_host(x: np.ndarray, quality: int) -> np.ndarray:
 def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
     """Pillow JPEG encode/decode at quality ``c`` (host callback; inputs rounded to uint8)."""
     del key, scale_pixels
-    quality = JPEG_QUALITY[severity - 1]
+    quality = jnp.asarray(JPEG_QUALITY, jnp.int32)[jnp.asarray(severity) - 1]
     shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
     return jax.pure_callback(
-        lambda a: _jpeg_host(a, quality), shape, x, vmap_method="broadcast_all"
+        lambda a, q: _jpeg_host(a, int(np.asarray(q).reshape(-1)[0])), shape, x, quality,
+        vmap_method="broadcast_all",
     )
 
 
@@ -113,7 +114,7 @@ def elastic_from_fields(x, severity, ux, uy):
     """Elastic transform given the raw uniform fields ``ux, uy`` (``[B, H, W]``, uniform in
     ``+-0.005 H``): smooth, scale by alpha, resample. Deterministic part of ``elastic_transform``."""
     h, w = x.shape[-3], x.shape[-2]
-    alpha = ELASTIC_ALPHA[severity - 1]
+    alpha = _ops.param(ELASTIC_ALPHA, severity)
     sig = (h * 0.01, w * 0.01)
     smooth = lambda u: _ops.gaussian_blur_image(u[..., None], sig, "reflect", 3.0)[..., 0]
     dx, dy = smooth(ux) * alpha, smooth(uy) * alpha

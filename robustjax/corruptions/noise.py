@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from robustjax.corruptions._ops import param
+
 GAUSSIAN_NOISE = (0.08, 0.12, 0.18, 0.26, 0.38)  # std of N(0, c^2) added to x
 SHOT_NOISE = (60, 25, 12, 5, 3)  # photons per unit intensity: Poisson(x c) / c
 IMPULSE_NOISE = (0.03, 0.06, 0.09, 0.17, 0.27)  # salt-and-pepper amount (half salt, half pepper)
@@ -20,15 +22,15 @@ SPECKLE_NOISE = (0.15, 0.2, 0.35, 0.45, 0.6)  # std of the multiplicative noise:
 def gaussian_noise(x, severity, key, *, scale_pixels=False):
     """``clip(x + c n)``, ``n ~ N(0, 1)`` per pixel and channel, ``c = GAUSSIAN_NOISE[s-1]``."""
     del scale_pixels
-    c = GAUSSIAN_NOISE[severity - 1]
+    c = param(GAUSSIAN_NOISE, severity)
     return jnp.clip(x + c * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
 
 
 def shot_noise(x, severity, key, *, scale_pixels=False):
     """``clip(Poisson(x c) / c)``, ``c = SHOT_NOISE[s-1]``."""
     del scale_pixels
-    c = SHOT_NOISE[severity - 1]
-    counts = jax.random.poisson(key, x * c, x.shape)
+    c = param(SHOT_NOISE, severity)
+    counts = jax.random.poisson(key, x * c, x.shape)  # c may be traced (one compile for all)
     return jnp.clip(counts.astype(x.dtype) / c, 0.0, 1.0)
 
 
@@ -36,7 +38,7 @@ def impulse_noise(x, severity, key, *, scale_pixels=False):
     """Salt and pepper as ``skimage.util.random_noise(mode='s&p', amount=c)``: each value is
     replaced with probability ``c`` by 1 or 0 with equal odds."""
     del scale_pixels
-    c = IMPULSE_NOISE[severity - 1]
+    c = param(IMPULSE_NOISE, severity)
     k_flip, k_salt = jax.random.split(key)
     flipped = jax.random.uniform(k_flip, x.shape) < c
     salted = jax.random.uniform(k_salt, x.shape) < 0.5
@@ -46,5 +48,5 @@ def impulse_noise(x, severity, key, *, scale_pixels=False):
 def speckle_noise(x, severity, key, *, scale_pixels=False):
     """``clip(x + x c n)``, ``n ~ N(0, 1)``, ``c = SPECKLE_NOISE[s-1]``."""
     del scale_pixels
-    c = SPECKLE_NOISE[severity - 1]
+    c = param(SPECKLE_NOISE, severity)
     return jnp.clip(x + x * c * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)

@@ -49,6 +49,20 @@ CORRUPTIONS = {
 BENCHMARK_CORRUPTIONS = tuple(CORRUPTIONS)[:15]
 EXTRA_CORRUPTIONS = tuple(CORRUPTIONS)[15:]
 SEVERITIES = (1, 2, 3, 4, 5)
+# Corruptions whose severity only changes values, not shapes: the severity may be traced.
+TRACED_SEVERITY = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "contrast",
+    "brightness",
+    "saturate",
+    "fog",
+    "frost",
+    "elastic_transform",
+    "jpeg_compression",
+)
 # Run on the host (through jax.pure_callback): still usable under jit and vmap, CPU only.
 HOST_CORRUPTIONS = ("jpeg_compression", "spatter")  # spatter: severities 1-3 only
 
@@ -85,7 +99,10 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
         if key is None:
             raise ValueError(f"corruption {name!r} is random: pass a PRNG key")
     rgb, channels = _ops.as_rgb(x.astype(jnp.float32))
-    out = _compiled(name, severity, bool(scale_pixels))(rgb, key)
+    if name in TRACED_SEVERITY:
+        out = _compiled(name, None, bool(scale_pixels))(rgb, key, jnp.int32(severity))
+    else:
+        out = _compiled(name, severity, bool(scale_pixels))(rgb, key)
     return _ops.from_rgb(out, channels)
 
 
@@ -94,6 +111,8 @@ def _compiled(name: str, severity: int, scale_pixels: bool):
     # One XLA computation per (corruption, severity): compiling the whole graph once is much
     # cheaper than JAX's op-by-op eager dispatch; inside a caller's jit it is simply inlined.
     fn = CORRUPTIONS[name]
+    if severity is None:
+        return jax.jit(lambda x, key, s: fn(x, s, key, scale_pixels=scale_pixels))
     return jax.jit(lambda x, key: fn(x, severity, key, scale_pixels=scale_pixels))
 
 

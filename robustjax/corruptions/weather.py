@@ -113,7 +113,7 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
 
 def fog_from_map(x, severity, plasma):
     """Fog given the plasma maps ``[B, M, M]`` (``M >= H, W``): deterministic part of ``fog``."""
-    strength = FOG[severity - 1][0]
+    strength = _ops.param(FOG, severity)[0]
     h, w = x.shape[-3], x.shape[-2]
     max_val = jnp.max(x, axis=(-3, -2, -1), keepdims=True)
     x = x + strength * plasma[:, :h, :w, None]
@@ -125,7 +125,8 @@ def fog(x, severity, key, *, scale_pixels=False):
     del scale_pixels
     mapsize = 1 << (max(x.shape[-3:]) - 1).bit_length()
     keys = jax.random.split(key, x.shape[0])
-    maps = jax.vmap(lambda k: plasma_fractal(k, mapsize, FOG[severity - 1][1]))(keys)
+    decay = _ops.param(FOG, severity)[1]
+    maps = jax.vmap(lambda k: plasma_fractal(k, mapsize, decay))(keys)
     return fog_from_map(x, severity, maps)
 
 
@@ -162,7 +163,7 @@ def frost_textures(h: int, w: int, px: float = 1.0):
 
 def frost_from_crop(x, severity, index, start, *, scale_pixels=False):
     """Frost given the texture ``index`` (``[B]``) and crop corners ``start`` (``[B, 2]``)."""
-    a, b = FROST[severity - 1]
+    a, b = _ops.param(FROST, severity)
     h, w = x.shape[-3], x.shape[-2]
     tex, _ = frost_textures(h, w, _ops.pixel_scale(x.shape, scale_pixels))
     tex = jnp.asarray(tex)
