@@ -58,8 +58,7 @@ def defocus_blur(x, severity, key=None, *, scale_pixels=False):
     radius, alias = DEFOCUS_BLUR[severity - 1]
     radius = radius * _ops.pixel_scale(x.shape, scale_pixels)
     kernel = disk_kernel(radius, alias)
-    blur = jax.vmap(lambda im: _ops.conv2d_same(im, kernel, "reflect"))
-    return jnp.clip(blur(x), 0.0, 1.0)
+    return jnp.clip(_ops.conv2d_same(x, kernel, "reflect"), 0.0, 1.0)
 
 
 def motion_blur_with_angle(x, severity, angle, *, scale_pixels=False):

@@ -63,7 +63,7 @@ def gaussian_noise_sequence(x, key, *, scale_pixels=False):
 def shot_noise_sequence(x, key, *, scale_pixels=False):
     del scale_pixels
     lam = jnp.broadcast_to(x[:, None] * 300.0, (x.shape[0], 30) + x.shape[1:])
-    counts = jax.random.poisson(key, lam, lam.shape).astype(x.dtype)
+    counts = jax.random.poisson(key, lam, lam.shape).astype(x.dtype)  # rate up to 300
     return _with_clean(x, jnp.clip(counts / 300.0, 0.0, 1.0))
 
 
