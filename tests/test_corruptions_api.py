@@ -68,3 +68,23 @@ def test_input_errors_name_the_valid_choices():
         corrupt(jnp.zeros((1, 32, 32, 2)), "contrast", 1)
     with pytest.raises(ValueError, match="batch"):
         corrupt(X[0], "contrast", 1)
+
+
+def test_poisson_sampler_matches_poisson_law():
+    from scipy import stats
+
+    from robustjax.corruptions import noise
+
+    lam = jnp.array([0.0, 0.5, 3.0, 12.0, 60.0], jnp.float32)
+    n = 20000
+    s = np.asarray(noise.poisson(jax.random.key(0), jnp.broadcast_to(lam, (n, 5)), 60.0))
+    assert np.all(s == np.round(s)) and np.all(s[:, 0] == 0)
+    for j, l in enumerate(np.asarray(lam)[1:], start=1):
+        col = s[:, j]
+        assert abs(col.mean() - l) < 5 * np.sqrt(l / n), (l, col.mean())
+        assert abs(col.var() / l - 1) < 0.05, (l, col.var())
+        # frequencies of the most likely values against the pmf (5 sigma binomial bands)
+        for k in range(int(l) - 2, int(l) + 3):
+            if k >= 0:
+                p = stats.poisson.pmf(k, l)
+                assert abs(np.mean(col == k) - p) < 5 * np.sqrt(p * (1 - p) / n) + 1e-4, (l, k)

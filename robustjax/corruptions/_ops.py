@@ -166,15 +166,31 @@ def apply_separable(img: Array, mat_h, mat_w) -> Array:
     return jnp.einsum("jw,...iwc->...ijc", jnp.asarray(mat_w, img.dtype), out)
 
 
+_PAD_MODES = {"nearest": "edge", "reflect": "symmetric", "mirror": "reflect"}
+
+
+def filter_axis(img: Array, kernel: np.ndarray, mode: str, axis: int) -> Array:
+    """Centred 1-D correlation along ``axis`` with SciPy's boundary ``mode``, as a sum of static
+    slices of the padded array (no gathers: XLA fuses gathers badly into later gathers)."""
+    r = len(kernel) // 2
+    n = img.shape[axis]
+    pad = [(0, 0)] * img.ndim
+    pad[axis] = (r, r)
+    if r >= n and mode != "nearest":  # reflections wider than the signal: fall back to a matrix
+        mat = jnp.asarray(filter_matrix(n, kernel, mode), img.dtype)
+        return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(img, axis, 0), axes=1), 0, axis)
+    padded = jnp.pad(img, pad, mode=_PAD_MODES[mode])
+    out = 0.0
+    for t, k in enumerate(kernel):
+        out = out + float(k) * jax.lax.slice_in_dim(padded, t, t + n, axis=axis)
+    return out
+
+
 def gaussian_blur_image(img: Array, sigma, mode: str = "nearest", truncate: float = 4.0) -> Array:
     """``skimage.filters.gaussian(img, sigma, mode, truncate, channel_axis=-1)`` on ``[..., H, W, C]``."""
     sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
-    h, w = img.shape[-3], img.shape[-2]
-    return apply_separable(
-        img,
-        gaussian_matrix(h, float(sy), mode, truncate),
-        gaussian_matrix(w, float(sx), mode, truncate),
-    )
+    out = filter_axis(img, gaussian_kernel1d(float(sy), truncate), mode, img.ndim - 3)
+    return filter_axis(out, gaussian_kernel1d(float(sx), truncate), mode, img.ndim - 2)
 
 
 def rgb_to_gray(img: Array) -> Array:
@@ -337,3 +353,14 @@ def param(table, severity):
     """``table[severity - 1]`` as float32; ``severity`` may be a Python int or a traced int
     (then one compilation serves all five severities)."""
     return jnp.asarray(table, jnp.float32)[jnp.asarray(severity) - 1]
+
+
+def gather_pixels(img: Array, rows: Array, cols: Array) -> Array:
+    """``img[b, rows[b], cols[b]]`` for ``img [B, H, W, C]`` and integer ``rows, cols [B, ...]``
+    (in range), as one flat ``take_along_axis`` (XLA's CPU gather is slow for batched 2-D
+    indices)."""
+    b, h, w, c = img.shape
+    flat = img.reshape(b, h * w, c)
+    idx = (rows * w + cols).reshape(b, -1, 1)
+    out = jnp.take_along_axis(flat, idx, axis=1, mode="clip")
+    return out.reshape(rows.shape + (c,))

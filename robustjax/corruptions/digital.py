@@ -92,9 +92,9 @@ def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
 
 
 def _sample_bilinear_reflect(img, rows, cols):
-    """``scipy.ndimage.map_coordinates(order=1, mode='reflect')`` of ``[H, W, C]`` at float
-    ``rows``, ``cols`` (``[H, W]``), the same coordinates for every channel."""
-    h, w = img.shape[0], img.shape[1]
+    """``scipy.ndimage.map_coordinates(order=1, mode='reflect')`` of ``[B, H, W, C]`` at float
+    ``rows``, ``cols`` (``[B, H, W]``), the same coordinates for every channel."""
+    h, w = img.shape[1], img.shape[2]
 
     def refl(i, n):  # half-sample symmetric extension
         i = jnp.mod(i, 2 * n)
@@ -105,8 +105,9 @@ def _sample_bilinear_reflect(img, rows, cols):
     r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
     r1, c1 = refl(r0 + 1, h), refl(c0 + 1, w)
     r0, c0 = refl(r0, h), refl(c0, w)
-    top = img[r0, c0] * (1 - fc) + img[r0, c1] * fc
-    bottom = img[r1, c0] * (1 - fc) + img[r1, c1] * fc
+    g = _ops.gather_pixels
+    top = g(img, r0, c0) * (1 - fc) + g(img, r0, c1) * fc
+    bottom = g(img, r1, c0) * (1 - fc) + g(img, r1, c1) * fc
     return top * (1 - fr) + bottom * fr
 
 
@@ -120,7 +121,7 @@ def elastic_from_fields(x, severity, ux, uy):
     dx, dy = smooth(ux) * alpha, smooth(uy) * alpha
     gy, gx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                           indexing="ij")
-    out = jax.vmap(lambda im, a, b: _sample_bilinear_reflect(im, gy + b, gx + a))(x, dx, dy)
+    out = _sample_bilinear_reflect(x, gy + dy, gx + dx)
     return jnp.clip(out, 0.0, 1.0)
 
 

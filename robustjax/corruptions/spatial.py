@@ -27,6 +27,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from robustjax.corruptions import _ops
+
 SPATIAL_SEVERITIES = {
     "rotate": (5.0, 10.0, 15.0, 20.0, 30.0),
     "translate": (0.04, 0.08, 0.12, 0.16, 0.20),
@@ -93,18 +95,24 @@ MATRICES = {
 def warp(img, forward, fill: float = 0.0):
     """Warps ``[H, W, C]`` by the forward homography ``forward`` (source -> output pixel
     coordinates, x right, y down): output(p) = bilinear source(forward^-1 p)."""
-    h, w = img.shape[0], img.shape[1]
+    return warp_batch(img[None], forward[None], fill)[0]
+
+
+def warp_batch(x, forward, fill: float = 0.0):
+    """``warp`` of every image of ``x [B, H, W, C]`` by its homography ``forward [B, 3, 3]``."""
+    h, w = x.shape[1], x.shape[2]
     inv = jnp.linalg.inv(forward)
     ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                           indexing="ij")
-    pts = jnp.stack([xs, ys, jnp.ones_like(xs)], -1) @ inv.T
+    pts = jnp.einsum("hwk,bjk->bhwj", jnp.stack([xs, ys, jnp.ones_like(xs)], -1), inv)
     sx, sy = pts[..., 0] / pts[..., 2], pts[..., 1] / pts[..., 2]
     x0, y0 = jnp.floor(sx), jnp.floor(sy)
     fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
 
     def tap(yy, xx):
         inside = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
-        v = img[jnp.clip(yy, 0, h - 1).astype(jnp.int32), jnp.clip(xx, 0, w - 1).astype(jnp.int32)]
+        v = _ops.gather_pixels(x, jnp.clip(yy, 0, h - 1).astype(jnp.int32),
+                               jnp.clip(xx, 0, w - 1).astype(jnp.int32))
         return jnp.where(inside[..., None], v, fill)
 
     top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
@@ -119,7 +127,8 @@ def apply(x, name: str, value, fill: float = 0.0):
         raise ValueError(f"unknown distortion {name!r}; valid: {', '.join(MATRICES)}")
     h, w = x.shape[-3], x.shape[-2]
     value = jnp.broadcast_to(jnp.asarray(value, jnp.float32), (x.shape[0],))
-    return jax.vmap(lambda im, v: warp(im, MATRICES[name](v, h, w), fill))(x, value)
+    mats = jax.vmap(lambda v: MATRICES[name](v, h, w))(value)
+    return warp_batch(x, mats, fill)
 
 
 def distort(x, name: str, severity: int, fill: float = 0.0):
