@@ -50,9 +50,11 @@ def poisson(key, lam, lam_max: float):
 
     def body(state):
         i, p, cdf, k = state
-        k = k + (u > cdf)
-        p = p * lam / (i + 1.0)
-        return i + 1.0, p, cdf + p, k
+        for _ in range(8):  # 8 steps per loop trip: fewer reductions and state copies
+            k = k + (u > cdf)
+            p = p * lam / (i + 1.0)
+            i, cdf = i + 1.0, cdf + p
+        return i, p, cdf, k
 
     p0 = jnp.exp(-lam)
     state = (jnp.float32(0.0), p0, p0, jnp.zeros(lam.shape, jnp.float32))
