@@ -68,16 +68,13 @@ def _jpeg_host(x: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image  # Pillow comes with matplotlib
 
     x = np.asarray(x)
-    out = np.empty(x.shape, np.float32)
-    flat_in = x.reshape((-1,) + x.shape[-3:])
-    flat_out = out.reshape(flat_in.shape)
-    for i, im in enumerate(flat_in):
+    u8 = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8).reshape((-1,) + x.shape[-3:])
+    out = np.empty_like(u8)
+    for i, im in enumerate(u8):
         buf = io.BytesIO()
-        Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8)).save(
-            buf, "JPEG", quality=quality
-        )
-        flat_out[i] = np.asarray(Image.open(buf), np.float32) / 255.0
-    return out
+        Image.fromarray(im).save(buf, "JPEG", quality=quality)
+        out[i] = np.asarray(Image.open(buf))
+    return (out.astype(np.float32) * np.float32(1 / 255.0)).reshape(x.shape)
 
 
 def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
