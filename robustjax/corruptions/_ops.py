@@ -252,23 +252,6 @@ def conv2d_same(img: Array, kernel: np.ndarray, pad_mode: str = "reflect") -> Ar
     return out[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w, :].astype(img.dtype)
 
 
-def _conv2d_direct(img: Array, kernel: np.ndarray, pad_mode: str = "reflect") -> Array:
-    r = kernel.shape[0] // 2
-    c = img.shape[-1]
-    padded = jnp.pad(img, ((r, r), (r, r), (0, 0)), mode=pad_mode)
-    k = jnp.asarray(kernel, img.dtype)[:, :, None, None] * jnp.ones((1, 1, 1, c), img.dtype)
-    out = jax.lax.conv_general_dilated(
-        padded[None],
-        k,
-        window_strides=(1, 1),
-        padding="VALID",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=c,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-    return out[0]
-
-
 def shift_edge(img: Array, dy, dx, pad: int) -> Array:
     """``img[clip(i - dy), clip(j - dx)]`` (edge replication) for traced integer shifts."""
     padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
