@@ -1,0 +1,124 @@
+"""Images per second of the 19 ImageNet-C corruptions at severity 3: robustjax vs
+imagecorruptions-imaug (the reference, NumPy/SciPy/OpenCV/numba, one image at a time).
+
+    PYTHONPATH=. python benchmarks/corruptions_speed.py [--batch 64] [--ref-images 8]
+
+robustjax corrupts a batch of ``--batch`` 224 x 224 images in one jitted call (timed after a
+warm-up call that compiles it; the compile time is reported separately). The reference runs
+image by image; to keep the run short it is timed on the first ``--ref-images`` images (its
+cost is linear in the number of images) after one warm-up image (numba compiles glass blur).
+Corruptions are interleaved: reference, then robustjax, per corruption. Writes
+benchmarks/results/corruptions.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+import skimage.data
+
+
+def images(n: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    photos = [skimage.data.chelsea(), skimage.data.astronaut(), skimage.data.coffee(),
+              skimage.data.rocket()]
+    out = []
+    for i in range(n):
+        p = photos[i % len(photos)]
+        r = rng.integers(0, p.shape[0] - 224)
+        c = rng.integers(0, p.shape[1] - 224)
+        out.append(p[r:r + 224, c:c + 224, :3])
+    return np.stack(out).astype(np.uint8)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--ref-images", type=int, default=8)
+    ap.add_argument("--severity", type=int, default=3)
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "corruptions.md"))
+    args = ap.parse_args()
+
+    import imagecorruptions
+
+    from robustjax.corruptions import CORRUPTIONS, corrupt
+
+    x8 = images(args.batch)
+    x = jax.numpy.asarray(x8 / 255.0, jax.numpy.float32)
+    key = jax.random.key(0)
+    rows = []
+    tot_ref = tot_ours = 0.0
+    for name in CORRUPTIONS:
+        imagecorruptions.corrupt(x8[0], args.severity, name)  # warm-up (numba, file reads)
+        t = time.perf_counter()
+        for im in x8[: args.ref_images]:
+            imagecorruptions.corrupt(im, args.severity, name)
+        ref_s = (time.perf_counter() - t) / args.ref_images  # seconds per image
+
+        t = time.perf_counter()
+        corrupt(x, name, args.severity, key).block_until_ready()
+        compile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        corrupt(x, name, args.severity, jax.random.fold_in(key, 1)).block_until_ready()
+        ours_s = (time.perf_counter() - t) / args.batch
+        tot_ref += ref_s
+        tot_ours += ours_s
+        rows.append((name, 1 / ref_s, 1 / ours_s, ref_s / ours_s, compile_s))
+        print(f"{name:18s} ref {1 / ref_s:8.1f} img/s  robustjax {1 / ours_s:8.1f} img/s  "
+              f"x{ref_s / ours_s:6.1f}  (first call {compile_s:.1f} s)", flush=True)
+
+    lines = [
+        "# Corruption speed: robustjax vs imagecorruptions-imaug",
+        "",
+        f"Command: `PYTHONPATH=. python benchmarks/corruptions_speed.py --batch {args.batch} "
+        f"--ref-images {args.ref_images} --severity {args.severity}`",
+        "",
+        f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPU cores (shared with other jobs; load average at the end: "
+        f"{os.getloadavg()[0]:.1f}), jax {jax.__version__} on {jax.devices()[0].platform}.",
+        "",
+        f"Severity {args.severity}, 224 x 224 RGB images. robustjax: one jitted call on a batch of "
+        f"{args.batch} (steady state, after a compiling first call); reference: "
+        f"imagecorruptions-imaug image by image, timed on {args.ref_images} images "
+        "(per-image cost, linear in the number of images). One run.",
+        "",
+        "| corruption | reference img/s | robustjax img/s | ratio | robustjax first call (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r, o, ratio, c in rows:
+        lines.append(f"| {name} | {r:.1f} | {o:.1f} | {ratio:.1f}x | {c:.1f} |")
+    overall = tot_ref / tot_ours
+    lines += [
+        f"| **all 19 (time to apply each once)** | {1 / tot_ref:.2f} | {1 / tot_ours:.2f} | "
+        f"**{overall:.1f}x** | |",
+        "",
+        "What limits the ratio on a CPU (goal: >= 10x overall):",
+        "",
+        "* Random corruptions are bound by random-number generation: JAX's threefry normals and "
+        "uniforms cost about as much per value as NumPy's, so gaussian/impulse/speckle noise "
+        "cannot be much faster than the reference (a 224 x 224 x 3 image needs 150k draws).",
+        "* Shot noise samples Poisson counts by a vectorised inverse-CDF search (~c + 6 sqrt(c) "
+        "steps over the whole batch); NumPy's per-value sampler is of the same order.",
+        "* Glass blur is sequential by definition (each pixel move may read pixels moved before): "
+        "~145k dependent steps per image at severity 3 run in a `lax.fori_loop` (batched over "
+        "images) against numba's compiled loop.",
+        "* Pixelate and JPEG are Pillow C code in the reference (thousands of images/s); JPEG is "
+        "the same codec here, called through `jax.pure_callback`.",
+        "* The large wins are where the reference is slow Python/SciPy per image: zoom blur "
+        "(16 SciPy zooms per image), frost, brightness/saturate (skimage HSV), contrast.",
+        "* This machine has 2 cores shared with other jobs; XLA's batch parallelism does not "
+        "show. On an accelerator every corruption except the two host callbacks runs on device.",
+        "",
+    ]
+    pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"overall x{overall:.1f}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Digital corruptions of ImageNet-C (Hendrycks & Dietterich, ICLR 2019): contrast, brightness,
+saturate (extra), pixelate, JPEG compression, elastic transform.
+
+``x`` is float32 ``[B, H, W, 3]`` in [0, 1]; ``severity`` a Python int in 1..5. All are jittable;
+``jpeg_compression`` calls Pillow's JPEG codec on the host through ``jax.pure_callback`` (it
+runs inside ``jit``/``vmap`` but not on an accelerator and is not differentiable).
+"""
+
+from __future__ import annotations
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robustjax.corruptions import _ops
+
+CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # factor on the deviation from the per-channel mean
+BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)  # added to the HSV value
+SATURATE = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))  # HSV saturation * a + b
+JPEG_QUALITY = (25, 18, 15, 10, 7)
+PIXELATE = (0.6, 0.5, 0.4, 0.3, 0.25)  # box-downsample factor, then nearest upsample
+ELASTIC_ALPHA = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)
+# elastic: displacement fields uniform in +-0.005 H, Gaussian-smoothed with sigma 0.01 (H, W)
+# (mode 'reflect', truncate 3), times alpha; bilinear resampling with mode 'reflect'.
+
+
+def contrast(x, severity, key=None, *, scale_pixels=False):
+    """``clip((x - m) c + m)``, ``m`` the per-image per-channel mean."""
+    del key, scale_pixels
+    c = _ops.param(CONTRAST, severity)
+    means = jnp.mean(x, axis=(-3, -2), keepdims=True)
+    return jnp.clip((x - means) * c + means, 0.0, 1.0)
+
+
+def brightness(x, severity, key=None, *, scale_pixels=False):
+    """HSV value ``v -> clip(v + c)`` (skimage's rgb2hsv / hsv2rgb)."""
+    del key, scale_pixels
+    c = _ops.param(BRIGHTNESS, severity)
+    hsv = _ops.rgb_to_hsv(x)
+    hsv = hsv.at[..., 2].set(jnp.clip(hsv[..., 2] + c, 0.0, 1.0))
+    return jnp.clip(_ops.hsv_to_rgb(hsv), 0.0, 1.0)
+
+
+def saturate(x, severity, key=None, *, scale_pixels=False):
+    """HSV saturation ``s -> clip(s a + b)``."""
+    del key, scale_pixels
+    a, b = _ops.param(SATURATE, severity)
+    hsv = _ops.rgb_to_hsv(x)
+    hsv = hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * a + b, 0.0, 1.0))
+    return jnp.clip(_ops.hsv_to_rgb(hsv), 0.0, 1.0)
+
+
+def pixelate(x, severity, key=None, *, scale_pixels=False):
+    """Pillow ``resize(int(W c), int(H c), BOX)`` then ``resize(W, H, NEAREST)``, as one linear
+    map per axis (without Pillow's intermediate uint8 rounding)."""
+    del key, scale_pixels
+    c = PIXELATE[severity - 1]
+    h, w = x.shape[-3], x.shape[-2]
+    sh, sw = int(h * c), int(w * c)
+    mh = _ops.pil_nearest_matrix(sh, h) @ _ops.pil_box_matrix(h, sh)
+    mw = _ops.pil_nearest_matrix(sw, w) @ _ops.pil_box_matrix(w, sw)
+    return _ops.apply_separable(x, mh, mw)
+
+
+def _jpeg_host(x: np.ndarray, quality: int) -> np.ndarray:
+    from PIL import Image  # Pillow comes with matplotlib
+
+    x = np.asarray(x)
+    u8 = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8).reshape((-1,) + x.shape[-3:])
+    out = np.empty_like(u8)
+    for i, im in enumerate(u8):
+        buf = io.BytesIO()
+        Image.fromarray(im).save(buf, "JPEG", quality=quality)
+        out[i] = np.asarray(Image.open(buf))
+    return (out.astype(np.float32) * np.float32(1 / 255.0)).reshape(x.shape)
+
+
+def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
+    """Pillow JPEG encode/decode at quality ``c`` (host callback; inputs rounded to uint8)."""
+    del key, scale_pixels
+    quality = jnp.asarray(JPEG_QUALITY, jnp.int32)[jnp.asarray(severity) - 1]
+    shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    return jax.pure_callback(
+        lambda a, q: _jpeg_host(a, int(np.asarray(q).reshape(-1)[0])), shape, x, quality,
+        vmap_method="broadcast_all",
+    )
+
+
+def _sample_bilinear_reflect(img, rows, cols):
+    """``scipy.ndimage.map_coordinates(order=1, mode='reflect')`` of ``[B, H, W, C]`` at float
+    ``rows``, ``cols`` (``[B, H, W]``), the same coordinates for every channel."""
+    h, w = img.shape[1], img.shape[2]
+
+    def refl(i, n):  # half-sample symmetric extension
+        i = jnp.mod(i, 2 * n)
+        return jnp.where(i >= n, 2 * n - 1 - i, i)
+
+    r0, c0 = jnp.floor(rows), jnp.floor(cols)
+    fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+    r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
+    r1, c1 = refl(r0 + 1, h), refl(c0 + 1, w)
+    r0, c0 = refl(r0, h), refl(c0, w)
+    g = _ops.gather_pixels
+    top = g(img, r0, c0) * (1 - fc) + g(img, r0, c1) * fc
+    bottom = g(img, r1, c0) * (1 - fc) + g(img, r1, c1) * fc
+    return top * (1 - fr) + bottom * fr
+
+
+def elastic_from_fields(x, severity, ux, uy):
+    """Elastic transform given the raw uniform fields ``ux, uy`` (``[B, H, W]``, uniform in
+    ``+-0.005 H``): smooth, scale by alpha, resample. Deterministic part of ``elastic_transform``."""
+    h, w = x.shape[-3], x.shape[-2]
+    alpha = _ops.param(ELASTIC_ALPHA, severity)
+    sig = (h * 0.01, w * 0.01)
+    smooth = lambda u: _ops.gaussian_blur_image(u[..., None], sig, "reflect", 3.0)[..., 0]
+    dx, dy = smooth(ux) * alpha, smooth(uy) * alpha
+    gy, gx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                          indexing="ij")
+    out = _sample_bilinear_reflect(x, gy + dy, gx + dx)
+    return jnp.clip(out, 0.0, 1.0)
+
+
+def elastic_transform(x, severity, key, *, scale_pixels=False):
+    """Random smooth displacement fields (all spatial parameters already scale with H)."""
+    del scale_pixels
+    b, h, w = x.shape[0], x.shape[-3], x.shape[-2]
+    kx, ky = jax.random.split(key)
+    m = h * 0.005
+    ux = jax.random.uniform(kx, (b, h, w), minval=-m, maxval=m)
+    uy = jax.random.uniform(ky, (b, h, w), minval=-m, maxval=m)
+    return elastic_from_fields(x, severity, ux, uy)

@@ -1,0 +1,137 @@
+"""The corruption registry and the batch entry point ``corrupt``.
+
+``CORRUPTIONS`` maps the ImageNet-C names (imagecorruptions' spelling) to functions
+``f(x, severity, key, *, scale_pixels=False)`` on float32 ``[B, H, W, 3]`` images in [0, 1].
+The first 15 are the benchmark corruptions (mCE), the last 4 the held-out extras.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from robustjax.corruptions import _ops
+from robustjax.corruptions.blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
+from robustjax.corruptions.digital import (
+    brightness,
+    contrast,
+    elastic_transform,
+    jpeg_compression,
+    pixelate,
+    saturate,
+)
+from robustjax.corruptions.noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise
+from robustjax.corruptions.weather import fog, frost, snow, spatter
+
+CORRUPTIONS = {
+    "gaussian_noise": gaussian_noise,
+    "shot_noise": shot_noise,
+    "impulse_noise": impulse_noise,
+    "defocus_blur": defocus_blur,
+    "glass_blur": glass_blur,
+    "motion_blur": motion_blur,
+    "zoom_blur": zoom_blur,
+    "snow": snow,
+    "frost": frost,
+    "fog": fog,
+    "brightness": brightness,
+    "contrast": contrast,
+    "elastic_transform": elastic_transform,
+    "pixelate": pixelate,
+    "jpeg_compression": jpeg_compression,
+    "speckle_noise": speckle_noise,
+    "gaussian_blur": gaussian_blur,
+    "spatter": spatter,
+    "saturate": saturate,
+}
+BENCHMARK_CORRUPTIONS = tuple(CORRUPTIONS)[:15]
+EXTRA_CORRUPTIONS = tuple(CORRUPTIONS)[15:]
+SEVERITIES = (1, 2, 3, 4, 5)
+# Corruptions whose severity only changes values, not shapes: the severity may be traced.
+TRACED_SEVERITY = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "contrast",
+    "brightness",
+    "saturate",
+    "fog",
+    "frost",
+    "elastic_transform",
+    "jpeg_compression",
+)
+# Run on the host (through jax.pure_callback): still usable under jit and vmap, CPU only.
+HOST_CORRUPTIONS = ("jpeg_compression", "spatter")  # spatter: severities 1-3 only
+
+
+def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False):
+    """Corrupts a batch with one ImageNet-C corruption.
+
+    Args:
+      x: float32 ``[B, H, W, C]`` in [0, 1], ``C`` 1 or 3. Grayscale images are replicated to
+        three channels (as imagecorruptions does), corrupted, and returned as the ITU-R 601
+        luma of the result (``[B, H, W, 1]``).
+      name: a key of ``CORRUPTIONS``.
+      severity: Python int in 1..5 (static under ``jit``).
+      key: PRNG key; required by the random corruptions. The same key gives the same output.
+      scale_pixels: False (default) uses the published parameters, which are in pixels for
+        224 x 224 images; True multiplies pixel-unit parameters by ``min(H, W) / 224``.
+
+    Returns:
+      float32 array of the shape of ``x``, in [0, 1].
+
+    Example:
+      >>> f = jax.jit(corrupt, static_argnames=("name", "severity"))
+      >>> y = f(x, "fog", 3, jax.random.key(0))
+    """
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(CORRUPTIONS)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be an int in 1..5, got {severity!r}")
+    x = jnp.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch [B, H, W, C], got shape {x.shape}")
+    if key is None:
+        key = jax.random.key(0) if name in _DETERMINISTIC else None
+        if key is None:
+            raise ValueError(f"corruption {name!r} is random: pass a PRNG key")
+    rgb, channels = _ops.as_rgb(x.astype(jnp.float32))
+    if name in TRACED_SEVERITY:
+        out = _compiled(name, None, bool(scale_pixels))(rgb, key, jnp.int32(severity))
+    else:
+        out = _compiled(name, severity, bool(scale_pixels))(rgb, key)
+    return _ops.from_rgb(out, channels)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(name: str, severity: int, scale_pixels: bool):
+    # One XLA computation per (corruption, severity): compiling the whole graph once is much
+    # cheaper than JAX's op-by-op eager dispatch; inside a caller's jit it is simply inlined.
+    fn = CORRUPTIONS[name]
+    if severity is None:
+        return jax.jit(lambda x, key, s: fn(x, s, key, scale_pixels=scale_pixels))
+    return jax.jit(lambda x, key: fn(x, severity, key, scale_pixels=scale_pixels))
+
+
+_DETERMINISTIC = (
+    "defocus_blur",
+    "zoom_blur",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+    "gaussian_blur",
+    "saturate",
+)
+
+
+def corrupt_all(x, key, *, names=tuple(CORRUPTIONS), severities=SEVERITIES, **kwargs):
+    """``{(name, severity): corrupt(x, name, severity, fold_in(key, ...))}`` (eager helper)."""
+    out = {}
+    for i, name in enumerate(names):
+        for s in severities:
+            out[(name, s)] = corrupt(x, name, s, jax.random.fold_in(key, 10 * i + s), **kwargs)
+    return out
