@@ -1,7 +1,8 @@
 """Real datasets through tensorflow-datasets (optional extra ``robustjax[tfds]``).
 
-Nothing is downloaded implicitly: tfds is called with ``download=False`` so a missing dataset
-fails fast with instructions instead of starting a multi-GB download on a cluster node.
+Nothing is downloaded implicitly: unless ``download=True``, a dataset that tfds has not prepared
+fails fast with instructions instead of starting a multi-GB download on a cluster node. This is
+the one tfds reader; ``robustjax.corruptions.load_corrupted`` maps corruption names onto it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ DATASETS = {
                      "ILSVRC2012_img_train.tar for train) from image-net.org into "
                      "<data_dir>/downloads/manual/, then run `tfds build imagenet2012`."),
     "imagenet2012_corrupted": ("imagenet2012_corrupted", "validation",
-                               "ImageNet-C is built from the ImageNet validation tar: put "
-                               "ILSVRC2012_img_val.tar in <data_dir>/downloads/manual/ and run "
-                               "`tfds build imagenet2012_corrupted --config <corruption>_<1-5>`."),
+                               "ImageNet-C is built from the ImageNet validation set, which tfds "
+                               "cannot download: get ILSVRC2012_img_val.tar from image-net.org, "
+                               "put it in <data_dir>/downloads/manual/, then call with "
+                               "download=True or run `tfds build "
+                               "imagenet2012_corrupted/<corruption>_<1-5>`."),
     "cifar10": ("cifar10", "test", "run `tfds build cifar10` on a machine with internet, then "
                 "copy <data_dir>/cifar10 to this machine."),
     "cifar10_corrupted": ("cifar10_corrupted", "test",
-                          "run `tfds build cifar10_corrupted --config <corruption>_<1-5>` "
-                          "(downloads 2.9 GB) and copy <data_dir>/cifar10_corrupted here."),
+                          "tfds downloads CIFAR-10-C (2.9 GB): call with download=True on a "
+                          "machine with internet access, or run `tfds build "
+                          "cifar10_corrupted/<corruption>_<1-5>` and pass its data_dir."),
     "imagenette": ("imagenette", "validation", "run `tfds build imagenette` on a machine with "
                    "internet, then copy <data_dir>/imagenette to this machine."),
 }
@@ -35,30 +39,32 @@ def _import_tfds():
         import tensorflow_datasets as tfds
     except ImportError:
         raise ModuleNotFoundError(
-            "this dataset is read with tensorflow-datasets, which is not installed: "
-            "pip install 'robustjax[tfds]'") from None
+            "this dataset is read with tensorflow-datasets (and tensorflow), which is not "
+            "installed: pip install robustjax[tfds]   (quote it in zsh). To corrupt your own "
+            "images no extra package is needed: use robustjax.corruptions.corrupt.") from None
     return tfds
 
 
 def _to_arrays(examples, size: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
-    for ex in examples:
-        img = np.asarray(ex["image"])
+    for image, label in examples:
+        img = np.asarray(image)
         if size is not None and img.shape[:2] != (size, size):
             from robustjax.data import resize_center_crop
 
             img = (resize_center_crop(img, size, int(round(size / 0.875))) * 255).astype(np.uint8)
         xs.append(img)
-        ys.append(int(ex["label"]))
+        ys.append(int(label))
     if not xs:
-        raise ValueError("the requested split is empty")
+        return np.zeros((0, 0, 0, 3), np.float32), np.zeros((0,), np.int32)
     x = np.stack(xs).astype(np.float32) / 255.0
     return x, np.asarray(ys, np.int32)
 
 
 def load(name: str, split: Optional[str] = None, *, data_dir: Optional[str] = None,
          config: Optional[str] = None, size: Optional[int] = None,
-         limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+         limit: Optional[int] = None, download: bool = False
+         ) -> tuple[np.ndarray, np.ndarray]:
     """Load a tfds dataset as float32 NHWC [0, 1] images and int32 labels.
 
     Args:
@@ -69,6 +75,7 @@ def load(name: str, split: Optional[str] = None, *, data_dir: Optional[str] = No
       size: resize (short side to size/0.875, bicubic) and center-crop to ``size`` x ``size``;
         needed for ImageNet, whose images differ in size.
       limit: read at most this many examples.
+      download: let tfds download and prepare the data if it is missing (never by default).
     """
     if name not in DATASETS:
         raise KeyError(f"unknown tfds dataset {name!r}; valid names: {', '.join(DATASETS)}")
@@ -84,11 +91,12 @@ def load(name: str, split: Optional[str] = None, *, data_dir: Optional[str] = No
     full = f"{tfds_name}/{config}" if config else tfds_name
     if limit is not None:
         split = f"{split}[:{int(limit)}]"
-    try:
-        ds = tfds.load(full, split=split, data_dir=data_dir, download=False,
-                       as_supervised=False)
-    except Exception as e:  # tfds raises several types for absent data
+    builder = tfds.builder(full, data_dir=data_dir)
+    if download:
+        builder.download_and_prepare()
+    elif not builder.is_prepared():
         raise FileNotFoundError(
-            f"could not read {full!r} (split {split!r}) from tfds data_dir "
-            f"{data_dir or '~/tensorflow_datasets'}: {e}\nHow to get it: {how}") from None
+            f"tfds dataset {full!r} is not prepared in tfds data_dir "
+            f"{data_dir or '~/tensorflow_datasets'}. How to get it: {how}")
+    ds = builder.as_dataset(split=split, as_supervised=True)
     return _to_arrays(tfds.as_numpy(ds), size)

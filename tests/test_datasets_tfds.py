@@ -16,16 +16,25 @@ def test_missing_tfds_says_how_to_install(monkeypatch):
         data.load("cifar10", "test")
 
 
-def _fake_tfds(examples, fail=False):
+def _fake_tfds(examples, prepared=True):
+    """A stand-in with the builder API robustjax uses; records what was asked."""
     calls = {}
 
-    def load(name, split, data_dir, download, as_supervised):
-        calls.update(name=name, split=split, download=download)
-        if fail:
-            raise RuntimeError("Dataset not found")
-        return examples
+    class Builder:
+        def __init__(self, name, data_dir=None):
+            calls["name"] = name
 
-    return types.SimpleNamespace(load=load, as_numpy=lambda ds: iter(ds)), calls
+        def is_prepared(self):
+            return prepared
+
+        def download_and_prepare(self):
+            calls["downloaded"] = True
+
+        def as_dataset(self, split, as_supervised):
+            calls["split"] = split
+            return [(ex["image"], ex["label"]) for ex in examples]
+
+    return types.SimpleNamespace(builder=Builder, as_numpy=lambda ds: iter(ds)), calls
 
 
 def test_conversion_to_float_nhwc(monkeypatch):
@@ -35,19 +44,21 @@ def test_conversion_to_float_nhwc(monkeypatch):
     fake, calls = _fake_tfds(exs)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     x, y = data.load("cifar10", "test", limit=3)
-    assert calls == {"name": "cifar10", "split": "test[:3]", "download": False}
+    assert calls == {"name": "cifar10", "split": "test[:3]"}  # nothing downloaded
     assert x.shape == (3, 32, 32, 3) and x.dtype == np.float32 and y.tolist() == [0, 1, 2]
     np.testing.assert_allclose(x[1] * 255, exs[1]["image"], atol=1e-4)
 
 
 def test_corrupted_needs_config_and_absent_data_explains(monkeypatch):
-    fake, calls = _fake_tfds([], fail=True)
+    fake, calls = _fake_tfds([], prepared=False)
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     with pytest.raises(ValueError, match="gaussian_noise_3"):
         data.load("cifar10_corrupted", "test")
     with pytest.raises(FileNotFoundError, match="ILSVRC2012_img_val.tar"):
         data.load("imagenet2012_corrupted", "test", config="fog_2")
-    assert calls["name"] == "imagenet2012_corrupted/fog_2"
+    assert calls["name"] == "imagenet2012_corrupted/fog_2" and "split" not in calls
+    data.load("imagenet2012_corrupted", "test", config="fog_2", download=True)
+    assert calls["downloaded"]
 
 
 def test_imagenet_resized_to_224(monkeypatch):

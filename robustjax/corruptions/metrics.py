@@ -131,7 +131,11 @@ def relative_mce(errors: Mapping[str, Sequence[float]], clean_error: float,
 
 
 def retention_rate(corrupted_accuracy, clean_accuracy):
-    """RetR = PR_corrupt / PR_clean (survey eq. 4); arrays broadcast."""
+    """RetR = PR_corrupt / PR_clean (survey eq. 4) from accuracies; arrays broadcast.
+
+    ``robustjax.metrics.retention_rate_stats`` is the same ratio as a mergeable accumulator
+    computed from logits (streams over batches and devices).
+    """
     clean_accuracy = np.asarray(clean_accuracy, np.float64)
     if np.any(clean_accuracy <= 0):
         raise ValueError(f"clean accuracy must be > 0, got {clean_accuracy}")

@@ -12,8 +12,6 @@ robustjax generates corruptions on the fly instead (``robustjax.corruptions.corr
 
 from __future__ import annotations
 
-import numpy as np
-
 from robustjax.corruptions.registry import CORRUPTIONS, SEVERITIES
 
 _SAME = {name: name for name in CORRUPTIONS}
@@ -21,35 +19,6 @@ TFDS_NAMES = {
     "imagenet2012_corrupted": dict(_SAME),
     "cifar10_corrupted": {**_SAME, "glass_blur": "frosted_glass_blur", "elastic_transform": "elastic"},
 }
-_HOW_TO = {
-    "imagenet2012_corrupted": (
-        "imagenet2012_corrupted is built from the ImageNet validation set, which TFDS cannot "
-        "download: get ILSVRC2012_img_val.tar from https://image-net.org (registration needed), "
-        "put it in <data_dir>/downloads/manual/ (default ~/tensorflow_datasets/downloads/manual), "
-        "then call this reader with download=True (or run `tfds build "
-        "imagenet2012_corrupted/<name>_<severity>`)."
-    ),
-    "cifar10_corrupted": (
-        "cifar10_corrupted is downloaded by TFDS (2.7 GiB, from Zenodo): call this reader with "
-        "download=True on a machine with internet access, or run `tfds build "
-        "cifar10_corrupted/<name>_<severity>` and pass its data_dir."
-    ),
-}
-
-
-def _import_tfds():
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as err:
-        raise ImportError(
-            "reading the released ImageNet-C / CIFAR-10-C needs tensorflow-datasets (and "
-            "tensorflow): pip install robustjax[tfds]   (or: pip install tensorflow-datasets "
-            "tensorflow). To corrupt your own images no extra package is needed: use "
-            "robustjax.corruptions.corrupt."
-        ) from err
-    return tfds
-
-
 def tfds_config(dataset: str, corruption: str, severity: int) -> str:
     """The TFDS name, e.g. ``tfds_config('cifar10_corrupted', 'glass_blur', 3)`` ->
     ``'cifar10_corrupted/frosted_glass_blur_3'``."""
@@ -80,23 +49,8 @@ def load_corrupted(dataset: str, corruption: str, severity: int, *, split: str |
       ``(x, y)``: float32 ``[n, H, W, 3]`` in [0, 1] (224 x 224 for ImageNet-C, 32 x 32 for
       CIFAR-10-C) and int32 ``[n]`` labels.
     """
-    name = tfds_config(dataset, corruption, severity)
-    split = split or ("validation" if dataset == "imagenet2012_corrupted" else "test")
-    tfds = _import_tfds()
-    builder = tfds.builder(name, data_dir=data_dir)
-    if download:
-        builder.download_and_prepare()
-    elif not builder.is_prepared():
-        raise FileNotFoundError(
-            f"TFDS dataset {name} is not prepared in {data_dir or 'the default data_dir'}. "
-            + _HOW_TO[dataset]
-        )
-    if limit is not None:
-        split = f"{split}[:{int(limit)}]"
-    xs, ys = [], []
-    for image, label in tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True)):
-        xs.append(np.asarray(image))
-        ys.append(int(label))
-    if not xs:
-        return np.zeros((0, 0, 0, 3), np.float32), np.zeros((0,), np.int32)
-    return np.stack(xs).astype(np.float32) / 255.0, np.asarray(ys, np.int32)
+    from robustjax import datasets_tfds
+
+    config = tfds_config(dataset, corruption, severity).split("/", 1)[1]
+    return datasets_tfds.load(dataset, split, data_dir=data_dir, config=config, limit=limit,
+                              download=download, size=None)

@@ -24,6 +24,7 @@ from robustjax.report.base import ReportContext, Section
 SECTIONS = {
     "clean": "robustjax.report.clean",
     "zoo": "robustjax.report.zoo",
+    "corruptions": "robustjax.report.corruptions",
     "metrics": "robustjax.report.metrics",
 }
 REPORT_FORMAT = "robustjax-report-v1"
@@ -86,6 +87,11 @@ def run_report(out_dir="robustjax-report", *, model=None, dataset: str = "mnist5
             log(f"training the embedded default model (cached at {default.cache_path()}) ...")
         model = default.embedded_default(retrain=retrain, progress=progress_bar)
         extras["training_info"] = default.cached_info() or {}
+    if "corruptions" in names and "imagenet_model" not in extras:
+        # The prediction panels (survey figs. 3-6) need an ImageNet model on real photos.
+        from robustjax.report.zoo import ported_lite0
+
+        extras["imagenet_model"] = ported_lite0()[0]
     x, y = datasets.load(dataset, "test")
     n = examples if examples is not None else (64 if quick else len(x))
     x, y = x[:n], y[:n]
