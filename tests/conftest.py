@@ -32,3 +32,11 @@ def tmp_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("ROBUSTJAX_CACHE", str(cache))
     return pathlib.Path(cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet():
+    """A narrow CIFAR ResNet-18 (one block per stage): built once, it is slow to initialise."""
+    from robustjax.models import create
+
+    return create("resnet18_cifar", widths=(4, 8, 8, 8), blocks=(1, 1, 1, 1))

@@ -35,8 +35,8 @@ def test_train_step_lowers_the_loss_with_any_optax_optimizer():
         assert int(state.step) == 15
 
 
-def test_train_step_leaves_batch_stats_alone():
-    model = create("resnet18_cifar", widths=(4, 4, 4, 4), blocks=(1, 1, 1, 1))
+def test_train_step_leaves_batch_stats_alone(tiny_resnet):
+    model = tiny_resnet
     x = jnp.full((2, 32, 32, 3), 0.5)
     y = jnp.array([0, 1], jnp.int32)
     opt = optax.sgd(0.1)
@@ -68,8 +68,8 @@ def test_cross_entropy_matches_closed_form():
     np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
 
 
-def test_checkpoint_round_trip_is_exact(tmp_path):
-    model = create("resnet18_cifar", widths=(4, 4, 4, 4), blocks=(1, 1, 1, 1))
+def test_checkpoint_round_trip_is_exact(tmp_path, tiny_resnet):
+    model = tiny_resnet
     path = checkpoint.save(tmp_path / "ck", model.params, model.spec, {"note": "hi"})
     assert path.suffix == ".npz"
     params, spec, meta = checkpoint.load(path)
