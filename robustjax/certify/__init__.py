@@ -1,0 +1,1 @@
+"""Certified robustness: bound propagation (IBP, CROWN, ...), smoothing, CLEVER."""
