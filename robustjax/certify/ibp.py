@@ -194,3 +194,21 @@ def input_interval(x: jax.Array, eps, norm: str = "linf") -> Interval:
     if norm not in ("linf", "l2"):
         raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
     return Interval(jnp.clip(x - eps, 0.0, 1.0), jnp.clip(x + eps, 0.0, 1.0))
+
+
+def propagate(fn, *args):
+    """IBP through any JAX function: ``args`` are arrays or ``Interval``s (pytrees allowed);
+    returns the output pytree with an ``Interval`` wherever the output depends on a bound.
+
+    Example: ``propagate(jax.nn.relu, Interval(jnp.array([-1.]), jnp.array([2.])))`` gives
+    ``Interval([0.], [2.])``.
+    """
+    from robustjax.certify.interpreter import flatten, interpret, read
+
+    leaves, tree = jax.tree.flatten(args, is_leaf=is_interval)
+    centres = [(a.lower + a.upper) / 2 if is_interval(a) else a for a in leaves]
+    shapes = [jax.ShapeDtypeStruct(jnp.shape(c), jnp.result_type(c)) for c in centres]
+    out_tree = jax.tree.structure(jax.eval_shape(fn, *jax.tree.unflatten(tree, shapes)))
+    graph = flatten(lambda *a: fn(*jax.tree.unflatten(tree, a)), *shapes)
+    env = interpret(graph, IBP_RULES, leaves, is_interval)
+    return jax.tree.unflatten(out_tree, [read(env, o) for o in graph.outputs])
