@@ -187,7 +187,7 @@ def test_method_ordering(kind):
     x, y = _data(11, n=3)
     spec = api.margin_spec(y, 5)
     res = {m: _bounds_fn(kind, m)(model.params, x, 0.05, spec)[0]
-           for m in ("ibp", "crown", "alpha_crown", "ibp")}
+           for m in ("ibp", "crown", "alpha_crown", "crown_ibp")}
     assert jnp.all(res["crown"] >= res["ibp"] - 1e-5)
     assert jnp.all(res["alpha_crown"] >= res["crown"] - 1e-6)
     assert jnp.any(res["alpha_crown"] > res["crown"] + 1e-4)
