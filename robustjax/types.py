@@ -116,7 +116,7 @@ def check_images(x, expected_shape: Optional[tuple[int, ...]] = None, name: str 
     Value checks are skipped under ``jit`` (tracers have no values).
     """
     shape = tuple(np.shape(x))
-    dtype = np.dtype(getattr(x, "dtype", np.asarray(x).dtype))
+    dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
     if len(shape) != 4:
         raise ValueError(
             f"{name} must be a batch of images with shape [batch, height, width, channels] "
@@ -147,7 +147,7 @@ def check_labels(y, num_classes: Optional[int] = None, batch: Optional[int] = No
                  name: str = "y") -> None:
     """Raise if labels are not int [b] in ``[0, num_classes)``."""
     shape = tuple(np.shape(y))
-    dtype = np.dtype(getattr(y, "dtype", np.asarray(y).dtype))
+    dtype = np.dtype(y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype)
     if len(shape) != 1:
         raise ValueError(f"{name} must be a vector of integer labels [batch], got shape {shape}.")
     if not np.issubdtype(dtype, np.integer):

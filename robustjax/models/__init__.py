@@ -7,3 +7,4 @@
 from __future__ import annotations
 
 from robustjax.models.registry import MODELS, create, wrap  # noqa: F401
+from robustjax.models.default import embedded_default  # noqa: F401,E402

@@ -1,0 +1,5 @@
+import sys
+
+from robustjax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,96 @@
+"""The ``robustjax`` command line (flags only; the logic lives in the library)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def _add_report(sub):
+    from robustjax.report.run import SECTIONS
+
+    p = sub.add_parser("report", help="run the robustness report (the main job)",
+                       description="Evaluate a model (default: the embedded MNIST CNN, trained "
+                       "and cached on first use) and write report.json and report.md.")
+    p.add_argument("--out", default="robustjax-report", help="output folder "
+                   "(default: ./robustjax-report)")
+    p.add_argument("--dataset", default="mnist5k", help="evaluation dataset (default: mnist5k)")
+    p.add_argument("--examples", type=int, default=None,
+                   help="evaluate on the first N test examples (default: all; --quick: 64)")
+    p.add_argument("--sections", default=None,
+                   help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain the default model and replace its cached weights")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds files that are not a robustjax report")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from robustjax.report.run import run_report
+
+    sections = args.sections.split(",") if args.sections else None
+    run_report(args.out, dataset=args.dataset, examples=args.examples, quick=args.quick,
+               seed=args.seed, sections=sections, retrain=args.retrain, force=args.force,
+               log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
+def _add_datasets(sub):
+    p = sub.add_parser("datasets", help="list the datasets robustjax can load",
+                       description="List embedded and tfds datasets.")
+    p.set_defaults(func=_run_datasets)
+
+
+def _run_datasets(args) -> int:
+    from robustjax import data
+
+    for name in data.EMBEDDED:
+        print(f"{name}\tembedded")
+    for name in data.TFDS:
+        print(f"{name}\ttensorflow-datasets (pip install 'robustjax[tfds]')")
+    return 0
+
+
+def _add_models(sub):
+    p = sub.add_parser("models", help="list the model architectures",
+                       description="List the names accepted by robustjax.models.create/load.")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args) -> int:
+    from robustjax.models import MODELS
+
+    for name, entry in sorted(MODELS.items()):
+        spec = entry.spec
+        print(f"{name}\tinput {tuple(spec.input_shape)}\tclasses {spec.num_classes}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustjax", description="Measure and improve the robustness of vision models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_report(sub)
+    _add_datasets(sub)
+    _add_models(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, TypeError, FileExistsError, FileNotFoundError,
+            ModuleNotFoundError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"robustjax {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
