@@ -220,3 +220,42 @@ def test_certify_flags_and_eps_zero():
     assert jnp.all(ok)
     with pytest.raises(ValueError, match="valid methods"):
         api.certify(model.apply_fn, model.params, x, y, 0.1, "deepz")
+
+
+def _tiny_transformer(params, x):
+    """Patch embedding, LayerNorm, one attention head (softmax, two bounded products),
+    exact GELU MLP, residuals, mean pooling, linear head: the ViT/ConvNeXt primitives."""
+    b = x.shape[0]
+    tokens = x.reshape(b, 4, 4) @ params["embed"]  # 4 patches of 4 pixels -> dim 6
+    h = nn_layernorm(tokens)
+    q, k, v = h @ params["q"], h @ params["k"], h @ params["v"]
+    att = jax.nn.softmax(jnp.einsum("btd,bsd->bts", q, k) / jnp.sqrt(6.0), axis=-1)
+    tokens = tokens + jnp.einsum("bts,bsd->btd", att, v)
+    tokens = tokens + jax.nn.gelu(nn_layernorm(tokens) @ params["w1"], approximate=False)
+    return jnp.tanh(tokens.mean(axis=1)) @ params["head"]
+
+
+def nn_layernorm(t):
+    mu = t.mean(-1, keepdims=True)
+    var = ((t - mu) ** 2).mean(-1, keepdims=True)
+    return (t - mu) * jax.lax.rsqrt(var + 1e-6)
+
+
+def test_transformer_primitives_sound_for_ibp_and_crown():
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    shapes = {"embed": (4, 6), "q": (6, 6), "k": (6, 6), "v": (6, 6), "w1": (6, 6),
+              "head": (6, 3)}
+    params = {n: 0.5 * jax.random.normal(kk, s) for kk, (n, s) in zip(keys, shapes.items())}
+    x = jax.random.uniform(keys[-1], (2, 4, 4, 1))
+    eps = 0.01
+    xs = jnp.clip(x + eps * jax.random.uniform(jax.random.PRNGKey(3), (200, *x.shape),
+                                               minval=-1, maxval=1), 0, 1)
+    out = jax.vmap(_tiny_transformer, (None, 0))(params, xs)
+    widths = {}
+    for method in ("ibp", "crown"):
+        lo, hi = jax.jit(lambda p, a, m=method: api.bounds(_tiny_transformer, p, a, eps, m))(
+            params, x)
+        assert jnp.all(jnp.isfinite(lo)) and jnp.all(jnp.isfinite(hi))
+        assert jnp.all(out >= lo - 1e-5) and jnp.all(out <= hi + 1e-5), method
+        widths[method] = float(jnp.mean(hi - lo))
+    assert widths["crown"] <= widths["ibp"] + 1e-6

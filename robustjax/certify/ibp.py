@@ -71,8 +71,9 @@ def _mul(prim, a, b, **params):
     if isinstance(a, Interval) and isinstance(b, Interval):
         return _mul_intervals(a, b)
     x, c = (a, b) if isinstance(a, Interval) else (b, a)
-    centre, radius = (x.upper + x.lower) / 2, (x.upper - x.lower) / 2
-    return Interval(centre * c - radius * jnp.abs(c), centre * c + radius * jnp.abs(c))
+    # End points rather than centre/radius: exact, and [0, u] * c never dips below 0.
+    lo, hi = x.lower * c, x.upper * c
+    return Interval(jnp.minimum(lo, hi), jnp.maximum(lo, hi))
 
 
 def _reciprocal(x: Interval) -> Interval:

@@ -62,7 +62,8 @@ def certified_model(ctx: ReportContext, key):
 def verified_curve(model, x, y, eps_list, method, n, chunk):
     fn = jax.jit(lambda p, a, b, e: api.certify(model.apply_fn, p, a, b, e, method,
                                                 chunk_size=chunk))
-    x, y = jnp.asarray(x[:n]), jnp.asarray(y[:n])
+    idx = np.linspace(0, len(x) - 1, n).astype(int)  # spread over the (class-sorted) split
+    x, y = jnp.asarray(x[idx]), jnp.asarray(y[idx])
     return [float(jnp.mean(fn(model.params, x, y, e))) for e in eps_list]
 
 
