@@ -23,6 +23,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from robustjax.certify import crown
 from robustjax.certify.crown import AlphaCrownConfig, InputSet
@@ -92,6 +93,11 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
     k = graph.shapes[graph.outputs[0]][-1] if isinstance(graph.outputs[0], int) else None
     if spec is None:
         spec = jnp.broadcast_to(jnp.eye(k, dtype=jnp.float32), (x.shape[0], k, k))
+    if spec.ndim != 3 or spec.shape[0] != x.shape[0] or spec.shape[2] != k:
+        raise ValueError(f"spec must have shape [batch={x.shape[0]}, s, classes={k}], got "
+                         f"{spec.shape}")
+    if not isinstance(eps, jax.core.Tracer) and float(np.min(np.asarray(eps))) < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
     leaves = jax.tree.leaves(params)
     eps = jnp.asarray(eps, jnp.float32)
     one = functools.partial(_one, graph, leaves, eps=eps, method=method, norm=norm,
