@@ -17,9 +17,11 @@ def test_section_quick(tmp_path):
     sec = certify_section.section(ctx)
     assert sec.key == "certify"
     curves = sec.data["verified_accuracy"]
-    assert len(curves) == 4  # {model under test, IBP-trained} x {IBP, CROWN}
+    # {model under test, IBP-trained} x IBP, and CROWN for the model under test (quick mode)
+    assert len(curves) == 3
     for name, acc in curves.items():
         assert len(acc) == len(sec.data["eps"])
+        acc = [a for a in acc if a is not None]  # CROWN runs on a subset of the eps values
         assert all(0.0 <= a <= 1.0 for a in acc)
         assert all(b <= a + 1e-9 for a, b in zip(acc, acc[1:])), name  # decreasing in eps
     # At eps = 0 verification reduces to clean accuracy on the first n examples.
