@@ -51,7 +51,8 @@ def main():
             rows.append((batch, name, med * 1e3, med / base, compile_s[name]))
             print(rows[-1], flush=True)
     print(f"\nmachine: {platform.machine()}, {jax.devices()[0].platform}, jax {jax.__version__}")
-    print("| batch | method | median ms | x forward | first call (compile) s |\n|---|---|---|---|---|")
+    print("| batch | method | median ms | x forward | first call (compile) s |")
+    print("|---|---|---|---|---|")
     for b, n, ms, ratio, comp in rows:
         print(f"| {b} | {n} | {ms:.2f} | {ratio:.1f} | {comp:.1f} |")
 

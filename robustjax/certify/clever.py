@@ -7,7 +7,9 @@ around ``x0``, record per batch the largest dual norm ``||grad g_j||_q`` (``1/p 
 Linf score uses the L1 gradient norm), fit a reverse Weibull distribution to the batch maxima
 (``scipy.stats.weibull_min`` on the negated maxima, as the reference code does, with its
 rescaling and its initial shapes, keeping the fit with the smallest KS statistic) and take its
-location as the local cross-Lipschitz constant ``L_j``. Targeted score:
+location as the local cross-Lipschitz constant ``L_j`` (fits whose end point lies more than 5
+sample spreads beyond the largest observed norm are discarded; if none is left the largest
+observed norm is used). Targeted score:
 ``min(g_j(x0) / L_j, radius)``; untargeted: the minimum over ``j != c``.
 
 Gradients are sampled inside one jitted call (``lax.scan`` over batches, the Jacobian of all
@@ -96,9 +98,13 @@ def reverse_weibull_location(maxima, c_init=CleverConfig.c_init) -> float:
         c, loc, scale = stats.weibull_min.fit(-rescaled, c0, optimizer=optimize.fmin)
         loc, scale = -shift + loc * spread, scale * spread
         ks = stats.kstest(-maxima, "weibull_min", args=(c, loc, scale)).statistic
-        if best is None or ks < best[0]:
+        # Guard (not in the reference code): a degenerate MLE can put the end point far
+        # beyond the data (seen with 50 maxima); keep fits whose end point lies within
+        # 5 spreads of the largest observed norm.
+        plausible = np.isfinite(loc) and shift <= -loc <= shift + 5 * spread
+        if plausible and (best is None or ks < best[0]):
             best = (ks, loc)
-    return float(-best[1])
+    return float(shift if best is None else -best[1])
 
 
 def clever_scores(apply_fn, params, x0, key, config: CleverConfig = CleverConfig(),
