@@ -34,7 +34,7 @@ def _settings(quick: bool) -> dict:
     # CROWN's intermediate bounds cost one backward pass per ReLU neuron (~2-4 s per image
     # for the default CNN on 2 cores): few images and eps values.
     return {"n_ibp": 500, "n_crown": 8, "eps": [0.0, 0.01, 0.02, 0.05, 0.1, 0.2],
-            "crown_eps": [0.01, 0.02, 0.05, 0.1],
+            "crown_eps": [0.01, 0.02, 0.05],
             "n_smooth": 20,
             "smooth": smoothing.SmoothingConfig(sigma=0.25, n0=100, n=2000, batch_size=500),
             "n_clever": 3, "clever": clever.CleverConfig(nb_batch=50, batch_size=64),
