@@ -1,0 +1,247 @@
+"""Backward linear bound propagation: CROWN, Fast-Lin, CROWN-IBP and alpha-CROWN.
+
+All work on the flat graph of ``robustjax.certify.interpreter`` for one example:
+
+* a forward pass computes an ``Interval`` for every bounded node with the IBP rules; before
+  each ReLU (``max(x, c)`` with a constant ``c``) the bounds of its input are tightened by a
+  backward pass from that input (CROWN and Fast-Lin) or left at IBP (CROWN-IBP);
+* ``backward`` carries linear coefficients ``A`` (``[2s, *node_shape]``: ``s`` rows for the
+  lower bound, ``s`` for the upper bound of ``C @ output``) from a node to the input.
+  Affine primitives are transposed with ``jax.vjp`` (their offset is ``f(0)``); a ReLU is
+  replaced by linear lower/upper bounds (Zhang et al. 2018, "Efficient Neural Network
+  Robustness Certification with General Activation Functions", eqs. for the ReLU case);
+  any other nonlinearity (exp, tanh, products, ...) is concretised with its IBP interval, so
+  CROWN runs on every network IBP runs on. At the input the bound is concretised over the
+  Linf or L2 ball intersected with the [0, 1] box.
+
+Slopes of an unstable ReLU (``l < c < u``): upper ``(u - c) / (u - l)``; lower ``1 if
+u - c > c - l else 0`` (CROWN, as auto_LiRPA and jax_verify), the upper slope (Fast-Lin;
+Weng et al. 2018) or an optimised ``alpha in [0, 1]`` (alpha-CROWN; Xu et al. 2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from robustjax.certify.ibp import IBP_RULES, Interval, input_interval, is_interval
+from robustjax.certify.interpreter import Graph, evaluate, interpret, read
+
+# Primitives that are affine in their bounded inputs (given that the other inputs are
+# constant); ``_linear_ok`` adds the conditions for the bilinear ones.
+LINEAR = frozenset({
+    "add", "add_any", "sub", "neg", "reshape", "transpose", "broadcast_in_dim", "squeeze",
+    "expand_dims", "reduce_sum", "reduce_window_sum", "slice", "rev", "convert_element_type",
+    "copy", "copy_p", "stop_gradient", "concatenate", "pad", "select_n", "dynamic_slice",
+    "gather", "cumsum", "mul", "div", "dot_general", "conv_general_dilated",
+})
+
+
+class InputSet(NamedTuple):
+    """The perturbation set: the ``norm`` ball of radius ``eps`` around ``x0``, cut to [0, 1]."""
+
+    x0: jax.Array
+    eps: jax.Array
+    norm: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaCrownConfig:
+    """alpha-CROWN (Xu et al. 2021, "Fast and Complete: Enabling Complete Neural Network
+    Verification with Rapid and Massively Parallel Incomplete Verifiers"): lower ReLU slopes
+    optimised with Adam (``lr``) for ``steps`` steps, projected to [0, 1]; the best bound seen
+    is kept, so it is never looser than CROWN. One slope per neuron, shared by all specs."""
+
+    steps: int = 20
+    lr: float = 0.1
+
+
+def _linear_ok(name: str, bound_pos: list[int]) -> bool:
+    if name in ("mul", "dot_general"):
+        return len(bound_pos) == 1
+    if name in ("div", "conv_general_dilated", "dynamic_slice", "gather"):
+        return bound_pos == [0]
+    if name == "select_n":
+        return 0 not in bound_pos
+    return name in LINEAR
+
+
+def relu_input(eqn, values) -> Optional[int]:
+    """Position of the bounded input if ``eqn`` is ``max(x, c)`` with a constant ``c``."""
+    if eqn.name != "max" or len(values) != 2:
+        return None
+    bound = [i for i, v in enumerate(values) if is_interval(v)]
+    return bound[0] if len(bound) == 1 else None
+
+
+def relu_relaxation(lo, hi, c, mode: str, alpha=None):
+    """Linear bounds ``a_l x + b_l <= max(x, c) <= a_u x + b_u`` on ``[lo, hi]``.
+
+    ``mode``: ``"crown"`` (lower slope 1 if hi - c > c - lo else 0), ``"fastlin"`` (lower
+    slope = upper slope) or ``"alpha"`` (lower slope ``alpha``).
+    """
+    active, inactive = lo >= c, hi <= c
+    unstable = ~(active | inactive)
+    denom = jnp.where(unstable, hi - lo, 1.0)
+    a_up = jnp.where(active, 1.0, jnp.where(inactive, 0.0, (hi - c) / denom))
+    b_up = jnp.where(active, 0.0, jnp.where(inactive, c, c - a_up * lo))
+    if mode == "crown":
+        slope = (hi - c > c - lo).astype(lo.dtype)
+    elif mode == "fastlin":
+        slope = a_up
+    elif mode == "alpha":
+        slope = jnp.clip(alpha, 0.0, 1.0)
+    else:
+        raise ValueError(f"unknown relaxation mode {mode!r}; valid: crown, fastlin, alpha")
+    a_lo = jnp.where(active, 1.0, jnp.where(inactive, 0.0, slope))
+    b_lo = jnp.where(active, 0.0, jnp.where(inactive, c, (1.0 - a_lo) * c))
+    return a_lo, b_lo * jnp.ones_like(lo), a_up, b_up * jnp.ones_like(lo)
+
+
+def _sum_rest(a):
+    return jnp.sum(a, axis=tuple(range(1, a.ndim)))
+
+
+def _concretize_box(A, s, lo, hi):
+    """Lower bound of the first ``s`` rows and upper bound of the last ``s`` rows of A x."""
+    pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
+    return jnp.concatenate([_sum_rest(pos[:s] * lo + neg[:s] * hi),
+                            _sum_rest(pos[s:] * hi + neg[s:] * lo)])
+
+
+def _concretize_input(A, s, inputs: InputSet):
+    box = input_interval(inputs.x0, inputs.eps, inputs.norm)
+    out = _concretize_box(A, s, box.lower, box.upper)
+    if inputs.norm == "l2":
+        # The intersection lies in both sets, so the tighter of the two bounds holds.
+        centre = _sum_rest(A * inputs.x0)
+        norm = jnp.sqrt(_sum_rest(A * A))
+        ball = centre + inputs.eps * jnp.concatenate([-norm[:s], norm[s:]])
+        out = jnp.concatenate([jnp.maximum(out[:s], ball[:s]), jnp.minimum(out[s:], ball[s:])])
+    return out
+
+
+def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
+             mode: Optional[str], alphas: Optional[dict] = None, upper: bool = True):
+    """Bounds of ``spec @ node(start)`` over the input set; returns ``(lower [s], upper [s])``.
+
+    ``spec``: ``[s, *shape(start)]``. ``mode``: the ReLU relaxation (``"crown"``,
+    ``"fastlin"``, ``"alpha"``) or ``None`` to stop at the first nonlinearity and use its IBP
+    interval (IBP with the last affine layers elided into the spec, Gowal et al. 2018).
+    ``upper=False`` skips the upper bound (half the work; ``upper`` is then empty).
+    """
+    s = spec.shape[0]
+    coeffs = {start: jnp.concatenate([spec, spec] if upper else [spec]).astype(jnp.float32)}
+    bias = jnp.zeros((coeffs[start].shape[0],), jnp.float32)
+    end = graph.producer.get(start, -1) + 1
+    for k in range(end - 1, -1, -1):
+        eqn = graph.eqns[k]
+        if eqn.outputs[0] not in coeffs:
+            continue
+        A = coeffs.pop(eqn.outputs[0])
+        values = [read(env, a) for a in eqn.inputs]
+        bound_pos = [i for i, v in enumerate(values) if is_interval(v)]
+        relu_pos = relu_input(eqn, values)
+        if _linear_ok(eqn.name, bound_pos):
+            def f(*bounded, values=values, eqn=eqn):
+                args = list(values)
+                for i, b in zip(bound_pos, bounded):
+                    args[i] = b
+                return evaluate(eqn, args)[0]
+
+            zeros = [jnp.zeros_like(values[i].lower) for i in bound_pos]
+            offset, vjp = jax.vjp(f, *zeros)
+            bias = bias + _sum_rest(A * offset)
+            cts = jax.vmap(vjp)(A)
+            for i, ct in zip(bound_pos, cts):
+                key = eqn.inputs[i]
+                coeffs[key] = coeffs[key] + ct if key in coeffs else ct
+        elif relu_pos is not None and mode is not None:
+            x = values[relu_pos]
+            c = values[1 - relu_pos]
+            alpha = None if alphas is None else alphas.get(k)
+            a_lo, b_lo, a_up, b_up = relu_relaxation(
+                x.lower, x.upper, c, "alpha" if alpha is not None else mode, alpha)
+            pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
+            new = jnp.concatenate([pos[:s] * a_lo + neg[:s] * a_up,
+                                   pos[s:] * a_up + neg[s:] * a_lo])
+            bias = bias + jnp.concatenate([_sum_rest(pos[:s] * b_lo + neg[:s] * b_up),
+                                           _sum_rest(pos[s:] * b_up + neg[s:] * b_lo)])
+            key = eqn.inputs[relu_pos]
+            coeffs[key] = coeffs[key] + new if key in coeffs else new
+        else:
+            box = env[eqn.outputs[0]]
+            bias = bias + _concretize_box(A, s, box.lower, box.upper)
+    for key, A in coeffs.items():
+        if key not in graph.inputs:
+            raise RuntimeError(f"linear coefficients left at node {key}, which is no input")
+        bias = bias + _concretize_input(A, s, inputs)
+    return bias[:s], bias[s:]
+
+
+def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
+    """IBP forward pass; ReLU inputs tightened by ``intermediate`` (``ibp``/``crown``/
+    ``fastlin``) backward passes. Returns the environment (id -> Interval or array)."""
+    if intermediate not in ("ibp", "crown", "fastlin"):
+        raise ValueError(f"intermediate must be ibp, crown or fastlin, got {intermediate!r}")
+
+    def hook(k, eqn, values, env):
+        pos = relu_input(eqn, values)
+        if pos is None or intermediate == "ibp":
+            return values
+        key = eqn.inputs[pos]
+        shape = values[pos].lower.shape
+        n = values[pos].lower.size
+        eye = jnp.eye(n, dtype=jnp.float32).reshape((n, *shape))
+        lo, hi = backward(graph, env, key, eye, inputs, intermediate)
+        tight = Interval(lo.reshape(shape), hi.reshape(shape))
+        env[key] = tight
+        values = list(values)
+        values[pos] = tight
+        return values
+
+    return interpret(graph, IBP_RULES, args, is_interval, hook)
+
+
+def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
+                config: AlphaCrownConfig = AlphaCrownConfig()):
+    """Lower bounds of ``spec @ node(start)`` with optimised ReLU lower slopes.
+
+    Returns ``(lower [s], upper [s])``: the best lower bound over the optimisation (starting
+    from CROWN's slopes), the upper bound of CROWN.
+    """
+    alphas = {}
+    for k, eqn in enumerate(graph.eqns):
+        if k > graph.producer.get(start, -1):
+            break
+        values = [read(env, a) for a in eqn.inputs]
+        pos = relu_input(eqn, values)
+        if pos is not None:
+            x, c = values[pos], values[1 - pos]
+            alphas[k] = (x.upper - c > c - x.lower).astype(jnp.float32)
+    lower0, upper0 = backward(graph, env, start, spec, inputs, "crown")
+    if not alphas:
+        return lower0, upper0
+
+    def loss(a):
+        lo, _ = backward(graph, env, start, spec, inputs, "crown", a, upper=False)
+        return -jnp.sum(lo), lo
+
+    opt = optax.adam(config.lr)
+
+    def step(carry, _):
+        a, state, best = carry
+        (_, lo), grads = jax.value_and_grad(loss, has_aux=True)(a)
+        best = jnp.maximum(best, lo)
+        updates, state = opt.update(grads, state, a)
+        a = jax.tree.map(lambda p, u: jnp.clip(p + u, 0.0, 1.0), a, updates)
+        return (a, state, best), None
+
+    (a, _, best), _ = jax.lax.scan(step, (alphas, opt.init(alphas), lower0), None,
+                                   length=config.steps)
+    best = jnp.maximum(best, loss(a)[1])
+    return best, upper0
