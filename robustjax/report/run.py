@@ -25,6 +25,7 @@ SECTIONS = {
     "clean": "robustjax.report.clean",
     "zoo": "robustjax.report.zoo",
     "corruptions": "robustjax.report.corruptions",
+    "certify": "robustjax.report.certify",
     "metrics": "robustjax.report.metrics",
 }
 REPORT_FORMAT = "robustjax-report-v1"
