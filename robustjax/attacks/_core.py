@@ -205,7 +205,11 @@ def project_l1_box(delta: Array, x: Array, eps, iters: int = 40) -> Array:
     hi = jnp.max(a, axis=-1)
     lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
     theta = jnp.where(total(lo) <= eps, lo, hi)
-    return (jnp.sign(v) * jnp.clip(a - theta[:, None], 0.0, room)).reshape(delta.shape)
+    w = jnp.sign(v) * jnp.clip(a - theta[:, None], 0.0, room)
+    # float32 rounding can leave the sum a few ulps above eps: shrink (stays in the box).
+    n = jnp.sum(jnp.abs(w), axis=-1)
+    w = w * jnp.minimum(1.0, eps / jnp.maximum(n, 1e-30))[:, None]
+    return w.reshape(delta.shape)
 
 
 def project(x_adv: Array, x: Array, eps, norm: str) -> Array:
@@ -333,8 +337,22 @@ def check_norm(norm: str, allowed=NORMS) -> None:
 
 
 def check_attack_inputs(x, y, eps=None) -> None:
-    """Validate ``x`` (NHWC in [0, 1]) and ``y`` (int [b]); value checks only when concrete."""
-    check_batch(x, y)
+    """Validate ``x`` (NHWC in [0, 1]) and ``y`` (int [b]); value checks only when concrete.
+
+    Concrete inputs go through ``robustjax.types.check_batch``; under ``jit`` only shapes and
+    dtypes can be checked (``check_batch`` converts to numpy, which tracers refuse).
+    """
+    if not isinstance(x, jax.core.Tracer) and not isinstance(y, jax.core.Tracer):
+        check_batch(x, y)
+    else:
+        if x.ndim != 4:
+            raise ValueError(f"x must be [batch, H, W, C] (NHWC), got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"x must be floating point in [0, 1], got dtype {x.dtype}")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"y must be int labels [{x.shape[0]}], got shape {y.shape}")
+        if not jnp.issubdtype(y.dtype, jnp.integer):
+            raise TypeError(f"y must be integer class indices, got dtype {y.dtype}")
     if eps is not None and not isinstance(eps, jax.core.Tracer):
         e = np.asarray(eps)
         if e.ndim > 1 or (e.ndim == 1 and e.shape[0] != np.shape(x)[0]):
@@ -344,11 +362,16 @@ def check_attack_inputs(x, y, eps=None) -> None:
             raise ValueError(f"eps must be finite and >= 0, got {e}")
 
 
-def finish(apply_fn, params, x: Array, x_adv: Array, y: Array, loss_value: Array, norm: str,
+def finish(apply_fn, params, x: Array, x_adv: Array, y: Array, loss_value, norm: str,
            queries, targeted: bool = False) -> AttackResult:
-    """Build an ``AttackResult`` from a final ``x_adv`` (one extra forward pass for success)."""
+    """Build an ``AttackResult`` from a final ``x_adv`` (one extra forward pass for success).
+
+    ``loss_value`` is a [b] array or a function ``logits -> [b]`` evaluated on ``x_adv``.
+    """
     logits = apply_fn(params, x_adv)
     b = x.shape[0]
+    if callable(loss_value):
+        loss_value = loss_value(logits)
     return AttackResult(
         x_adv=x_adv,
         success=success_mask(logits, y, targeted),
@@ -356,3 +379,36 @@ def finish(apply_fn, params, x: Array, x_adv: Array, y: Array, loss_value: Array
         norm=lp_norm(x_adv - x, norm).astype(jnp.float32),
         queries=jnp.broadcast_to(jnp.asarray(queries, jnp.int32), (b,)),
     )
+
+
+# ------------------------------------------------------------------------------- loops
+
+LOOPS = ("auto", "unroll", "fori")
+
+
+def loop_steps(body, carry, steps: int, loop: str = "auto"):
+    """``for i in range(steps): carry = body(i, carry)`` with the loop structure a backend choice.
+
+    ``"unroll"`` writes every step into the program (on XLA:CPU convolutions inside a while loop
+    can lose their fast layout, see benchmarks/results/attacks_speed.md); ``"fori"`` uses
+    ``lax.fori_loop`` (small programs, fast compiles; best on accelerators). ``"auto"`` unrolls
+    on CPU up to ``AUTO_UNROLL_MAX`` steps and uses ``fori`` otherwise.
+    """
+    if loop not in LOOPS:
+        raise ValueError(f"unknown loop {loop!r}; valid: {', '.join(LOOPS)}")
+    if loop == "auto":
+        cpu = jax.default_backend() == "cpu"
+        loop = "unroll" if (cpu and steps <= AUTO_UNROLL_MAX) else "fori"
+    if loop == "unroll":
+        for i in range(steps):
+            carry = body(jnp.int32(i), carry)
+        return carry
+    return jax.lax.fori_loop(0, steps, body, carry)
+
+
+AUTO_UNROLL_MAX = 20
+
+
+def static_float(v) -> bool:
+    """True when ``v`` is a concrete Python/numpy number (not a tracer), for config checks."""
+    return isinstance(v, (int, float, np.floating, np.integer))
