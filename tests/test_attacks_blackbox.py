@@ -96,7 +96,7 @@ def counting(apply_fn, log):
 @pytest.mark.parametrize("attack,cfg", [
     (square, SquareConfig(eps=0.1, n_queries=120)),
     (square, SquareConfig(eps=1.0, norm="l2", n_queries=120)),
-    (spsa, SPSAConfig(eps=0.1, num_samples=8, iterations=6)),
+    (spsa, SPSAConfig(eps=0.3, num_samples=8, iterations=8, learning_rate=0.05)),
 ])
 def test_query_count_is_exact(digits_mlp, attack, cfg):
     """With one image, the images the model actually scored == the reported queries."""
