@@ -1,6 +1,7 @@
 """Adversarial attacks: every attack is ``attack(apply_fn, params, x, y, key, config)``.
 
-``ATTACKS`` maps a name to ``(attack_fn, ConfigClass)``.
+``ATTACKS`` maps a name to ``(attack_fn, ConfigClass)``; ``ConfigClass()`` holds the paper's
+defaults.
 """
 
 from robustjax.attacks._core import (  # noqa: F401
@@ -15,6 +16,29 @@ from robustjax.attacks._core import (  # noqa: F401
     project,
     success_mask,
 )
+from robustjax.attacks.apgd import APGDConfig, APGDTConfig, apgd, apgd_t  # noqa: F401
+from robustjax.attacks.gradient import (  # noqa: F401
+    BIMConfig,
+    FGSMConfig,
+    MIFGSMConfig,
+    PGDConfig,
+    bim,
+    fgsm,
+    mifgsm,
+    pgd,
+)
+from robustjax.attacks.spsa import SPSAConfig, spsa  # noqa: F401
+from robustjax.attacks.square import SquareConfig, square  # noqa: F401
+from robustjax.attacks.search import eps_sweep, min_eps, restarts  # noqa: F401
+from robustjax.attacks.wrappers import EOTParams, bpda, bpda_model, eot  # noqa: F401
 
 ATTACKS = {
+    "fgsm": (fgsm, FGSMConfig),
+    "bim": (bim, BIMConfig),
+    "pgd": (pgd, PGDConfig),
+    "mifgsm": (mifgsm, MIFGSMConfig),
+    "apgd": (apgd, APGDConfig),
+    "apgd_t": (apgd_t, APGDTConfig),
+    "square": (square, SquareConfig),
+    "spsa": (spsa, SPSAConfig),
 }
