@@ -116,6 +116,8 @@ def test_losses_against_numpy():
     dlr_t = -(z64[np.arange(6), y] - z64[np.arange(6), t]) / (
         s[:, -1] - 0.5 * (s[:, -3] + s[:, -4]) + 1e-12)
     np.testing.assert_allclose(_core.dlr_targeted(z, y, t), dlr_t, rtol=1e-5)
+    dlr_t = (z64[np.arange(6), y] - other) / (s[:, -1] - 0.5 * (s[:, -3] + s[:, -4]) + 1e-12)
+    np.testing.assert_allclose(_core.dlr(z, y, targeted=True), dlr_t, rtol=1e-5)
     # DLR is invariant to shifts and positive rescaling of the logits (the paper's point)
     np.testing.assert_allclose(_core.dlr(3.0 * z + 5.0, y), dlr, rtol=1e-4)
     np.testing.assert_array_equal(_core.success_mask(z, y), np.argmax(z, 1) != y)

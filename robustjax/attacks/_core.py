@@ -80,16 +80,23 @@ def margin(logits: Array, y: Array, targeted: bool = False, kappa: float = math.
 def dlr(logits: Array, y: Array, targeted: bool = False) -> Array:
     """Difference of logits ratio (Croce & Hein 2020, eq. 5) [b], shift and scale invariant.
 
-    ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi`` sorted decreasingly
-    (needs >= 3 classes). With ``targeted`` (``y`` = target) the sign flips; for the paper's
-    targeted version that also uses the true label see ``dlr_targeted``.
+    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi`` sorted
+    decreasingly (needs >= 3 classes). Targeted (``y`` = target ``t``):
+    ``(z_t - max_{i != t} z_i) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``, the paper's targeted
+    DLR (eq. 6) with the best other class in place of the unknown true label (>= 4 classes).
+    Negating the untargeted form instead would be flat (ratio -1) whenever ``t`` is third.
+    For APGD-T's version with the true label see ``dlr_targeted``.
     """
-    if logits.shape[-1] < 3:
-        raise ValueError(f"DLR needs at least 3 classes, got logits of shape {logits.shape}")
+    need = 4 if targeted else 3
+    if logits.shape[-1] < need:
+        raise ValueError(f"{'targeted ' if targeted else ''}DLR needs at least {need} classes, "
+                         f"got logits of shape {logits.shape}")
     z_sorted = jnp.sort(logits, axis=-1)
     z_y, other = _true_and_best_other(logits, y)
-    value = -(z_y - other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
-    return -value if targeted else value
+    if targeted:
+        scale = z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12
+        return (z_y - other) / scale
+    return -(z_y - other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
 
 
 def dlr_targeted(logits: Array, y: Array, target: Array) -> Array:
