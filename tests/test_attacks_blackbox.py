@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
-from sklearn.neural_network import MLPClassifier
+
+import attacks_b_models
 
 from robustjax.attacks.spsa import SPSAConfig, spsa
 from robustjax.attacks.square import SquareConfig, meta_pseudo_gaussian, p_selection, square
@@ -15,23 +15,7 @@ from robustjax.attacks.square import SquareConfig, meta_pseudo_gaussian, p_selec
 
 @pytest.fixture(scope="module")
 def digits_mlp():
-    """A small MLP trained on sklearn digits (8x8x1 in [0, 1]) and 32 test images."""
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[..., None]
-    y = d.target.astype(np.int32)
-    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0)
-    clf.fit(x[:1200].reshape(1200, -1), y[:1200])
-    params = {"w": [jnp.asarray(w, jnp.float32) for w in clf.coefs_],
-              "b": [jnp.asarray(b, jnp.float32) for b in clf.intercepts_]}
-
-    def apply_fn(p, xb):
-        h = xb.reshape(xb.shape[0], -1)
-        h = jax.nn.relu(h @ p["w"][0] + p["b"][0])
-        return h @ p["w"][1] + p["b"][1]
-
-    xt, yt = x[1200:1232], y[1200:1232]
-    assert np.mean(np.argmax(apply_fn(params, xt), -1) == yt) > 0.85
-    return apply_fn, params, jnp.asarray(xt), jnp.asarray(yt)
+    return attacks_b_models.digits_mlp()
 
 
 def no_grad(apply_fn):
@@ -51,8 +35,7 @@ def no_grad(apply_fn):
     return f
 
 
-def predict(apply_fn, params, x):
-    return np.asarray(jnp.argmax(apply_fn(params, x), -1))
+predict = attacks_b_models.predict
 
 
 def test_no_grad_wrapper_really_raises(digits_mlp):
