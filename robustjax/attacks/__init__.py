@@ -17,6 +17,10 @@ from robustjax.attacks._core import (  # noqa: F401
     success_mask,
 )
 from robustjax.attacks.apgd import APGDConfig, APGDTConfig, apgd, apgd_t  # noqa: F401
+from robustjax.attacks.cw import CWL2Config, CWLinfConfig, cw_l2, cw_linf  # noqa: F401
+from robustjax.attacks.deepfool import DeepFoolConfig, deepfool  # noqa: F401
+from robustjax.attacks.ead import EADConfig, ead  # noqa: F401
+from robustjax.attacks.fmn import FMNConfig, fmn, fmn_from  # noqa: F401
 from robustjax.attacks.gradient import (  # noqa: F401
     BIMConfig,
     FGSMConfig,
@@ -41,4 +45,9 @@ ATTACKS = {
     "apgd_t": (apgd_t, APGDTConfig),
     "square": (square, SquareConfig),
     "spsa": (spsa, SPSAConfig),
+    "cw_l2": (cw_l2, CWL2Config),
+    "cw_linf": (cw_linf, CWLinfConfig),
+    "deepfool": (deepfool, DeepFoolConfig),
+    "ead": (ead, EADConfig),
+    "fmn": (fmn, FMNConfig),
 }
