@@ -196,7 +196,7 @@ def _runs(apply_fn, params, x, y, key, cfg, loss_of, n_losses):
     ``lax.fori_loop`` so the APGD body is compiled once however many targets there are.
     """
     b = x.shape[0]
-    state = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype))
+    state = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype), jnp.int32(0))
     total = n_losses * cfg.restarts
 
     def one(j, s):
@@ -204,7 +204,7 @@ def _runs(apply_fn, params, x, y, key, cfg, loss_of, n_losses):
             new = apgd_run(apply_fn, params, x, y, jax.random.fold_in(key, j), cfg.eps,
                            cfg.norm, cfg.steps, cfg.rho, cfg.alpha, loss_of(j // cfg.restarts),
                            cfg.loop)
-            return _merge(s, new)
+            return _merge(s[:3], new) + (s[3] + 1,)
 
         return jax.lax.cond(jnp.all(s[1]), lambda s: s, run, s)
 
@@ -212,7 +212,8 @@ def _runs(apply_fn, params, x, y, key, cfg, loss_of, n_losses):
         state = one(jnp.int32(0), state)
     else:
         state = jax.lax.fori_loop(0, total, one, state)
-    return state, total * (cfg.steps + 1)
+    # gradient evaluations of the runs actually performed (skipped runs cost nothing)
+    return state[:3], state[3] * (cfg.steps + 1)
 
 
 def apgd(apply_fn, params, x, y, key, config: APGDConfig = APGDConfig()) -> AttackResult:
