@@ -349,9 +349,13 @@ def check_attack_inputs(x, y, eps=None) -> None:
     Concrete inputs go through ``robustjax.types.check_batch``; under ``jit`` only shapes and
     dtypes can be checked (``check_batch`` converts to numpy, which tracers refuse).
     """
-    if not isinstance(x, jax.core.Tracer) and not isinstance(y, jax.core.Tracer):
+    try:
         check_batch(x, y)
-    else:
+        return_shapes_only = False
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        # traced (jit, or a loop body where even constants become tracers)
+        return_shapes_only = True
+    if return_shapes_only:
         if x.ndim != 4:
             raise ValueError(f"x must be [batch, H, W, C] (NHWC), got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -361,7 +365,7 @@ def check_attack_inputs(x, y, eps=None) -> None:
         if not jnp.issubdtype(y.dtype, jnp.integer):
             raise TypeError(f"y must be integer class indices, got dtype {y.dtype}")
     if eps is not None and not isinstance(eps, jax.core.Tracer):
-        e = np.asarray(eps)
+        e = np.asarray(eps)  # a concrete eps (tracers were excluded above)
         if e.ndim > 1 or (e.ndim == 1 and e.shape[0] != np.shape(x)[0]):
             raise ValueError(f"eps must be a scalar or one value per example [{np.shape(x)[0]}],"
                              f" got shape {e.shape}")
