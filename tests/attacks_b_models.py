@@ -1,5 +1,8 @@
 """Tiny models shared by the C&W / DeepFool / EAD / FMN / black-box attack tests."""
 
+import functools
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,15 +15,24 @@ def mlp_apply(p, xb):
     return h @ p["w"][1] + p["b"][1]
 
 
-def digits_mlp(n_test: int = 32):
-    """An MLP (64-32-10) trained by scikit-learn on digits (8x8x1 in [0, 1]) and test images."""
+@functools.lru_cache(maxsize=1)
+def _trained_mlp():
+    """Trained once per test session (every attacks-b test file shares it)."""
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[..., None]
     y = d.target.astype(np.int32)
-    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0)
-    clf.fit(x[:1200].reshape(1200, -1), y[:1200])
-    params = {"w": [jnp.asarray(w, jnp.float32) for w in clf.coefs_],
-              "b": [jnp.asarray(b, jnp.float32) for b in clf.intercepts_]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached: the fit is good enough for attacks
+        clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0)
+        clf.fit(x[:1200].reshape(1200, -1), y[:1200])
+    return x, y, [w.astype(np.float32) for w in clf.coefs_], \
+        [b.astype(np.float32) for b in clf.intercepts_]
+
+
+def digits_mlp(n_test: int = 32):
+    """An MLP (64-32-10) trained by scikit-learn on digits (8x8x1 in [0, 1]) and test images."""
+    x, y, ws, bs = _trained_mlp()
+    params = {"w": [jnp.asarray(w) for w in ws], "b": [jnp.asarray(b) for b in bs]}
     xt, yt = x[1200:1200 + n_test], y[1200:1200 + n_test]
     assert np.mean(np.argmax(mlp_apply(params, xt), -1) == yt) > 0.85
     return mlp_apply, params, jnp.asarray(xt), jnp.asarray(yt)

@@ -14,6 +14,12 @@ Algorithm 1, following the authors' ``fmn`` (the version in adv_lib/Foolbox). Ea
 
 ``alpha`` and ``gamma`` follow cosine annealing from ``*_init`` to ``*_final``. The returned
 example is the smallest-norm adversarial iterate (``x`` where none was found).
+
+Started from ``x`` itself, FMN can approach a boundary that bends away from ``x`` from the
+inside without ever crossing it (the linear estimate of the distance is then always short);
+this happens with the authors' code too. ``fmn_from`` starts from adversarial points as the
+reference's ``starting_points`` do. (Foolbox 3.3.4's ``L2FMNAttack`` multiplies by
+``min(1, norms / norms)``, i.e. never projects, which is why it crosses where FMN does not.)
 """
 
 from __future__ import annotations
