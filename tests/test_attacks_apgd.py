@@ -12,6 +12,7 @@ from robustjax.attacks import _core
 
 # the package re-exports the function ``apgd``, which shadows the module attribute
 A = importlib.import_module("robustjax.attacks.apgd")
+FAB = importlib.import_module("robustjax.attacks.fab")
 
 K, D, H = 10, 64, 24
 
@@ -160,3 +161,52 @@ def test_apgd_t_targets_and_restarts(setup):
     assert bool(r.success.all()) and np.all(r.queries == 9 + 1)
     with pytest.raises(ValueError, match="'ce' or 'dlr'"):
         A.APGDConfig(loss="margin")
+
+
+def test_fab_hyperplane_projection_matches_linear_program():
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(0)
+    n = 6
+    t = rng.uniform(0, 1, (6, n))
+    w = rng.normal(size=(6, n))
+    b = (w * t).sum(1) + rng.normal(size=6) * 0.8
+    d = np.asarray(FAB.project_linf_hyperplane(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
+    for i in range(6):  # min s  s.t. |d_j| <= s, w . (t + d) = b, 0 <= t + d <= 1
+        cost = np.r_[np.zeros(n), 1.0]
+        a_ub = np.block([[np.eye(n), -np.ones((n, 1))], [-np.eye(n), -np.ones((n, 1))]])
+        lp = linprog(cost, A_ub=a_ub, b_ub=np.zeros(2 * n), A_eq=np.r_[w[i], 0.0][None],
+                     b_eq=[b[i] - w[i] @ t[i]],
+                     bounds=[(-t[i, j], 1 - t[i, j]) for j in range(n)] + [(0, None)])
+        if lp.status == 0:
+            assert np.abs(d[i]).max() == pytest.approx(lp.fun, rel=1e-5)
+            assert w[i] @ (t[i] + d[i]) == pytest.approx(b[i], abs=1e-5)
+        else:  # unreachable inside the box: the full move towards it
+            assert np.all((t[i] + d[i] >= -1e-7) & (t[i] + d[i] <= 1 + 1e-7))
+
+
+def test_fab_finds_the_minimal_linf_distance_of_a_linear_classifier():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=16).astype(np.float32)
+    x = rng.uniform(0.45, 0.55, (12, 4, 4, 1)).astype(np.float32)
+    c = -float(np.median(x.reshape(12, -1) @ w))
+    params = {"w": jnp.asarray(w), "c": jnp.float32(c)}
+
+    def apply(p, z):  # 4 classes, boundary between 0 and 1 is the hyperplane
+        s = z.reshape(z.shape[0], -1) @ p["w"] + p["c"]
+        return jnp.stack([jnp.zeros_like(s), s, -s - 1.0, -s - 2.0], -1)
+
+    x = jnp.asarray(x)
+    y = jnp.argmax(apply(params, x), -1).astype(jnp.int32)
+    s = np.asarray(x).reshape(12, -1) @ w + c
+    dist = np.abs(s) / np.abs(w).sum()  # exact minimal Linf distance (box not binding)
+    eps = float(np.median(dist))
+    for targeted in (True, False):
+        cfg = FAB.FABConfig(eps=eps, targeted=targeted, num_targets=1, steps=20)
+        r = jax.jit(FAB.fab, static_argnums=0)(apply, params, x, y, jax.random.PRNGKey(0), cfg)
+        # FAB is minimum-norm: within its overshoot eta of the true distance, never below it
+        ratio = np.asarray(r.norm) / dist
+        assert np.all(ratio >= 1 - 1e-4) and np.all(ratio <= 1.05), ratio
+        np.testing.assert_array_equal(r.success, np.asarray(r.norm) <= eps * (1 + 1e-6))
+        assert 0 < r.success.sum() < 12
+        np.testing.assert_array_equal(jnp.argmax(apply(params, r.x_adv), -1) != y, True)

@@ -136,3 +136,24 @@ def test_eot_averages_probabilities_over_draws(mlp):
     r = jax.jit(G.pgd, static_argnums=0)(f, p, x, y, jax.random.PRNGKey(0),
                                          G.PGDConfig(eps=0.05, steps=3))
     assert float(r.success.mean()) > 0.0
+
+
+def test_report_section_quick(tmp_path):
+    from robustjax.report import attacks as report
+    from robustjax.report.base import ReportContext
+
+    model = create("cnn", num_classes=10, input_shape=(8, 8, 1), channels=(4, 8), hidden=16,
+                   key=jax.random.PRNGKey(0))
+    x = np.asarray(jax.random.uniform(jax.random.PRNGKey(1), (20, 8, 8, 1)))
+    y = np.asarray(jnp.argmax(model(jnp.asarray(x)), -1)).astype(np.int32)
+    y[:4] = (y[:4] + 1) % 10  # four clean mistakes
+    ctx = ReportContext(model, x, y, jax.random.PRNGKey(0), tmp_path, quick=True)
+    sec = report.section(ctx)
+    d = sec.data
+    assert d["n"] == 16 and d["clean"] == pytest.approx(12 / 16)
+    assert set(d["robust_accuracy"]) >= {"FGSM", "PGD-5", "APGD-CE (10 it.)"}
+    for name, vals in d["robust_accuracy"].items():
+        assert all(v <= d["clean"] for v in vals), name
+    assert d["robust_accuracy"]["PGD-5"][-1] <= d["robust_accuracy"]["PGD-5"][0]
+    assert "| clean |" in sec.markdown and "eps=0.3" in sec.markdown
+    assert (tmp_path / sec.figures[0]).exists()

@@ -17,6 +17,7 @@ from robustjax.attacks._core import (  # noqa: F401
     success_mask,
 )
 from robustjax.attacks.apgd import APGDConfig, APGDTConfig, apgd, apgd_t  # noqa: F401
+from robustjax.attacks.fab import FABConfig, fab  # noqa: F401
 from robustjax.attacks.cw import CWL2Config, CWLinfConfig, cw_l2, cw_linf  # noqa: F401
 from robustjax.attacks.deepfool import DeepFoolConfig, deepfool  # noqa: F401
 from robustjax.attacks.ead import EADConfig, ead  # noqa: F401
@@ -43,6 +44,7 @@ ATTACKS = {
     "mifgsm": (mifgsm, MIFGSMConfig),
     "apgd": (apgd, APGDConfig),
     "apgd_t": (apgd_t, APGDTConfig),
+    "fab": (fab, FABConfig),
     "square": (square, SquareConfig),
     "spsa": (spsa, SPSAConfig),
     "cw_l2": (cw_l2, CWL2Config),
