@@ -150,3 +150,19 @@ def test_spsa_attacks_and_targets(digits_mlp):
     pred = predict(apply_fn, params, rt.x_adv)
     np.testing.assert_array_equal(np.asarray(rt.success), pred == target)
     assert np.mean(pred == target) > 0.5
+
+
+def test_square_eps_sweep_vmap_matches_loop(digits_mlp):
+    """One compiled program for several eps: vmap gives the same results as a loop."""
+    from robustjax.attacks.search import eps_sweep
+
+    apply_fn, params, x, y = digits_mlp
+    eps = [0.05, 0.1, 0.2]
+    cfg = SquareConfig(n_queries=30)
+    rv = eps_sweep(square, apply_fn, params, x[:8], y[:8], jax.random.key(0), cfg, eps,
+                   strategy="vmap")
+    ru = eps_sweep(square, apply_fn, params, x[:8], y[:8], jax.random.key(0), cfg, eps,
+                   strategy="unroll")
+    np.testing.assert_allclose(np.asarray(rv.x_adv), np.asarray(ru.x_adv), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(rv.queries), np.asarray(ru.queries))
+    assert np.all(np.asarray(rv.norm).max(1) <= np.asarray(eps) + 1e-6)
