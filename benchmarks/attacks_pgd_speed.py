@@ -173,7 +173,7 @@ def timeit(fn, reps):
     return out
 
 
-def bench_pgd(model_name, batch, reps, with_torch=True):
+def bench_pgd(model_name, batch, reps, with_torch=True, skip=()):
     shape = (32, 32, 3)
     model = create(model_name, input_shape=shape, key=jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)
@@ -186,9 +186,13 @@ def bench_pgd(model_name, batch, reps, with_torch=True):
         f = jax.jit(G.pgd, static_argnums=0)
         variants[f"robustjax loop={loop}"] = functools.partial(
             lambda f, cfg: f(model.apply_fn, model.params, x, y, key, cfg).x_adv, f, cfg)
+    eager_cfg = G.PGDConfig(eps=EPS, step_size=ALPHA, steps=STEPS, loop="python")
+    variants["robustjax eager loop=python"] = lambda: G.pgd(
+        model.apply_fn, model.params, x, y, key, eager_cfg).x_adv
     for name, f in hand_variants(model.apply_fn).items():
         variants[name] = functools.partial(lambda f: f(model.params, x, y, key), f)
-    calls = {k: (lambda v=v: jax.block_until_ready(v())) for k, v in variants.items()}
+    calls = {k: (lambda v=v: jax.block_until_ready(v())) for k, v in variants.items()
+             if not any(sk in k for sk in skip)}
     info = {}
     if with_torch:
         import torch
@@ -258,19 +262,22 @@ def main():
     ap.add_argument("--batches", default="16,128")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--no-pgd", action="store_true")
+    ap.add_argument("--skip", default="", help="comma-separated substrings of variants to skip")
     args = ap.parse_args()
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}), "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     batches = [int(b) for b in args.batches.split(",")]
-    for model_name in args.models.split(","):
+    skip = tuple(v for v in args.skip.split(",") if v)
+    for model_name in ([] if args.no_pgd else args.models.split(",")):
         for batch in batches:
             # small programs are noisy on a shared machine: many reps; ResNet-18 at 128 takes
             # ~20 s a call per variant, so fewer
             reps = 1 if args.quick else {("cnn", 16): 3 * args.reps, ("cnn", 128): 2 * args.reps,
                                          ("resnet18_cifar", 16): args.reps}.get(
                                              (model_name, batch), max(2, args.reps // 2))
-            ips, comp, info = bench_pgd(model_name, 4 if args.quick else batch, reps)
+            ips, comp, info = bench_pgd(model_name, 4 if args.quick else batch, reps, skip=skip)
             best_hand = max(v for k, v in ips.items() if k.startswith("hand"))
             print(f"\n## PGD-10 Linf, {model_name}, batch {batch}, {reps} reps; {info}")
             print("| variant | images/s | vs best hand JAX | vs torchattacks | warm-up s |")

@@ -182,7 +182,7 @@ def test_loop_structures_agree():
     for loop in ("unroll", "fori", "auto"):
         assert float(_core.loop_steps(body, jnp.float32(1.0), 5, loop)) == pytest.approx(
             sum(1.5 ** (4 - i) * i for i in range(5)) + 1.5 ** 5)
-    with pytest.raises(ValueError, match="valid: auto, unroll, fori"):
+    with pytest.raises(ValueError, match="valid: auto, unroll, fori, python"):
         _core.loop_steps(body, 0.0, 2, "scan")
 
 

@@ -394,7 +394,7 @@ def finish(apply_fn, params, x: Array, x_adv: Array, y: Array, loss_value, norm:
 
 # ------------------------------------------------------------------------------- loops
 
-LOOPS = ("auto", "unroll", "fori")
+LOOPS = ("auto", "unroll", "fori", "python")
 
 
 def loop_steps(body, carry, steps: int, loop: str = "auto"):
@@ -403,10 +403,14 @@ def loop_steps(body, carry, steps: int, loop: str = "auto"):
     ``"unroll"`` writes every step into the program (on XLA:CPU convolutions inside a while loop
     can lose their fast layout, see benchmarks/results/attacks_speed.md); ``"fori"`` uses
     ``lax.fori_loop`` (small programs, fast compiles; best on accelerators). ``"auto"`` unrolls
-    on CPU up to ``AUTO_UNROLL_MAX`` steps and uses ``fori`` otherwise.
+    on CPU up to ``AUTO_UNROLL_MAX`` steps and uses ``fori`` otherwise; ``"python"`` (a jitted
+    step called from Python, only possible outside ``jit``: see ``gradient._iterate``) unrolls
+    when traced.
     """
     if loop not in LOOPS:
         raise ValueError(f"unknown loop {loop!r}; valid: {', '.join(LOOPS)}")
+    if loop == "python":  # under a trace a Python loop is an unrolled loop
+        loop = "unroll"
     if loop == "auto":
         cpu = jax.default_backend() == "cpu"
         loop = "unroll" if (cpu and steps <= AUTO_UNROLL_MAX) else "fori"

@@ -189,26 +189,74 @@ def fgsm(apply_fn, params, x, y, key, config: FGSMConfig = FGSMConfig()) -> Atta
                         config.targeted)
 
 
-def _iterate(apply_fn, params, x, y, x0, step, steps, cfg, early_stop=False):
-    """Shared PGD/BIM/MI-FGSM loop: ``steps`` gradient steps through an optax ``step``."""
+def _one_step(apply_fn, make_step, params, x, y, carry, cfg, early_stop):
+    """One PGD-family iteration: gradient -> optax step (direction, projection)."""
+    x_adv, state, done = carry
     grad_fn = jax.grad(objective(apply_fn, params, cfg.loss, cfg.targeted), has_aux=True)
+    g, (_, logits) = grad_fn(x_adv, y)
+    updates, state = make_step(x, cfg).update(g, state, x_adv)
+    new = optax.apply_updates(x_adv, updates)
+    if early_stop:
+        done = done | _core.success_mask(logits, y, cfg.targeted)
+        new = jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, new)
+    return new, state, done
 
-    def body(i, carry):
-        x_adv, state, done = carry
-        g, (_, logits) = grad_fn(x_adv, y)
-        updates, state = step.update(g, state, x_adv)
-        new = optax.apply_updates(x_adv, updates)
-        if early_stop:
-            done = done | _core.success_mask(logits, y, cfg.targeted)
-            new = jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, new)
-        return new, state, done
 
-    init = (x0, step.init(x0), jnp.zeros((x.shape[0],), bool))
-    x_adv, _, _ = _core.loop_steps(body, init, steps, cfg.loop)
+def _final(apply_fn, params, x, x_adv, y, cfg, steps):
     loss_fn = _core.get_loss(cfg.loss)
     return _core.finish(apply_fn, params, x, x_adv, y,
                         lambda z: loss_fn(z, y, targeted=cfg.targeted), cfg.norm, steps,
                         cfg.targeted)
+
+
+# Compiled pieces for the eager Python loop (cached by apply_fn, step maker and config).
+_one_step_jit = jax.jit(_one_step, static_argnums=(0, 1, 7))
+_final_jit = jax.jit(_final, static_argnums=(0, 6))
+_random_start_jit = jax.jit(_core.random_start, static_argnums=3)
+
+
+def _is_traced(*trees) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
+
+
+def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False):
+    """Shared PGD/BIM/MI-FGSM loop: ``steps`` gradient steps through ``make_step(x, cfg)``.
+
+    Loop structure (a backend choice, same result): under ``jit`` ``cfg.loop`` goes to
+    ``_core.loop_steps``; called eagerly with ``loop="python"`` (or ``"auto"`` on CPU) each step
+    is one compiled call from a Python loop, the fastest structure measured on XLA:CPU
+    (benchmarks/results/attacks_speed.md).
+    """
+    init = (x0, make_step(x, cfg).init(x0), jnp.zeros((x.shape[0],), bool))
+    eager = not _is_traced(params, x, y, x0, cfg)
+    python = cfg.loop == "python" or (cfg.loop == "auto" and jax.default_backend() == "cpu")
+    if eager and python:
+        carry = init
+        for _ in range(steps):
+            carry = _one_step_jit(apply_fn, make_step, params, x, y, carry, cfg, early_stop)
+        return _final_jit(apply_fn, params, x, carry[0], y, cfg, steps)
+
+    def body(i, carry):
+        return _one_step(apply_fn, make_step, params, x, y, carry, cfg, early_stop)
+
+    x_adv, _, _ = _core.loop_steps(body, init, steps, cfg.loop)
+    return _final(apply_fn, params, x, x_adv, y, cfg, steps)
+
+
+def _pgd_step(x, c):
+    return optax.chain(_core.steepest_ascent(c.step_size, c.norm, c.l1_sparsity),
+                       _core.project_onto_threat(x, c.eps, c.norm))
+
+
+def _bim_step(x, c):
+    return optax.chain(_core.steepest_ascent(c.step_size, c.norm),
+                       _core.project_onto_threat(x, c.eps, c.norm))
+
+
+def _mi_step(x, c):
+    return optax.chain(l1_normalised_momentum(c.decay),
+                       _core.steepest_ascent(c.eps / c.steps, c.norm),
+                       _core.project_onto_threat(x, c.eps, c.norm))
 
 
 def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackResult:
@@ -218,28 +266,24 @@ def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackR
     """
     _core.check_attack_inputs(x, y, config.eps)
     c = config
-    x0 = _core.random_start(key, x, c.eps, c.norm) if c.random_start else x
-    step = optax.chain(_core.steepest_ascent(c.step_size, c.norm, c.l1_sparsity),
-                       _core.project_onto_threat(x, c.eps, c.norm))
-    return _iterate(apply_fn, params, x, y, x0, step, c.steps, c, c.early_stop)
+    if not c.random_start:
+        x0 = x
+    elif _is_traced(x, key, c):
+        x0 = _core.random_start(key, x, c.eps, c.norm)
+    else:
+        x0 = _random_start_jit(key, x, c.eps, c.norm)
+    return _iterate(apply_fn, params, x, y, x0, _pgd_step, c.steps, c, c.early_stop)
 
 
 def bim(apply_fn, params, x, y, key, config: BIMConfig = BIMConfig()) -> AttackResult:
     """BIM / I-FGSM (Kurakin et al. 2017): PGD without random start."""
     del key
     _core.check_attack_inputs(x, y, config.eps)
-    c = config
-    step = optax.chain(_core.steepest_ascent(c.step_size, c.norm),
-                       _core.project_onto_threat(x, c.eps, c.norm))
-    return _iterate(apply_fn, params, x, y, x, step, c.steps, c)
+    return _iterate(apply_fn, params, x, y, x, _bim_step, config.steps, config)
 
 
 def mifgsm(apply_fn, params, x, y, key, config: MIFGSMConfig = MIFGSMConfig()) -> AttackResult:
     """MI-FGSM (Dong et al. 2018): momentum on L1-normalised gradients, step eps / steps."""
     del key
     _core.check_attack_inputs(x, y, config.eps)
-    c = config
-    step = optax.chain(l1_normalised_momentum(c.decay),
-                       _core.steepest_ascent(c.eps / c.steps, c.norm),
-                       _core.project_onto_threat(x, c.eps, c.norm))
-    return _iterate(apply_fn, params, x, y, x, step, c.steps, c)
+    return _iterate(apply_fn, params, x, y, x, _mi_step, config.steps, config)
