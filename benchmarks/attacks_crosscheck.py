@@ -117,6 +117,8 @@ def main():
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--cw-steps", type=int, default=100)
     ap.add_argument("--square-queries", type=int, default=1000)
+    ap.add_argument("--cw-lr", type=float, default=0.01)
+    ap.add_argument("--cw-adam", default="kingma", help="'kingma' (foolbox's Adam) or 'tf'")
     ap.add_argument("--out", default=str(ROOT / "results" / "attacks_crosscheck.md"))
     args = ap.parse_args()
 
@@ -195,25 +197,31 @@ def main():
                rj, rt, tj, time.time() - t, "independent random draws")
 
     steps = args.cw_steps
-    cfg = CWL2Config(max_iterations=steps, binary_search_steps=9, abort_early=False)
+    cfg = CWL2Config(max_iterations=steps, binary_search_steps=9, abort_early=False,
+                     learning_rate=args.cw_lr, adam=args.cw_adam)
     t = time.time()
     res = jax.jit(functools.partial(cw_l2, apply_fn, config=cfg))(params, xt, yt, key)
     norm_j = np.where(np.asarray(res.success), np.asarray(res.norm), np.inf)
     tj = time.time() - t
     fmodel = fb.PyTorchModel(net, bounds=(0, 1))
     attack = fb.attacks.L2CarliniWagnerAttack(binary_search_steps=9, steps=steps,
-                                              stepsize=0.01, confidence=0, initial_const=1e-3,
+                                              stepsize=args.cw_lr, confidence=0,
+                                              initial_const=1e-3,
                                               abort_early=False)
     t = time.time()
     _, adv_t, _ = attack(fmodel, xt_t, yt_t, epsilons=None)
     tt = time.time() - t
     with torch.no_grad():
-        succ_t = net(adv_t).argmax(1).numpy() != yt
+        # foolbox returns an all-zero image where it found nothing (its best_advs start at 0)
+        none = adv_t.flatten(1).abs().sum(1).numpy() == 0
+        succ_t = (net(adv_t).argmax(1).numpy() != yt) & ~none
     norm_t = np.where(succ_t, (adv_t - xt_t).flatten(1).norm(dim=1).numpy(), np.inf)
     for r in (1.0, 1.5):
         rj = clean_j & ~(norm_j <= r)
         rt = clean_t & ~(norm_t <= r)
-        record("C&W-L2", f"L2 radius {r}, 9 x {steps} steps, no abort", rj, rt, tj, tt,
+        record("C&W-L2", f"L2 radius {r}, 9 x {steps} steps, lr {args.cw_lr}, no abort, "
+               f"adam={args.cw_adam}",
+               rj, rt, tj, tt,
                "time: both radii from one run")
     found = np.isfinite(norm_j) & np.isfinite(norm_t)
     med_j, med_t = np.median(norm_j[found]), np.median(norm_t[found])
@@ -223,7 +231,8 @@ def main():
         "# Attack cross-check: robustjax vs torchattacks / foolbox",
         "",
         f"Command: `PYTHONPATH=. python benchmarks/attacks_crosscheck.py --n {args.n} "
-        f"--cw-steps {steps} --square-queries {args.square_queries}`  ",
+        f"--cw-steps {steps} --cw-lr {args.cw_lr} --cw-adam {args.cw_adam} "
+        f"--square-queries {args.square_queries}`  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), Python "
         f"{sys.version.split()[0]}, jax {jax.__version__}, torch {torch.__version__}, "
         f"torchattacks {torchattacks.__version__}, foolbox {fb.__version__}.",

@@ -91,3 +91,31 @@ def test_cw_linf_invariants(digits_mlp):
     assert 1 - succ.mean() < clean_acc - 0.2  # robust accuracy well below clean accuracy
     # kappa caps the loss: the reported margins never exceed it
     assert np.all(np.asarray(res.loss) <= cfg.kappa + 1e-5)
+
+
+def test_adam_forms_match_optax_and_tensorflow():
+    """'kingma' == optax.adam; 'tf' == TF1's epsilon-hat form (the C&W reference code)."""
+    import optax
+
+    from robustjax.attacks.cw import adam_update
+
+    rng = np.random.default_rng(0)
+    grads = [jnp.asarray(rng.normal(size=(2, 3)) * 10.0 ** rng.integers(-9, 1, (2, 3)),
+                         jnp.float32) for _ in range(5)]
+    opt = optax.adam(0.1)
+    p = jnp.zeros((2, 3))
+    st = opt.init(p)
+    m = v = jnp.zeros((2, 3))
+    t = jnp.zeros((2,), jnp.int32)
+    m_tf = v_tf = m
+    for g in grads:
+        ref, st = opt.update(g, st, p)
+        upd, m, v, t2 = adam_update(g, m, v, t, 0.1, "kingma")
+        np.testing.assert_allclose(np.asarray(upd), np.asarray(ref), rtol=1e-5, atol=1e-9)
+        upd_tf, m_tf, v_tf, _ = adam_update(g, m_tf, v_tf, t, 0.1, "tf")
+        k = int(t2[0])
+        lr_t = 0.1 * np.sqrt(1 - 0.999 ** k) / (1 - 0.9 ** k)
+        np.testing.assert_allclose(np.asarray(upd_tf),
+                                   -lr_t * np.asarray(m_tf) / (np.sqrt(np.asarray(v_tf)) + 1e-8),
+                                   rtol=1e-4, atol=1e-9)  # lr_t in float32 vs float64
+        t = t2

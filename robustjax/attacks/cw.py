@@ -41,6 +41,8 @@ class CWL2Config:
       abort_early: stop a round when the loss stalls (checked every ``max_iterations // 10``).
       initial_const: first c (1e-3).
       targeted: if True ``y`` holds target classes.
+      adam: ``"tf"`` (the reference code's TensorFlow Adam) or ``"kingma"`` (the textbook
+        form used by foolbox and torch); see ``adam_update``.
     """
 
     confidence: float = 0.0
@@ -50,8 +52,11 @@ class CWL2Config:
     abort_early: bool = True
     initial_const: float = 1e-3
     targeted: bool = False
+    adam: str = "tf"
 
     def __post_init__(self):
+        if self.adam not in ADAM_FORMS:
+            raise ValueError(f"adam must be one of {ADAM_FORMS}, got {self.adam!r}")
         if self.binary_search_steps < 1 or self.max_iterations < 1:
             raise ValueError("binary_search_steps and max_iterations must be >= 1, got "
                              f"{self.binary_search_steps}, {self.max_iterations}")
@@ -60,14 +65,27 @@ class CWL2Config:
                              f"{self.confidence}, {self.initial_const}")
 
 
-def adam_update(g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8):
-    """One Adam step (TensorFlow's form, as the reference code) with per-example step ``t`` [b]."""
+ADAM_FORMS = ("tf", "kingma")
+
+
+def adam_update(g, m, v, t, lr, form="tf", b1=0.9, b2=0.999, eps=1e-8):
+    """One Adam step with a per-example step count ``t`` [b].
+
+    ``form="tf"``: TensorFlow 1's ``AdamOptimizer`` (the C&W reference code),
+    ``-lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``. ``form="kingma"``: Kingma & Ba's
+    Algorithm 1 (torch.optim.Adam, optax, foolbox), ``-lr m_hat / (sqrt(v_hat) + eps)``. They
+    differ only in where eps enters, which matters for the tiny gradients of saturated pixels
+    (x at 0 or 1, where tanh' is ~1e-6): the "tf" form damps their steps, "kingma" does not.
+    """
     t = t + 1
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
     tb = t.astype(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1))
-    lr_t = lr * jnp.sqrt(1 - b2 ** tb) / (1 - b1 ** tb)
-    return -lr_t * m / (jnp.sqrt(v) + eps), m, v, t
+    if form == "tf":
+        lr_t = lr * jnp.sqrt(1 - b2 ** tb) / (1 - b1 ** tb)
+        return -lr_t * m / (jnp.sqrt(v) + eps), m, v, t
+    m_hat, v_hat = m / (1 - b1 ** tb), v / (1 - b2 ** tb)
+    return -lr * m_hat / (jnp.sqrt(v_hat) + eps), m, v, t
 
 
 def kappa_success(logits: Array, y: Array, targeted: bool, kappa) -> Array:
@@ -143,7 +161,7 @@ def cw_l2(apply_fn, params, x: Array, y: Array, key: Array,
             o_better = ok & (l2 < o_l2)
             o_l2 = jnp.where(o_better, l2, o_l2)
             o_x = jnp.where(o_better.reshape(bshape), x_new, o_x)
-            upd, m2, v2, t2 = adam_update(g, m, v, t, cfg.learning_rate)
+            upd, m2, v2, t2 = adam_update(g, m, v, t, cfg.learning_rate, cfg.adam)
             a = active.reshape(bshape)
             mod = jnp.where(a, mod + upd, mod)
             m, v = jnp.where(a, m2, m), jnp.where(a, v2, v)
