@@ -66,6 +66,8 @@ def test_sweep_strategies_agree_and_are_monotone(mlp):
     cfg = G.PGDConfig(eps=0.04, step_size=0.01, steps=5)
     pg = {s: sweep(G.pgd, model.apply_fn, model.params, x, y, key, cfg, eps, strategy=s)
           for s in ("unroll", "map")}
+    looped = S.eps_sweep(G.pgd, model.apply_fn, model.params, x, y, key, cfg, eps, "loop")
+    np.testing.assert_allclose(looped.x_adv, pg["unroll"].x_adv, atol=1e-5)
     np.testing.assert_allclose(pg["unroll"].x_adv, pg["map"].x_adv, atol=1e-5)
     one = G.pgd(model.apply_fn, model.params, x, y, key, S.with_eps(cfg, 0.1))
     np.testing.assert_allclose(pg["unroll"].x_adv[3], one.x_adv, atol=1e-6)

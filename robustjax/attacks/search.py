@@ -3,10 +3,12 @@
 Every function takes an attack ``attack(apply_fn, params, x, y, key, config)`` whose config has
 an ``eps`` leaf (and optionally ``step_size``, which is rescaled with eps so that the step
 keeps its ratio to the radius, e.g. PGD's 2/255 at 8/255 becomes eps / 4). All of them are
-jittable with ``attack`` and ``apply_fn`` static::
+jittable with ``attack`` and ``apply_fn`` static, e.g.::
 
-    sweep = jax.jit(eps_sweep, static_argnums=(0, 1), static_argnames="strategy")
-    results = sweep(pgd, f, params, x, y, key, PGDConfig(), jnp.array([1, 2, 4, 8]) / 255)
+    results = eps_sweep(pgd, f, params, x, y, key, PGDConfig(), jnp.array([1, 2, 4, 8]) / 255)
+
+On CPU, call it eagerly: the fastest strategy there (``"loop"``) runs one compiled attack per
+eps; under ``jit`` it falls back to unrolling.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import jax.numpy as jnp
 from robustjax.attacks import _core, gradient
 from robustjax.attacks._core import AttackResult
 
-STRATEGIES = ("auto", "shared", "unroll", "map", "vmap")
+STRATEGIES = ("auto", "shared", "loop", "unroll", "map", "vmap")
+_JITTED = {}  # attack -> jax.jit(attack, static_argnums=0), for the eager "loop" strategy
 
 
 def with_eps(config, eps):
@@ -117,34 +120,48 @@ def auto_strategy(attack) -> str:
     """The measured-fastest way to sweep (benchmarks/results/attacks_speed.md)."""
     if _is_shareable_fgsm(attack):
         return "shared"
-    # On XLA:CPU vmap over eps multiplies memory and ran slower than separate calls, and
-    # lax.map puts the attack inside a while loop (slow conv layouts); unrolling keeps each
-    # eps's program identical to a single call. On accelerators vmap fills the device.
-    return "unroll" if jax.default_backend() == "cpu" else "vmap"
+    # XLA:CPU (2 cores, CNN, PGD-10, 8 eps): one compiled attack called per eps beat unrolling
+    # the eps loop in one program (0.4x), vmap (0.28x: 8x the memory) and lax.map (0.1x: the
+    # attack inside a while loop loses the fast conv path). On accelerators vmap fills the
+    # device.
+    return "loop" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _traced(*trees) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
 
 
 def eps_sweep(attack, apply_fn, params, x, y, key, config, eps_values,
               strategy: str = "auto") -> AttackResult:
     """``attack`` at every eps in ``eps_values`` [n]: an AttackResult with leading axis n.
 
-    ``strategy``: ``"shared"`` (FGSM only: one gradient for all eps), ``"unroll"`` (the eps loop
-    written out in one program), ``"map"`` (``lax.map``), ``"vmap"``, or ``"auto"``. Every eps
-    uses the same key, so results differ only through eps.
+    ``strategy``: ``"shared"`` (FGSM only: one gradient for all eps), ``"loop"`` (one compiled
+    attack, eps as an argument, called once per eps; under ``jit`` this becomes ``"unroll"``),
+    ``"unroll"`` (the eps loop written out in one program), ``"map"`` (``lax.map``), ``"vmap"``,
+    or ``"auto"`` (``auto_strategy``). Every eps uses the same key, so results differ only
+    through eps; all strategies give the same numbers.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     if strategy == "auto":
         strategy = auto_strategy(attack)
-    eps_values = jnp.asarray(eps_values, x.dtype)
+    eps_values = jnp.asarray(eps_values, jnp.float32)
     if strategy == "shared":
         if not _is_shareable_fgsm(attack):
             raise ValueError("strategy='shared' is only for gradient.fgsm (its gradient does not "
                              f"depend on eps); got {getattr(attack, '__name__', attack)!r}")
         return fgsm_sweep(apply_fn, params, x, y, config, eps_values)
 
-    def at(eps):
-        return attack(apply_fn, params, x, y, key, with_eps(config, eps))
+    def at(eps, run=attack):
+        return run(apply_fn, params, x, y, key, with_eps(config, eps))
 
+    if strategy == "loop":
+        if _traced(params, x, y, key, config, eps_values):
+            strategy = "unroll"
+        else:
+            run = _JITTED.setdefault(attack, jax.jit(attack, static_argnums=0))
+            results = [at(eps_values[i], run) for i in range(eps_values.shape[0])]
+            return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *results)
     if strategy == "vmap":
         return jax.vmap(at)(eps_values)
     if strategy == "map":
