@@ -166,3 +166,14 @@ def test_square_eps_sweep_vmap_matches_loop(digits_mlp):
     np.testing.assert_allclose(np.asarray(rv.x_adv), np.asarray(ru.x_adv), atol=1e-6)
     np.testing.assert_array_equal(np.asarray(rv.queries), np.asarray(ru.queries))
     assert np.all(np.asarray(rv.norm).max(1) <= np.asarray(eps) + 1e-6)
+
+
+def test_square_targeted_reaches_targets(digits_mlp):
+    apply_fn, params, x, y = digits_mlp
+    target = jnp.asarray((np.asarray(y[:16]) + 1) % 10, jnp.int32)
+    cfg = SquareConfig(eps=0.3, n_queries=200, targeted=True)  # paper: CE loss when targeted
+    res = square(apply_fn, params, x[:16], target, jax.random.key(4), cfg)
+    pred = predict(apply_fn, params, res.x_adv)
+    np.testing.assert_array_equal(np.asarray(res.success), pred == np.asarray(target))
+    assert np.mean(pred == np.asarray(target)) > 0.5
+    assert np.abs(np.asarray(res.x_adv - x[:16])).max() <= 0.3 + 1e-6
