@@ -17,6 +17,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from robustjax.attacks import _core, gradient
 from robustjax.attacks._core import AttackResult
@@ -160,7 +161,8 @@ def eps_sweep(attack, apply_fn, params, x, y, key, config, eps_values,
             strategy = "unroll"
         else:
             run = _JITTED.setdefault(attack, jax.jit(attack, static_argnums=0))
-            results = [at(eps_values[i], run) for i in range(eps_values.shape[0])]
+            # host floats: no eager device ops between the compiled calls
+            results = [at(float(e), run) for e in np.asarray(eps_values)]
             return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *results)
     if strategy == "vmap":
         return jax.vmap(at)(eps_values)
