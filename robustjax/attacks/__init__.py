@@ -1,0 +1,55 @@
+"""Adversarial attacks: every attack is ``attack(apply_fn, params, x, y, key, config)``.
+
+``ATTACKS`` maps a name to ``(attack_fn, ConfigClass)``; ``ConfigClass()`` holds the paper's
+defaults.
+"""
+
+from robustjax.attacks._core import (  # noqa: F401
+    LOSSES,
+    NORMS,
+    AttackResult,
+    cross_entropy,
+    dlr,
+    dlr_targeted,
+    lp_norm,
+    margin,
+    project,
+    success_mask,
+)
+from robustjax.attacks.apgd import APGDConfig, APGDTConfig, apgd, apgd_t  # noqa: F401
+from robustjax.attacks.fab import FABConfig, fab  # noqa: F401
+from robustjax.attacks.cw import CWL2Config, CWLinfConfig, cw_l2, cw_linf  # noqa: F401
+from robustjax.attacks.deepfool import DeepFoolConfig, deepfool  # noqa: F401
+from robustjax.attacks.ead import EADConfig, ead  # noqa: F401
+from robustjax.attacks.fmn import FMNConfig, fmn, fmn_from  # noqa: F401
+from robustjax.attacks.gradient import (  # noqa: F401
+    BIMConfig,
+    FGSMConfig,
+    MIFGSMConfig,
+    PGDConfig,
+    bim,
+    fgsm,
+    mifgsm,
+    pgd,
+)
+from robustjax.attacks.spsa import SPSAConfig, spsa  # noqa: F401
+from robustjax.attacks.square import SquareConfig, square  # noqa: F401
+from robustjax.attacks.search import eps_sweep, min_eps, restarts  # noqa: F401
+from robustjax.attacks.wrappers import EOTParams, bpda, bpda_model, eot  # noqa: F401
+
+ATTACKS = {
+    "fgsm": (fgsm, FGSMConfig),
+    "bim": (bim, BIMConfig),
+    "pgd": (pgd, PGDConfig),
+    "mifgsm": (mifgsm, MIFGSMConfig),
+    "apgd": (apgd, APGDConfig),
+    "apgd_t": (apgd_t, APGDTConfig),
+    "fab": (fab, FABConfig),
+    "square": (square, SquareConfig),
+    "spsa": (spsa, SPSAConfig),
+    "cw_l2": (cw_l2, CWL2Config),
+    "cw_linf": (cw_linf, CWLinfConfig),
+    "deepfool": (deepfool, DeepFoolConfig),
+    "ead": (ead, EADConfig),
+    "fmn": (fmn, FMNConfig),
+}

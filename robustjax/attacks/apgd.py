@@ -1,0 +1,254 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks"): APGD-CE, APGD-DLR and APGD-T.
+
+One run (Algorithm 1 of the paper, as in the authors' ``autopgd_base.py``):
+
+* start ``x0 = clip(x + eps * t / ||t||)`` with ``t`` uniform in [-1, 1] (Linf) or Gaussian (L2);
+  step size ``eta = 2 eps``;
+* ``z = P(x_k + eta d(grad))``, ``x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))`` with
+  momentum ``a = 0.75`` (``a = 1`` at the first step), ``P`` the projection onto the threat set;
+* checkpoints ``w_j = ceil(p_j N)``, ``p_0 = 0``, ``p_1 = 0.22``,
+  ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``; at a checkpoint the step size of an
+  example halves (and it restarts from its best point) if the loss increased in at most
+  ``rho = 0.75`` of the steps since the last checkpoint, or if the step was not halved at the
+  last checkpoint and the best loss has not improved since.
+
+The result holds, per example, the last misclassified point found (success) or else the point
+of highest loss; ``loss`` is the best loss. Restarts re-run on every example and keep the
+first success; ``lax.cond`` skips a restart or target once every example is broken.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from robustjax.attacks import _core
+from robustjax.attacks._core import AttackResult
+from robustjax.attacks.gradient import config_class
+
+
+@config_class("eps")
+class APGDConfig:
+    """APGD-CE (``loss="ce"``) / APGD-DLR (``loss="dlr"``), Croce & Hein 2020 defaults.
+
+    ``steps`` = N = 100 iterations, ``restarts`` = 1, ``rho`` = 0.75, momentum ``alpha`` =
+    0.75, initial step ``2 eps``. Norms: Linf and L2 (the paper's). ``loop`` is a backend
+    choice (``_core.loop_steps``; ``"auto"`` picks ``fori`` for 100 steps).
+    """
+
+    eps: float = 8 / 255
+    norm: str = "linf"
+    loss: str = "ce"
+    steps: int = 100
+    restarts: int = 1
+    rho: float = 0.75
+    alpha: float = 0.75
+    loop: str = "auto"
+
+    def __post_init__(self):
+        _core.check_norm(self.norm, ("linf", "l2"))
+        if self.loss not in ("ce", "dlr"):
+            raise ValueError(f"APGD loss must be 'ce' or 'dlr', got {self.loss!r}")
+
+
+@config_class("eps")
+class APGDTConfig:
+    """APGD-T (Croce & Hein 2020): targeted DLR towards each of the ``num_targets`` classes
+    with the highest clean logits after the top one (9 in AutoAttack, fewer when there are
+    fewer classes), ``steps`` = 100 each, ``restarts`` = 1 per target. ``loss`` may also be
+    ``"ce-targeted"``. Success means misclassification, as in AutoAttack.
+    """
+
+    eps: float = 8 / 255
+    norm: str = "linf"
+    loss: str = "dlr-targeted"
+    steps: int = 100
+    restarts: int = 1
+    num_targets: int = 9
+    rho: float = 0.75
+    alpha: float = 0.75
+    loop: str = "auto"
+
+    def __post_init__(self):
+        _core.check_norm(self.norm, ("linf", "l2"))
+        if self.loss not in ("dlr-targeted", "ce-targeted"):
+            raise ValueError(f"APGD-T loss must be 'dlr-targeted' or 'ce-targeted', "
+                             f"got {self.loss!r}")
+
+
+def checkpoints(steps: int) -> list[tuple[int, int]]:
+    """The static checkpoint schedule: ``(iteration index, window length k)`` pairs.
+
+    Discretised as in the reference code: ``k_1 = max(int(0.22 N), 1)``, then
+    ``k <- max(k - max(int(0.03 N), 1), max(int(0.06 N), 1))``. For N = 100 the checkpoints
+    fall after 22, 41, 57, 70, 80, 87, 93 and 99 iterations.
+    """
+    k = max(int(0.22 * steps), 1)
+    decr, k_min = max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, count = [], 0
+    for i in range(steps):
+        count += 1
+        if count == k:
+            out.append((i, k))
+            k, count = max(k - decr, k_min), 0
+    return out
+
+
+def _bcast(v, x):
+    return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _direction(g, norm):
+    return _core.steepest_direction(g, norm)
+
+
+def apgd_run(apply_fn, params, x, y, key, eps, norm, steps, rho, alpha, loss_fn, loop="auto"):
+    """One APGD run. ``loss_fn(logits) -> [b]`` (maximised); success = ``argmax != y``.
+
+    Returns ``(x_out, success, loss_best)`` with ``x_out`` the last adversarial point found
+    where successful and otherwise the highest-loss point.
+    """
+    b = x.shape[0]
+    eps_b = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (b,))
+
+    def value_grad(x_adv):
+        def f(z):
+            logits = apply_fn(params, z)
+            v = loss_fn(logits)
+            return jnp.sum(v), (v, logits)
+
+        (_, (v, logits)), g = jax.value_and_grad(f, has_aux=True)(x_adv)
+        return v, g, jnp.argmax(logits, -1) != y
+
+    if norm == "linf":
+        t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    else:
+        t = jax.random.normal(key, x.shape, x.dtype)
+    t = t / _bcast(jnp.maximum(_core.lp_norm(t, norm), 1e-12), x)
+    x_adv = _core.clip_to_box(x + _bcast(eps_b, x) * t)
+
+    def proj(z):
+        return _core.project(z, x, eps_b, norm)
+
+    v, g, fooled = value_grad(x_adv)
+    table = checkpoints(steps)
+    is_check = jnp.zeros((steps,), bool).at[jnp.array([i for i, _ in table])].set(True)
+    window = jnp.zeros((steps,), jnp.int32).at[jnp.array([i for i, _ in table])].set(
+        jnp.array([k for _, k in table], jnp.int32))
+    carry = dict(
+        x_adv=x_adv, x_old=x_adv, grad=g, step=2.0 * eps_b, x_best=x_adv, grad_best=g,
+        loss_best=v, x_best_adv=x_adv, fooled=fooled, loss_steps=jnp.zeros((steps, b), x.dtype),
+        best_last_check=v, reduced_last_check=jnp.ones((b,), bool))
+
+    def body(i, c):
+        a = jnp.where(i > 0, alpha, 1.0).astype(x.dtype)
+        x_cur = c["x_adv"]
+        step = _bcast(c["step"], x)
+        z = proj(x_cur + step * _direction(c["grad"], norm))
+        x_new = proj(x_cur + (z - x_cur) * a + (x_cur - c["x_old"]) * (1.0 - a))
+        v, g, fooled_now = value_grad(x_new)
+        x_best_adv = jnp.where(_bcast(fooled_now, x), x_new, c["x_best_adv"])
+        better = v > c["loss_best"]
+        x_best = jnp.where(_bcast(better, x), x_new, c["x_best"])
+        grad_best = jnp.where(_bcast(better, x), g, c["grad_best"])
+        loss_best = jnp.where(better, v, c["loss_best"])
+        loss_steps = c["loss_steps"].at[i].set(v)
+
+        # Checkpoint: condition 1 (oscillation) over the last k steps, condition 2 (no halving
+        # and no improvement since the last checkpoint). Indices wrap modulo N as in the
+        # reference code (its first window compares against a zero entry).
+        k = window[i]
+        inc = loss_steps > jnp.roll(loss_steps, 1, axis=0)
+        offs = jnp.mod(i - jnp.arange(steps), steps)
+        in_window = jnp.zeros((steps,), bool).at[offs].set(jnp.arange(steps) < k)
+        count = jnp.sum(inc & in_window[:, None], axis=0)
+        osc = count <= k * rho
+        no_impr = (~c["reduced_last_check"]) & (c["best_last_check"] >= loss_best)
+        reduce = is_check[i] & (osc | no_impr)
+        rb = _bcast(reduce, x)
+        return dict(
+            x_adv=jnp.where(rb, x_best, x_new), x_old=x_cur,
+            grad=jnp.where(rb, grad_best, g),
+            step=jnp.where(reduce, c["step"] / 2.0, c["step"]),
+            x_best=x_best, grad_best=grad_best, loss_best=loss_best, x_best_adv=x_best_adv,
+            fooled=c["fooled"] | fooled_now, loss_steps=loss_steps,
+            best_last_check=jnp.where(is_check[i], loss_best, c["best_last_check"]),
+            reduced_last_check=jnp.where(is_check[i], osc | no_impr, c["reduced_last_check"]))
+
+    c = _core.loop_steps(body, carry, steps, loop)
+    x_out = jnp.where(_bcast(c["fooled"], x), c["x_best_adv"], c["x_best"])
+    return x_out, c["fooled"], c["loss_best"]
+
+
+def _merge(prev, new):
+    """Keep earlier successes; otherwise take the newer run's point and loss."""
+    px, ps, pl = prev
+    nx, ns, nl = new
+    keep = ps
+    return (jnp.where(_bcast(keep, px), px, nx), ps | ns, jnp.where(keep, pl, jnp.maximum(pl, nl)))
+
+
+def _runs(apply_fn, params, x, y, key, cfg, loss_of, n_losses):
+    """Run every (loss, restart) pair, skipping it when all examples are already broken.
+
+    ``loss_of(j)`` gives the j-th loss function (``j`` traced); the pairs run in one
+    ``lax.fori_loop`` so the APGD body is compiled once however many targets there are.
+    """
+    b = x.shape[0]
+    state = (x, jnp.zeros((b,), bool), jnp.full((b,), -jnp.inf, x.dtype), jnp.int32(0))
+    total = n_losses * cfg.restarts
+
+    def key_of(j):
+        return jax.random.fold_in(key, j)
+
+    def one(j, s):
+        def run(s):
+            new = apgd_run(apply_fn, params, x, y, key_of(j), cfg.eps,
+                           cfg.norm, cfg.steps, cfg.rho, cfg.alpha, loss_of(j // cfg.restarts),
+                           cfg.loop)
+            return _merge(s[:3], new) + (s[3] + 1,)
+
+        return jax.lax.cond(jnp.all(s[1]), lambda s: s, run, s)
+
+    if total == 1:  # nothing to skip: no cond (it would double the compiled program)
+        new = apgd_run(apply_fn, params, x, y, key_of(0), cfg.eps, cfg.norm, cfg.steps,
+                       cfg.rho, cfg.alpha, loss_of(0), cfg.loop)
+        state = _merge(state[:3], new) + (jnp.int32(1),)
+    else:
+        state = jax.lax.fori_loop(0, total, one, state)
+    # gradient evaluations of the runs actually performed (skipped runs cost nothing)
+    return state[:3], state[3] * (cfg.steps + 1)
+
+
+def apgd(apply_fn, params, x, y, key, config: APGDConfig = APGDConfig()) -> AttackResult:
+    """APGD-CE / APGD-DLR (untargeted). ``x`` [b, H, W, C] in [0, 1], ``y`` int32 true labels.
+
+    Example: ``apgd(f, p, x, y, key, APGDConfig(eps=8 / 255, loss="dlr"))``.
+    """
+    _core.check_attack_inputs(x, y, config.eps)
+    loss = _core.get_loss(config.loss)
+    (x_adv, _, best), queries = _runs(apply_fn, params, x, y, key, config,
+                                      lambda j: (lambda z: loss(z, y)), 1)
+    return _core.finish(apply_fn, params, x, x_adv, y, best, config.norm, queries)
+
+
+def apgd_t(apply_fn, params, x, y, key, config: APGDTConfig = APGDTConfig()) -> AttackResult:
+    """APGD-T: targeted runs towards the 2nd ... (num_targets + 1)-th most likely clean class.
+
+    The number of targets is ``min(num_targets, k - 1)`` for ``k`` classes; the targeted DLR
+    loss needs ``k >= 4`` (use ``loss="ce-targeted"`` below that).
+    """
+    _core.check_attack_inputs(x, y, config.eps)
+    k = apply_fn(params, x[:1]).shape[-1]
+    order = jnp.argsort(apply_fn(params, x), axis=-1)  # ascending; targets from the top
+    n_t = min(config.num_targets, k - 1)
+
+    def loss_of(j):
+        target = jnp.take(order, k - 2 - j, axis=1)  # the (j + 2)-th largest clean logit
+        if config.loss == "dlr-targeted":
+            return lambda z: _core.dlr_targeted(z, y, target)
+        return lambda z: _core.cross_entropy(z, target, targeted=True)
+
+    (x_adv, _, best), queries = _runs(apply_fn, params, x, y, key, config, loss_of, n_t)
+    return _core.finish(apply_fn, params, x, x_adv, y, best, config.norm, queries + 1)

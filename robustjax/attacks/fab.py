@@ -1,0 +1,183 @@
+"""FAB (Croce & Hein 2020, "Minimally distorted adversarial examples with a fast adaptive
+boundary attack"), Linf, targeted (FAB-T, as in AutoAttack) and untargeted.
+
+Each iteration linearises the decision boundary between the true class ``y`` and a class ``l``
+(FAB-T: the target; FAB: the class with the closest linearised boundary,
+``argmin_l |f_l| / ||grad f_l||_1`` with ``f_l = z_l - z_y``) at the iterate ``x1``; it projects
+both ``x1`` and the original ``x0`` onto that hyperplane inside the box (``d1``, ``d2``: minimal
+Linf moves), and steps
+
+    alpha = min(||d1|| / (||d1|| + ||d2||), alpha_max)
+    x1 <- clip((1 - alpha) (x1 + eta d1) + alpha (x0 + eta d2), 0, 1)
+
+When ``x1`` is adversarial it is recorded if closer to ``x0`` than the best so far, then pulled
+back: ``x1 <- x0 + beta (x1 - x0)``. Success at the threat model means an adversarial point with
+``||x_adv - x0||_inf <= eps`` (AutoAttack's rule). Defaults: 100 iterations, alpha_max 0.1,
+eta 1.05, beta 0.9, one restart (the first from ``x0``; later ones from a random point at
+radius ``min(best, eps) / 2``), 9 targets (the classes with the 2nd..10th largest clean logit).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from robustjax.attacks import _core
+from robustjax.attacks._core import AttackResult
+from robustjax.attacks.gradient import config_class
+
+BIG = 1e10
+
+
+@config_class("eps")
+class FABConfig:
+    """FAB / FAB-T settings (Croce & Hein 2020; AutoAttack's FAB-T: ``targeted=True``)."""
+
+    eps: float = 8 / 255
+    targeted: bool = True
+    steps: int = 100
+    restarts: int = 1
+    num_targets: int = 9
+    alpha_max: float = 0.1
+    eta: float = 1.05
+    beta: float = 0.9
+    norm: str = "linf"
+
+    def __post_init__(self):
+        _core.check_norm(self.norm, ("linf",))
+
+
+def project_linf_hyperplane(t, w, b):
+    """Minimal-Linf ``d`` with ``w . (t + d) = b`` and ``0 <= t + d <= 1``, per row.
+
+    ``t``, ``w`` [b, n], ``b`` [b]. Moving every coordinate by at most ``lam`` in the helpful
+    direction changes ``w . t`` by ``g(lam) = sum_i |w_i| min(lam, room_i)`` (``room_i`` the
+    distance to the box edge in that direction); ``g`` is piecewise linear, so ``lam`` is exact
+    from the sorted rooms. If even the whole box cannot reach the hyperplane, the full box move
+    (the closest reachable point in that direction) is returned.
+    """
+    c = b - jnp.sum(w * t, axis=-1)  # required change of w . x
+    direction = jnp.sign(w) * jnp.sign(c)[:, None]  # +1: increase the coordinate
+    room = jnp.where(direction > 0, 1.0 - t, t)
+    room = jnp.where(w == 0, 0.0, room)
+    aw = jnp.abs(w)
+    order = jnp.argsort(room, axis=-1)
+    r = jnp.take_along_axis(room, order, axis=-1)
+    a = jnp.take_along_axis(aw, order, axis=-1)
+    cum_ar = jnp.cumsum(a * r, axis=-1)  # sum_{j<=k} |w_j| r_j
+    rest = jnp.sum(a, axis=-1, keepdims=True) - jnp.cumsum(a, axis=-1)  # sum_{j>k} |w_j|
+    g_at = cum_ar + r * rest  # g(r_k)
+    need = jnp.abs(c)[:, None]
+    k = jnp.argmax(g_at >= need, axis=-1)  # first breakpoint reaching the hyperplane
+    prev_ar = jnp.where(k > 0, jnp.take_along_axis(cum_ar, (k - 1)[:, None], -1)[:, 0], 0.0)
+    prev_rest = jnp.where(k > 0, jnp.take_along_axis(rest, (k - 1)[:, None], -1)[:, 0],
+                          jnp.sum(a, axis=-1))
+    lam = (need[:, 0] - prev_ar) / jnp.maximum(prev_rest, 1e-30)
+    feasible = g_at[:, -1] >= need[:, 0]
+    lam = jnp.where(feasible, lam, jnp.inf)
+    return direction * jnp.minimum(lam[:, None], room)
+
+
+def fab_run(apply_fn, params, x, y, key, eps, steps, alpha_max, eta, beta, target, rand_start,
+            best_norm):
+    """One FAB run from ``x`` (or a random start). ``target`` [b] or None (untargeted)."""
+    b = x.shape[0]
+    flat = lambda v: v.reshape(b, -1)  # noqa: E731
+    x0 = flat(x)
+
+    def boundary(x1):
+        """(f [b], w [b, n]) of the chosen linearised boundary at x1."""
+        if target is not None:
+            def diff(z):
+                logits = apply_fn(params, z)
+                zt = jnp.take_along_axis(logits, target[:, None], -1)[:, 0]
+                zy = jnp.take_along_axis(logits, y[:, None], -1)[:, 0]
+                return jnp.sum(zt - zy), zt - zy
+
+            g, f = jax.grad(diff, has_aux=True)(x1)
+            return f, flat(g)
+        logits, vjp = jax.vjp(lambda z: apply_fn(params, z), x1)
+        k = logits.shape[-1]
+        jac = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(jnp.eye(k))
+        jac = jnp.moveaxis(jac, 0, 1).reshape(b, k, -1)  # [b, k, n]
+        jy = jnp.take_along_axis(jac, y[:, None, None], 1)
+        zy = jnp.take_along_axis(logits, y[:, None], -1)
+        df, dg = logits - zy, jac - jy
+        dist = jnp.abs(df) / (1e-12 + jnp.sum(jnp.abs(dg), -1))
+        dist = jnp.where(jax.nn.one_hot(y, k, dtype=bool), BIG, dist)
+        l = jnp.argmin(dist, -1)
+        return (jnp.take_along_axis(df, l[:, None], -1)[:, 0],
+                jnp.take_along_axis(dg, l[:, None, None], 1)[:, 0])
+
+    t = jax.random.uniform(key, x0.shape, x.dtype, -1.0, 1.0)
+    radius = jnp.minimum(best_norm, eps)[:, None]
+    x_rand = jnp.clip(x0 + radius * t / jnp.max(jnp.abs(t), -1, keepdims=True) * 0.5, 0, 1)
+    x1 = jnp.where(rand_start, x_rand, x0)  # rand_start: a traced bool
+
+    def body(i, c):
+        x1, adv, res = c
+        f, w = boundary(x1.reshape(x.shape))
+        bias = -f + jnp.sum(w * x1, -1)
+        d = project_linf_hyperplane(jnp.concatenate([x1, x0]), jnp.concatenate([w, w]),
+                                    jnp.concatenate([bias, bias]))
+        d = jnp.where(jnp.concatenate([w, w]) != 0, d, 0.0)
+        a0 = jnp.maximum(jnp.max(jnp.abs(d), -1), 1e-8)
+        a1, a2 = a0[:b], a0[b:]
+        alpha = jnp.clip(a1 / (a1 + a2), 0.0, alpha_max)[:, None]
+        x1 = jnp.clip((x1 + eta * d[:b]) * (1 - alpha) + (x0 + eta * d[b:]) * alpha, 0, 1)
+        is_adv = jnp.argmax(apply_fn(params, x1.reshape(x.shape)), -1) != y
+        dist = jnp.max(jnp.abs(x1 - x0), -1)
+        better = is_adv & (dist < res)
+        adv = jnp.where(better[:, None], x1, adv)
+        res = jnp.where(better, dist, res)
+        x1 = jnp.where(is_adv[:, None], x0 + (x1 - x0) * beta, x1)
+        return x1, adv, res
+
+    init = (x1, x0, jnp.full((b,), BIG, x.dtype))
+    _, adv, res = jax.lax.fori_loop(0, steps, body, init)
+    return adv.reshape(x.shape), res
+
+
+def fab(apply_fn, params, x, y, key, config: FABConfig = FABConfig()) -> AttackResult:
+    """FAB-T (default) or FAB, Linf. ``x`` [b, H, W, C] in [0, 1], ``y`` int32 true labels.
+
+    ``success``: clean misclassification, or an adversarial point within ``eps``; ``norm``: the
+    Linf distance of the returned point (the smallest found; 0 where nothing was found, and
+    ``x_adv = x`` there); ``loss``: that minimal distance (``1e10`` where none was found);
+    ``queries``: gradient evaluations (each iteration also does one forward pass).
+    """
+    _core.check_attack_inputs(x, y, config.eps)
+    c = config
+    b = x.shape[0]
+    logits = apply_fn(params, x)
+    k = logits.shape[-1]
+    clean_ok = jnp.argmax(logits, -1) == y
+    order = jnp.argsort(logits, axis=-1)
+    n_t = min(c.num_targets, k - 1) if c.targeted else 1
+    total = n_t * c.restarts
+
+    def one(j, s):
+        adv, res, done, n = s
+
+        def run(s):
+            adv, res, done, n = s
+            target = jnp.take(order, k - 2 - j // c.restarts, axis=1) if c.targeted else None
+            new_adv, new_res = fab_run(apply_fn, params, x, y, jax.random.fold_in(key, j),
+                                       c.eps, c.steps, c.alpha_max, c.eta, c.beta, target,
+                                       j % c.restarts != 0, res)
+            better = new_res < res
+            adv = jnp.where(better.reshape((-1,) + (1,) * (x.ndim - 1)), new_adv, adv)
+            res = jnp.minimum(res, new_res)
+            return adv, res, done | (res <= c.eps), n + 1
+
+        return jax.lax.cond(jnp.all(done), lambda s: s, run, s)
+
+    init = (x, jnp.full((b,), BIG, x.dtype), ~clean_ok, jnp.int32(0))
+    adv, res, _, n = jax.lax.fori_loop(0, total, one, init)
+    found = clean_ok & (res < BIG)
+    x_adv = jnp.where(found.reshape((-1,) + (1,) * (x.ndim - 1)), adv, x)
+    success = (~clean_ok) | (found & (res <= c.eps * (1 + 1e-6)))
+    return AttackResult(
+        x_adv=x_adv, success=success, loss=res.astype(jnp.float32),
+        norm=_core.lp_norm(x_adv - x, "linf").astype(jnp.float32),
+        queries=jnp.broadcast_to(n * c.steps, (b,)).astype(jnp.int32))
