@@ -24,6 +24,7 @@ from robustjax.report.base import ReportContext, Section
 SECTIONS = {
     "clean": "robustjax.report.clean",
     "zoo": "robustjax.report.zoo",
+    "attacks": "robustjax.report.attacks",
     "corruptions": "robustjax.report.corruptions",
     "certify": "robustjax.report.certify",
     "metrics": "robustjax.report.metrics",
