@@ -138,6 +138,16 @@ def prediction_panel(model: Model, x, class_names, key, path, *, corruption=("fo
     return table
 
 
+def _attacked_column(model: Model, x, y, key) -> dict:
+    """PGD-10 (Linf 2/255) adversarial versions of ``x`` for the panels (survey fig. 6)."""
+    from robustjax import attacks
+
+    cfg = attacks.PGDConfig(eps=2 / 255, step_size=0.5 / 255, steps=10)
+    res = attacks.pgd(model.apply_fn, model.params, jnp.asarray(x), jnp.asarray(y),
+                      jax.random.fold_in(key, 998), cfg)
+    return {"PGD Linf 2/255": res.x_adv}
+
+
 def section(ctx: ReportContext) -> Section:
     key = section_key(ctx, "corruptions")
     x, y = np.asarray(ctx.x), np.asarray(ctx.y)
@@ -186,8 +196,10 @@ def section(ctx: ReportContext) -> Section:
         xn, _ = datasets.load("natural", "test")
         xn = xn[:2] if ctx.quick else xn
         path = ctx.out_dir / "corruptions_panels.png"
+        yn = np.asarray(datasets.load("natural", "test")[1])[:len(xn)]
         data["panels"] = prediction_panel(model, xn, model.spec.class_names,
-                                          jax.random.fold_in(key, 999), path)
+                                          jax.random.fold_in(key, 999), path,
+                                          extra_columns=_attacked_column(model, xn, yn, key))
         figures.append(path.name)
     score = (f"mCE {100 * data['mCE']:.1f}%, relative mCE {100 * data['relative_mCE']:.1f}%"
              if imagenet else
