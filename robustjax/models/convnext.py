@@ -44,12 +44,7 @@ from robustjax.models.registry import (
 )
 from robustjax.types import ModelSpec
 
-LN_EPS = 1e-6
-
-
-def _layer_norm(name: str) -> nn.LayerNorm:
-    # use_fast_variance=False computes E[(x - mean)^2] like PyTorch, not E[x^2] - mean^2.
-    return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name=name)
+_layer_norm = loading.timm_layer_norm
 
 
 class ConvNeXtBlock(nn.Module):

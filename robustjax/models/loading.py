@@ -149,6 +149,17 @@ def layer_norm(sd, prefix: str) -> dict:
     return {"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]}
 
 
+TIMM_LN_EPS = 1e-6
+
+
+def timm_layer_norm(name: str):
+    """The flax LayerNorm that matches timm's (ConvNeXt, ViT): eps 1e-6, and
+    ``use_fast_variance=False`` computes E[(x - mean)^2] like PyTorch, not E[x^2] - mean^2."""
+    import flax.linen as nn
+
+    return nn.LayerNorm(epsilon=TIMM_LN_EPS, use_fast_variance=False, name=name)
+
+
 # --- the framework ------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)

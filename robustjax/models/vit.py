@@ -39,11 +39,7 @@ from robustjax.models.registry import (
 )
 from robustjax.types import ModelSpec
 
-LN_EPS = 1e-6
-
-
-def _layer_norm(name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name=name)
+_layer_norm = loading.timm_layer_norm
 
 
 class Attention(nn.Module):
