@@ -7,8 +7,6 @@ with timm names (.safetensors) and with the original facebookresearch names (a t
 layout (atto ... nano: fc1/fc2 as 1x1 convs). Weights are random with non-trivial layer scale.
 """
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +16,7 @@ import pytest
 from robustjax import weights
 from robustjax.models import MODELS, convnext, load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "zoo"
-_spec = importlib.util.spec_from_file_location("make_zoo_fixtures",
-                                               ROOT / "scripts" / "make_zoo_fixtures.py")
-mzf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mzf)
+from zoo_fixture_script import FIXTURES, ROOT, mzf  # noqa: E402,F401
 SMALL = dict(num_classes=mzf.SMALL_CLASSES, input_shape=(32, 32, 3), **mzf.CONVNEXT_SMALL)
 
 

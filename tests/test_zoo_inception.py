@@ -9,9 +9,7 @@ to fill the timm model. Every tensor is random, BatchNorm statistics included, s
 padding, pooling (avg pools count their padding) and branch order all show in the logits.
 """
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,12 +18,7 @@ import pytest
 
 from robustjax.models import MODELS, inception, load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "zoo"
-_spec = importlib.util.spec_from_file_location("make_zoo_fixtures",
-                                               ROOT / "scripts" / "make_zoo_fixtures.py")
-mzf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mzf)
+from zoo_fixture_script import FIXTURES, ROOT, mzf  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

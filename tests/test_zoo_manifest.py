@@ -8,7 +8,6 @@ the family converter maps it, and ``loading.convert`` compares the result with
 left unconverted.
 """
 
-import importlib.util
 import json
 import pathlib
 
@@ -66,10 +65,8 @@ def test_full_size_facebookresearch_names_convert_exactly(entry):
     ``timm_to_fb`` is checked by the fixture script to be inverted exactly by timm's own
     ``checkpoint_filter_fn`` for every released size.
     """
-    spec = importlib.util.spec_from_file_location("make_zoo_fixtures",
-                                                  ROOT / "scripts" / "make_zoo_fixtures.py")
-    mzf = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mzf)
+    from zoo_fixture_script import mzf
+
     info = MODELS[entry]
     sd = {mzf.timm_to_fb(k): v for k, v in _placeholder_state_dict(info["keys"]).items()}
     assert "stages.2.26.pwconv2.weight" in sd or entry == "convnext_tiny"

@@ -5,8 +5,6 @@ patch 8, embed dim 32, depth 2, 2 heads, 7 classes; every tensor random (cls tok
 position embedding included); float64 eval-mode references for 2 images.
 """
 
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +13,7 @@ import pytest
 
 from robustjax.models import MODELS, load, vit
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures" / "zoo"
-_spec = importlib.util.spec_from_file_location("make_zoo_fixtures",
-                                               ROOT / "scripts" / "make_zoo_fixtures.py")
-mzf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mzf)
+from zoo_fixture_script import FIXTURES, ROOT, mzf  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
