@@ -5,8 +5,8 @@ zoom, and the extra gaussian blur.
 key (used by glass and motion blur). The reference parameters are in pixels for 224 x 224 images;
 with ``scale_pixels=True`` pixel-unit parameters (radii, sigmas, shifts) are multiplied by
 ``min(H, W) / 224`` (documented deviation, for small images such as 28 x 28 MNIST).
-All are jittable; glass blur runs its ``(H - 2d) (W - 2d) iterations`` sequential pixel moves
-in a ``lax.fori_loop`` (vectorised over the batch).
+All are jittable; glass blur runs the reference's sequential pixel moves in parallel waves that
+give exactly the sequential result (``glass_schedule``), one ``lax.fori_loop`` trip per wave.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.corruptions import _ops
+from robustjax.corruptions import _ops, _philox
 
 GAUSSIAN_BLUR = (1, 2, 3, 4, 6)  # sigma (pixels)
 DEFOCUS_BLUR = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # disk radius, alias blur
@@ -88,22 +88,95 @@ def zoom_blur(x, severity, key=None, *, scale_pixels=False):
     return jnp.clip(out / (len(ZOOM_BLUR[severity - 1]) + 1), 0.0, 1.0)
 
 
-def _glass_moves(img, offsets, delta):
-    """The reference's sequential pixel moves: for each iteration, h from H-d down to d+1, w from
-    W-d down to d+1, ``img[h, w] = img[h + dy, w + dx]`` (NumPy's tuple 'swap' on pixel views
-    copies rather than swaps; the reference therefore moves pixels, and so do we)."""
-    h, w = img.shape[0], img.shape[1]
-    iters, nh, nw = offsets.shape[:3]
+def glass_schedule(h: int, w: int, delta: int, iterations: int = 1):
+    """A parallel schedule of the reference's sequential pixel moves.
 
-    def body(t, im):
-        i, r = t // (nh * nw), t % (nh * nw)
-        a, b = r // nw, r % nw
-        hh, ww = h - delta - a, w - delta - b
-        dx, dy = offsets[i, a, b, 0], offsets[i, a, b, 1]
-        src = jax.lax.dynamic_slice(im, (hh + dy, ww + dx, 0), (1, 1, im.shape[2]))
-        return jax.lax.dynamic_update_slice(im, src, (hh, ww, 0))
+    The reference visits ``(hh, ww)`` for hh from ``H-d`` down to ``d+1`` and, in each row, ww
+    from ``W-d`` down to ``d+1`` (visit ``(a, b)``: ``hh = H-d-a``, ``ww = W-d-b``), copies
+    ``img[hh, ww] = img[hh + dy, ww + dx]`` with ``dx, dy`` in ``[-d, d)``, and repeats the whole
+    sweep ``iterations`` times. A move touches only cells of the ``2d x 2d`` window around its
+    target, so two moves can interfere only if their rows and their columns both differ by less
+    than ``2d``. Visit ``(a, b)`` of sweep ``i`` goes to wave ``t = 4d^2 i + 2d a + b``: for
+    every pair that can interfere, ``t`` grows with the reference's visit order, and moves of
+    one wave never interfere, so each wave runs as one gather/scatter and the result is exactly
+    the reference's. That is ``2d (H-2d-1) + W-2d + 4d^2 (iterations-1)`` waves instead of
+    ``iterations (H-2d)(W-2d)`` sequential moves (1,128 instead of 145,200 at severity 3).
 
-    return jax.lax.fori_loop(0, iters * nh * nw, body, img)
+    Returns ``(sweeps, rows, cols)``, ``int32 [T, S]``: the sweep and visit ``(a, b)`` of slot
+    ``s`` of wave ``t``; ``-1`` marks padding slots."""
+    nh, nw = max(h - 2 * delta, 0), max(w - 2 * delta, 0)
+    if nh == 0 or nw == 0:
+        return (np.zeros((0, 1), np.int32),) * 3
+    span, lag = 2 * delta, 4 * delta * delta
+    waves = span * (nh - 1) + nw + lag * (iterations - 1)
+    i, a, b = np.meshgrid(np.arange(iterations), np.arange(nh), np.arange(nw), indexing="ij")
+    i, a, b = i.ravel(), a.ravel(), b.ravel()
+    t = lag * i + span * a + b
+    order = np.argsort(t, kind="stable")
+    t, i, a, b = t[order], i[order], a[order], b[order]
+    slot = np.arange(t.size) - np.searchsorted(t, t)  # rank within its wave
+    out = np.full((3, waves, int(slot.max()) + 1), -1, np.int32)
+    out[0, t, slot], out[1, t, slot], out[2, t, slot] = i, a, b
+    return out[0], out[1], out[2]
+
+
+def _glass_moves(img, moves, delta, iterations):
+    """Apply the reference's pixel moves wave by wave (see ``glass_schedule``).
+
+    ``img``: uint8 ``[B, H, W, C <= 4]``; ``moves``: ``(dx, dy)``, int32 ``[B, T, S]`` each, for
+    each slot of the schedule (padding slots are ignored). One ``fori_loop`` trip per wave
+    moves all its pixels for the whole batch with one gather and one scatter.
+    """
+    b, h, w, c = img.shape
+    _, rows, cols = glass_schedule(h, w, delta, iterations)
+    waves, slots = rows.shape
+    if waves == 0:
+        return img
+    valid = rows >= 0
+    cells = h * w + slots  # per image: the pixels, then one scratch cell per padding slot
+    target = np.where(valid, (h - delta - rows) * w + (w - delta - cols),
+                      h * w + np.arange(slots)).astype(np.int32)
+    target = jnp.asarray(target)[None] + (jnp.arange(b, dtype=jnp.int32) * cells)[:, None, None]
+    dx, dy = moves
+    source = target + jnp.where(valid, dy * w + dx, 0)
+    index = jnp.stack([target, source]).transpose(2, 0, 1, 3).reshape(waves, 2, b * slots)
+    # One uint32 per pixel (channels packed) and one flat index space for the whole batch:
+    # XLA:CPU's scalar gather/scatter is several times faster than a batched vector one.
+    packed = _pack(img.reshape(b, h * w, c))
+    flat = jnp.concatenate([packed, jnp.zeros((b, slots), jnp.uint32)], axis=1).reshape(-1)
+
+    def wave(t, im):
+        dst, src = index[t, 0], index[t, 1]
+        vals = im.at[src].get(mode="promise_in_bounds")
+        return im.at[dst].set(vals, mode="promise_in_bounds", unique_indices=True)
+
+    flat = jax.lax.fori_loop(0, waves, wave, flat)
+    return _unpack(flat.reshape(b, cells)[:, : h * w], c).reshape(b, h, w, c)
+
+
+def _pack(pixels):
+    """uint8 ``[..., C <= 4]`` -> uint32 ``[...]``."""
+    out = jnp.zeros(pixels.shape[:-1], jnp.uint32)
+    for i in range(pixels.shape[-1]):
+        out = out | (pixels[..., i].astype(jnp.uint32) << (8 * i))
+    return out
+
+
+def _unpack(packed, c: int):
+    return jnp.stack([((packed >> (8 * i)) & 0xFF).astype(jnp.uint8) for i in range(c)], -1)
+
+
+def glass_moves(key, shape, delta: int, iterations: int):
+    """Random moves for ``_glass_moves``: ``(dx, dy)``, int32 ``[B, T, S]`` each, uniform in
+    ``[-d, d)``. Each move takes 16 Philox bits, ``v mod (2d)^2``; the modulo bias is zero when
+    ``2d`` is a power of two and below 3e-4 (relative) for ``2d = 6``."""
+    rows = glass_schedule(shape[1], shape[2], delta, iterations)[1]
+    waves, slots = rows.shape
+    raw = _philox.bits(key, (shape[0], waves, -(-slots // 2)))
+    halves = jnp.concatenate([raw & jnp.uint32(0xFFFF), raw >> 16], axis=-1)[..., :slots]
+    span = 2 * delta
+    v = (halves % jnp.uint32(span * span)).astype(jnp.int32)
+    return v % span - delta, v // span - delta
 
 
 def glass_blur(x, severity, key, *, scale_pixels=False):
@@ -112,9 +185,7 @@ def glass_blur(x, severity, key, *, scale_pixels=False):
     sigma, delta, iters = GLASS_BLUR[severity - 1]
     px = _ops.pixel_scale(x.shape, scale_pixels)
     sigma, delta = sigma * px, max(1, int(round(delta * px)))
-    h, w = x.shape[-3], x.shape[-2]
-    nh, nw = max(h - 2 * delta, 0), max(w - 2 * delta, 0)
-    y = jnp.floor(_ops.gaussian_blur_image(x, sigma) * 255.0) / 255.0
-    offsets = jax.random.randint(key, (x.shape[0], iters, nh, nw, 2), -delta, delta)
-    y = jax.vmap(lambda im, off: _glass_moves(im, off, delta))(y, offsets)
+    levels = jnp.floor(_ops.gaussian_blur_image(x, sigma) * 255.0).astype(jnp.uint8)
+    moves = glass_moves(key, x.shape, delta, iters)
+    y = _glass_moves(levels, moves, delta, iters).astype(jnp.float32) / 255.0
     return jnp.clip(_ops.gaussian_blur_image(y, sigma), 0.0, 1.0)

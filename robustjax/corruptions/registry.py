@@ -52,7 +52,6 @@ SEVERITIES = (1, 2, 3, 4, 5)
 # Corruptions whose severity only changes values, not shapes: the severity may be traced.
 TRACED_SEVERITY = (
     "gaussian_noise",
-    "shot_noise",
     "impulse_noise",
     "speckle_noise",
     "contrast",

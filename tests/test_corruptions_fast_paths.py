@@ -1,0 +1,108 @@
+"""The fast paths of the corruptions: the Philox generator against Random123's known-answer
+vectors, the wave schedule of glass blur against the reference's sequential moves (brute force),
+the unrolled Poisson sampler against the exact pmf, and the merged-axis 1-D filter against SciPy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+from scipy import stats
+
+from robustjax.corruptions import _ops, _philox, blur, noise
+
+
+@pytest.mark.parametrize("counter,key,expected", [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+])
+def test_philox_known_answers(counter, key, expected):
+    # Random123's kat_vectors for philox4x32_10
+    out = _philox.philox4x32(tuple(jnp.uint32(c) for c in counter), tuple(jnp.uint32(k) for k in key))
+    assert tuple(int(o) for o in out) == expected
+
+
+def test_philox_streams_are_uniform_normal_and_key_dependent():
+    key = jax.random.key(7)
+    u = np.asarray(_philox.uniform(key, (300, 301)))  # not a multiple of the 4096-value rows
+    assert u.min() >= 0 and u.max() < 1
+    assert stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
+    z = np.asarray(_philox.normal(key, (90_000,)))
+    assert np.isfinite(z).all() and abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    assert stats.kstest(z, "norm").pvalue > 1e-3
+    again = np.asarray(_philox.uniform(key, (300, 301)))
+    other = np.asarray(_philox.uniform(jax.random.key(8), (300, 301)))
+    np.testing.assert_array_equal(u, again)
+    assert abs(np.corrcoef(u.ravel(), other.ravel())[0, 1]) < 0.01
+    # neighbouring values (within a row and across the 4 words of a block) are uncorrelated
+    flat = u.ravel()
+    for lag in (1, 1024, 4096):
+        assert abs(np.corrcoef(flat[:-lag], flat[lag:])[0, 1]) < 0.01
+
+
+def _sequential_moves(img, its, rows, cols, dx, dy, delta, iterations):
+    """The reference's loop, move by move, reading each move's offsets from the schedule."""
+    h, w = img.shape[1:3]
+    slot = {(i, a, b): (t, s) for (t, s), i, a, b in
+            zip(np.ndindex(*rows.shape), its.ravel(), rows.ravel(), cols.ravel()) if a >= 0}
+    assert len(slot) == iterations * (h - 2 * delta) * (w - 2 * delta)
+    out = img.copy()
+    for n in range(img.shape[0]):
+        for i in range(iterations):
+            for hh in range(h - delta, delta, -1):
+                for ww in range(w - delta, delta, -1):
+                    t, s = slot[(i, h - delta - hh, w - delta - ww)]
+                    out[n, hh, ww] = out[n, hh + dy[n, t, s], ww + dx[n, t, s]]
+    return out
+
+
+@pytest.mark.parametrize("h,w,delta,iterations", [
+    (12, 9, 1, 2), (15, 13, 2, 3), (20, 17, 3, 2), (22, 22, 4, 2), (9, 30, 2, 1), (14, 14, 1, 3)])
+def test_glass_wave_schedule_equals_sequential_moves(h, w, delta, iterations):
+    rng = np.random.default_rng(h * w + delta)
+    its, rows, cols = blur.glass_schedule(h, w, delta, iterations)
+    img = rng.integers(0, 256, (2, h, w, 3)).astype(np.uint8)
+    dx, dy = (rng.integers(-delta, delta, (2,) + rows.shape).astype(np.int32) for _ in range(2))
+    ours = blur._glass_moves(jnp.asarray(img), (jnp.asarray(dx), jnp.asarray(dy)), delta, iterations)
+    ref = _sequential_moves(img, its, rows, cols, dx, dy, delta, iterations)
+    np.testing.assert_array_equal(np.asarray(ours), ref)
+
+
+def test_glass_moves_cover_the_offset_range_uniformly():
+    dx, dy = blur.glass_moves(jax.random.key(0), (4, 40, 40, 3), 3, 2)
+    for d in (np.asarray(dx).ravel(), np.asarray(dy).ravel()):
+        counts = np.bincount(d + 3, minlength=6)
+        assert d.min() == -3 and d.max() == 2
+        assert stats.chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("lam_max", [3.0, 12.0, 60.0])
+def test_poisson_sampler_matches_the_pmf(lam_max):
+    lam = jnp.full((200_000,), lam_max, jnp.float32)
+    k = np.asarray(noise.poisson(jax.random.key(1), lam, lam_max)).astype(int)
+    assert abs(k.mean() - lam_max) < 0.02 * lam_max and abs(k.var() - lam_max) < 0.03 * lam_max
+    edges = np.arange(int(lam_max + 6 * np.sqrt(lam_max)) + 2)
+    observed = np.bincount(np.minimum(k, edges[-1]), minlength=len(edges))[: len(edges)]
+    expected = stats.poisson.pmf(edges, lam_max) * k.size
+    expected[-1] = stats.poisson.sf(edges[-2], lam_max) * k.size
+    keep = expected > 5
+    assert stats.chisquare(observed[keep], expected[keep] * observed[keep].sum() / expected[keep].sum()).pvalue > 1e-3
+
+
+def test_poisson_tail_beyond_the_unrolled_terms_is_exact():
+    # rates far above lam_max force the while-loop finish: still exact Poisson means
+    lam = jnp.full((50_000,), 20.0, jnp.float32)
+    k = np.asarray(noise.poisson(jax.random.key(2), lam, 3.0))
+    assert abs(k.mean() - 20.0) < 0.1 and abs(k.var() - 20.0) < 0.6
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect", "mirror"])
+@pytest.mark.parametrize("axis", [1, 2])
+def test_filter_axis_matches_scipy(mode, axis):
+    x = np.random.default_rng(0).random((2, 11, 13, 3)).astype(np.float32)
+    kernel = _ops.gaussian_kernel1d(1.5)
+    ours = np.asarray(_ops.filter_axis(jnp.asarray(x), kernel, mode, axis))
+    ref = scipy.ndimage.correlate1d(x, kernel, axis=axis, mode=mode)
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
