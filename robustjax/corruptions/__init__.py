@@ -5,12 +5,13 @@ Perturbations", ICLR 2019; parameters as in imagecorruptions(-imaug), the refere
 
 * ``corrupt(x, name, severity, key)``: a batch float32 ``[B, H, W, C]`` in [0, 1] (C = 1 or 3)
   -> same shape. ``CORRUPTIONS`` lists the 15 benchmark corruptions then the 4 extras. All are
-  jittable and vmappable; two call the host through ``jax.pure_callback`` (CPU, not
-  differentiable): ``jpeg_compression`` (Pillow's codec) and ``spatter`` at severities 1-3
-  (Canny edges and a distance transform, NumPy/SciPy). Frost reads its six texture images
+  jittable and vmappable; one calls the host through ``jax.pure_callback`` (CPU, not
+  differentiable): ``jpeg_compression`` (Pillow's codec). Frost reads its six texture images
   (robustjax/assets/frost, from imagecorruptions, Apache-2.0) once per image size on the host;
-  glass blur runs its sequential pixel moves in a ``lax.fori_loop``. The same key gives the same
-  output; the random draws differ from the reference's NumPy ones (statistics match).
+  glass blur runs the reference's sequential pixel moves as parallel waves with exactly the
+  sequential result; spatter's water drops compute Canny edges and a distance transform in JAX.
+  The same key gives the same output; per-pixel draws use Philox-4x32-10 keyed by ``key``
+  (``_philox``) and differ from the reference's NumPy ones (statistics match).
 * Image size: the reference parameters are for 224 x 224 images. Relative ones (zoom factors,
   pixelate, elastic, fog's map) follow any size as in the reference; pixel-unit ones (blur radii
   and sigmas, glass-blur shifts, snow/motion blur lengths, spatter sigmas, frost texture scale)

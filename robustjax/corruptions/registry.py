@@ -63,7 +63,7 @@ TRACED_SEVERITY = (
     "jpeg_compression",
 )
 # Run on the host (through jax.pure_callback): still usable under jit and vmap, CPU only.
-HOST_CORRUPTIONS = ("jpeg_compression", "spatter")  # spatter: severities 1-3 only
+HOST_CORRUPTIONS = ("jpeg_compression",)
 
 
 def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False):

@@ -4,9 +4,8 @@ the extra spatter.
 ``x`` is float32 ``[B, H, W, 3]`` in [0, 1]; ``severity`` a Python int in 1..5; ``key`` a PRNG
 key. Snow and fog are jittable; frost is jittable but its six texture images are read and
 resized on the host once per image size (Pillow + NumPy, then cached and embedded as a
-constant); spatter's mud (severities 4-5) is jittable, its liquid (severities 1-3) computes a
-Canny edge map and a distance transform on the host through ``jax.pure_callback``
-(``_spatter_host.py``).
+constant); spatter is jittable at every severity: its water drops (severities 1-3) compute a
+Canny edge map and a distance transform in JAX (``_spatter_mask.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.corruptions import _ops, _spatter_host
+from robustjax.corruptions import _ops, _spatter_mask
 
 SNOW = (
     (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
@@ -201,14 +200,13 @@ def spatter_from_field(x, severity, field, *, scale_pixels=False):
         m = jnp.where(m < 0.8, 0.0, m)
         color = jnp.asarray([63, 42, 20], jnp.float32) / 255.0
         return jnp.clip(x * (1 - m) + color * m, 0.0, 1.0)
-    shape = jax.ShapeDtypeStruct(liquid.shape, jnp.float32)
-    m = jax.pure_callback(_spatter_host.liquid_mask, shape, liquid, vmap_method="sequential")
+    m = _spatter_mask.liquid_mask(liquid)
     color = jnp.asarray([175, 238, 238], jnp.float32) / 255.0
     return jnp.clip(x + intensity * m * color, 0.0, 1.0)
 
 
 def spatter(x, severity, key, *, scale_pixels=False):
-    """Water drops (severities 1-3, with a host callback) or mud (4-5)."""
+    """Water drops (severities 1-3) or mud (4-5)."""
     mean, std = SPATTER[severity - 1][:2]
     field = mean + std * jax.random.normal(key, x.shape[:-1], x.dtype)
     return spatter_from_field(x, severity, field, scale_pixels=scale_pixels)

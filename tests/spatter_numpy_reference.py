@@ -1,4 +1,5 @@
-"""Host-side (NumPy/SciPy) part of spatter's water drops: the drop shading map.
+"""A NumPy/SciPy version of spatter's water-drop shading, the test reference for
+``robustjax.corruptions._spatter_mask`` (which is array code in JAX).
 
 Follows imagecorruptions' OpenCV pipeline without OpenCV: Canny edges (3x3 Sobel, L1 gradient,
 thresholds 50/150, non-maximum suppression, hysteresis) of the uint8 liquid layer, Euclidean
