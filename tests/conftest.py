@@ -5,10 +5,15 @@ import pathlib
 import tempfile
 
 import pytest
+from hypothesis import settings
 
 # Tests never read or write the user's cache.
 os.environ.setdefault("ROBUSTJAX_CACHE", tempfile.mkdtemp(prefix="robustjax-test-cache-"))
 
+# CI runs the property tests on a fixed example sequence (HYPOTHESIS_PROFILE=ci in .ci/run), so
+# a landed run is reproducible; locally hypothesis keeps exploring new examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,7 @@ def test_l1_projection_matches_optax_and_is_optimal(seed, scale, eps):
     p = np.asarray(_l1(d, eps))
     ref = np.asarray(_optax_l1(jnp.asarray(d), eps))
     np.testing.assert_allclose(p, ref, atol=2e-5)
-    assert np.all(np.abs(p).reshape(3, -1).sum(1) <= eps * (1 + 1e-5))
+    assert np.all(np.abs(p).reshape(3, -1).sum(1) <= eps * (1 + 1e-4))  # float32 sums
     # optimality against random feasible points
     rng = np.random.default_rng(seed + 1)
     for _ in range(5):
