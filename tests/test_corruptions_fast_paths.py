@@ -108,33 +108,3 @@ def test_filter_axis_matches_scipy(mode, axis):
     ref = scipy.ndimage.correlate1d(x, kernel, axis=axis, mode=mode)
     np.testing.assert_allclose(ours, ref, atol=1e-6)
 
-
-def _opencv_drop_shading(liquid):
-    """imagecorruptions' spatter lines (water mode), OpenCV calls as in the reference."""
-    import cv2
-
-    out = []
-    for layer in liquid[..., 0]:
-        lu8 = (layer * 255).astype(np.uint8)
-        dist = 255 - cv2.Canny(lu8, 50, 150)
-        dist = cv2.distanceTransform(dist, cv2.DIST_L2, 5)
-        _, dist = cv2.threshold(dist, 20, 20, cv2.THRESH_TRUNC)
-        dist = cv2.blur(dist, (3, 3)).astype(np.uint8)
-        dist = cv2.equalizeHist(dist)
-        dist = cv2.filter2D(dist, cv2.CV_8U, np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]]))
-        dist = cv2.blur(dist, (3, 3)).astype(np.float32)
-        m = lu8 * dist
-        out.append(m / m.max())
-    return np.stack(out)[..., None]
-
-
-@pytest.mark.parametrize("sigma,threshold", [(4, 0.69), (3, 0.68), (2, 0.68)])
-def test_spatter_drop_shading_equals_opencv(sigma, threshold):
-    from robustjax.corruptions import _spatter_mask
-
-    rng = np.random.default_rng(sigma)
-    field = rng.normal(0.65, 0.3, (3, 96, 112)).astype(np.float32)
-    liquid = np.asarray(_ops.gaussian_blur_image(jnp.asarray(field)[..., None], float(sigma)))
-    liquid = np.where(liquid < threshold, 0.0, liquid).astype(np.float32)
-    ours = np.asarray(_spatter_mask.liquid_mask(jnp.asarray(liquid)))
-    np.testing.assert_allclose(ours, _opencv_drop_shading(liquid), atol=1e-6)
