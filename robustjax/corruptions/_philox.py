@@ -100,6 +100,5 @@ def normal(key, shape) -> jax.Array:
     """Standard normal float32 as ``sqrt(2) erfinv(2u - 1)`` (as ``jax.random.normal``), with
     ``u`` the midpoint of its 23-bit cell so that ``|z| <= 5.3`` stays finite. Box-Muller's
     log, sin and cos cost XLA:CPU twice as much."""
-    u = lax.bitcast_convert_type((bits(key, shape) >> 9) | _u32(0x3F800000), jnp.float32)
-    u = u - np.float32(1.0 - 2.0**-24)  # (1 + m 2^-23) - 1 + 2^-24: in (0, 1), symmetric
+    u = _to_unit(bits(key, shape)) + np.float32(2.0**-24)  # exact: in (0, 1), symmetric
     return np.float32(np.sqrt(2.0)) * lax.erf_inv(2.0 * u - 1.0)

@@ -35,7 +35,7 @@ def _shifted(padded, dy: int, dx: int, h: int, w: int, r: int = 1):
 def canny(img):
     """Boolean edges of uint8-valued float images ``[B, H, W]``, as ``cv2.Canny(img, 50, 150)``
     with its default 3x3 Sobel and L1 gradient magnitude."""
-    b, h, w = img.shape
+    _, h, w = img.shape
     smooth, diff = np.array([1.0, 2.0, 1.0]), np.array([-1.0, 0.0, 1.0])
     gx = _ops.filter_axis(_ops.filter_axis(img, diff, "nearest", 2), smooth, "nearest", 1)
     gy = _ops.filter_axis(_ops.filter_axis(img, diff, "nearest", 1), smooth, "nearest", 2)
@@ -82,7 +82,7 @@ def truncated_distance(edges, limit: int = _TRUNCATE):
     the nearest True pixel (``cv2.distanceTransform(.., DIST_L2, 5)``: moves cost 1, 1.4 and
     2.1969) and ``limit`` everywhere when there is no edge. ``limit`` rounds of min-plus
     relaxation give it exactly up to ``limit``: every move costs at least 1."""
-    b, h, w = edges.shape
+    _, h, w = edges.shape
     far = float(limit + 1)
 
     def relax(_, dist):  # a loop, not unrolled: XLA would fuse the rounds and recompute them

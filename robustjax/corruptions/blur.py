@@ -11,6 +11,8 @@ give exactly the sequential result (``glass_schedule``), one ``lax.fori_loop`` t
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +90,7 @@ def zoom_blur(x, severity, key=None, *, scale_pixels=False):
     return jnp.clip(out / (len(ZOOM_BLUR[severity - 1]) + 1), 0.0, 1.0)
 
 
+@functools.lru_cache(maxsize=None)
 def glass_schedule(h: int, w: int, delta: int, iterations: int = 1):
     """A parallel schedule of the reference's sequential pixel moves.
 
@@ -106,7 +109,9 @@ def glass_schedule(h: int, w: int, delta: int, iterations: int = 1):
     ``s`` of wave ``t``; ``-1`` marks padding slots."""
     nh, nw = max(h - 2 * delta, 0), max(w - 2 * delta, 0)
     if nh == 0 or nw == 0:
-        return (np.zeros((0, 1), np.int32),) * 3
+        empty = np.zeros((0, 1), np.int32)
+        empty.flags.writeable = False
+        return (empty,) * 3
     span, lag = 2 * delta, 4 * delta * delta
     waves = span * (nh - 1) + nw + lag * (iterations - 1)
     i, a, b = np.meshgrid(np.arange(iterations), np.arange(nh), np.arange(nw), indexing="ij")
@@ -117,6 +122,7 @@ def glass_schedule(h: int, w: int, delta: int, iterations: int = 1):
     slot = np.arange(t.size) - np.searchsorted(t, t)  # rank within its wave
     out = np.full((3, waves, int(slot.max()) + 1), -1, np.int32)
     out[0, t, slot], out[1, t, slot], out[2, t, slot] = i, a, b
+    out.flags.writeable = False  # cached: shared by glass_moves and _glass_moves
     return out[0], out[1], out[2]
 
 
