@@ -8,7 +8,9 @@ runs inside ``jit``/``vmap`` but not on an accelerator and is not differentiable
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
+import os
 
 import jax
 import jax.numpy as jnp
@@ -64,28 +66,39 @@ def pixelate(x, severity, key=None, *, scale_pixels=False):
     return _ops.apply_separable(x, mh, mw)
 
 
-def _jpeg_host(x: np.ndarray, quality: int) -> np.ndarray:
+_JPEG_POOL = []  # one thread pool, created on first use
+
+
+def _jpeg_one(im: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image  # Pillow comes with matplotlib
 
-    x = np.asarray(x)
-    u8 = np.rint(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8).reshape((-1,) + x.shape[-3:])
-    out = np.empty_like(u8)
-    for i, im in enumerate(u8):
-        buf = io.BytesIO()
-        Image.fromarray(im).save(buf, "JPEG", quality=quality)
-        out[i] = np.asarray(Image.open(buf))
-    return (out.astype(np.float32) * np.float32(1 / 255.0)).reshape(x.shape)
+    buf = io.BytesIO()
+    Image.fromarray(im).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf))
+
+
+def _jpeg_host(u8: np.ndarray, quality: int) -> np.ndarray:
+    """Pillow JPEG round trip of every ``[H, W, 3]`` uint8 image of ``u8``. Images go to a
+    thread pool: Pillow's codec releases the GIL, so the host's cores work in parallel."""
+    u8 = np.asarray(u8)
+    flat = u8.reshape((-1,) + u8.shape[-3:])
+    if not _JPEG_POOL:
+        _JPEG_POOL.append(concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)))
+    out = list(_JPEG_POOL[0].map(lambda im: _jpeg_one(im, quality), flat))
+    return np.stack(out).reshape(u8.shape)
 
 
 def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
     """Pillow JPEG encode/decode at quality ``c`` (host callback; inputs rounded to uint8)."""
     del key, scale_pixels
     quality = jnp.asarray(JPEG_QUALITY, jnp.int32)[jnp.asarray(severity) - 1]
-    shape = jax.ShapeDtypeStruct(x.shape, jnp.float32)
-    return jax.pure_callback(
-        lambda a, q: _jpeg_host(a, int(np.asarray(q).reshape(-1)[0])), shape, x, quality,
+    u8 = jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.uint8)
+    shape = jax.ShapeDtypeStruct(u8.shape, jnp.uint8)
+    out = jax.pure_callback(
+        lambda a, q: _jpeg_host(a, int(np.asarray(q).reshape(-1)[0])), shape, u8, quality,
         vmap_method="broadcast_all",
     )
+    return out.astype(jnp.float32) * np.float32(1 / 255.0)
 
 
 def _sample_bilinear_reflect(img, rows, cols):
