@@ -9,7 +9,8 @@ here as batched array code:
   hysteresis as a fixed point: weak edge pixels 8-connected to a strong one are grown from the
   strong ones by repeated 3x3 dilation until nothing changes (a ``while_loop``);
 * the distance transform is OpenCV's 5 x 5 chamfer distance, by min-plus relaxation;
-* equalisation only needs the 21 levels 0..20 that the truncated, blurred distance can take.
+* equalisation only needs the 21 levels 0..20 that the truncated, blurred distance can take
+  (a histogram by one scatter-add).
 
 Tested against a NumPy/SciPy version of the same pipeline (``tests/spatter_numpy_reference.py``)
 and, statistically, against imagecorruptions itself.
@@ -110,9 +111,12 @@ def _box3_uint8(img):
 
 def equalize(levels, top: int = _TRUNCATE):
     """``cv2.equalizeHist`` of integer-valued ``[B, H, W]`` images with values in ``0..top``."""
+    b = levels.shape[0]
     values = jnp.arange(top + 1, dtype=jnp.float32)
-    hist = jnp.stack([jnp.sum(levels == v, axis=(1, 2), dtype=jnp.float32)
-                      for v in range(top + 1)], -1)  # [B, top + 1]
+    # one scatter-add over the batch (XLA:CPU's 21 compare-and-sum reductions cost 20x more)
+    bins = jnp.clip(levels, 0, top).astype(jnp.int32) + (top + 1) * jnp.arange(b)[:, None, None]
+    hist = jnp.bincount(bins.reshape(-1), length=b * (top + 1)).reshape(b, top + 1)
+    hist = hist.astype(jnp.float32)  # [B, top + 1], exact below 2**24 pixels
     total = float(levels.shape[1] * levels.shape[2])
     first = jnp.argmax(hist > 0, axis=-1)
     h0 = jnp.take_along_axis(hist, first[:, None], axis=-1)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.corruptions import _ops, _spatter_mask
+from robustjax.corruptions import _ops, _philox, _spatter_mask
 
 SNOW = (
     (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
@@ -66,7 +66,7 @@ def snow(x, severity, key, *, scale_pixels=False):
     """Thresholded, zoomed Gaussian flakes, motion-blurred along an angle in [-135, -45)."""
     mean, std = SNOW[severity - 1][:2]
     kf, ka = jax.random.split(key)
-    field = mean + std * jax.random.normal(kf, x.shape[:-1], x.dtype)
+    field = _ops.materialize(mean + std * _philox.normal(kf, x.shape[:-1]))
     angle = jax.random.uniform(ka, (x.shape[0],), minval=-135.0, maxval=-45.0)
     return snow_from_field(x, severity, field, angle, scale_pixels=scale_pixels)
 
@@ -87,7 +87,7 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
     levels = mapsize.bit_length() - 1
     sizes = [1 << i for i in range(levels)]  # side of the coarse grid at each level
     # one draw for all levels (one RNG kernel to compile instead of 3 per level)
-    u = jax.random.uniform(key, (sum(3 * n * n for n in sizes),), minval=-1.0, maxval=1.0)
+    u = 2.0 * _philox.uniform(key, (sum(3 * n * n for n in sizes),)) - 1.0
     grid = jnp.zeros((1, 1), jnp.float32)
     wibble, offset = 100.0, 0
     for n in sizes:
@@ -208,5 +208,5 @@ def spatter_from_field(x, severity, field, *, scale_pixels=False):
 def spatter(x, severity, key, *, scale_pixels=False):
     """Water drops (severities 1-3) or mud (4-5)."""
     mean, std = SPATTER[severity - 1][:2]
-    field = mean + std * jax.random.normal(key, x.shape[:-1], x.dtype)
+    field = _ops.materialize(mean + std * _philox.normal(key, x.shape[:-1]))
     return spatter_from_field(x, severity, field, scale_pixels=scale_pixels)
