@@ -295,13 +295,6 @@ def conv2d_same(img: Array, kernel: np.ndarray, pad_mode: str = "reflect") -> Ar
     return out[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w, :].astype(img.dtype)
 
 
-def shift_edge(img: Array, dy, dx, pad: int) -> Array:
-    """``img[clip(i - dy), clip(j - dx)]`` (edge replication) for traced integer shifts."""
-    padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    h, w, c = img.shape
-    return jax.lax.dynamic_slice(padded, (pad - dy, pad - dx, 0), (h, w, c))
-
-
 def motion_blur_image(img: Array, radius: int, sigma: float, angle_deg) -> Array:
     """imagecorruptions' ``_motion_blur`` on ``[H, W, C]`` for a traced angle (degrees).
 
@@ -321,13 +314,21 @@ def motion_blur_image(img: Array, radius: int, sigma: float, angle_deg) -> Array
     inside = (jnp.abs(dys) < h) & (jnp.abs(dxs) < w)
     k = k * jnp.cumprod(inside.astype(jnp.float32))
     pad = width
-
-    def body(acc, args):
-        ki, dy, dx = args
-        return acc + ki * shift_edge(img, dy, dx, pad), None
-
-    out, _ = jax.lax.scan(body, jnp.zeros_like(img), (k, dys, dxs))
+    padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    out = jnp.zeros_like(img)
+    # unrolled, not a scan: the taps fuse into one pass over the image
+    for t in range(width):
+        out = out + k[t] * jax.lax.dynamic_slice(padded, (pad - dys[t], pad - dxs[t], 0), img.shape)
     return out
+
+
+def map_images(fn, *args):
+    """``vmap(fn)(*args)`` over the leading (batch) axis; on CPU a ``lax.map`` instead, which
+    keeps each image's work in cache and keeps dynamic slices as slices (vmap turns slices at
+    per-image offsets into gathers): 2.5-3.5x faster for motion blur on XLA:CPU."""
+    if jax.default_backend() == "cpu":
+        return jax.lax.map(lambda a: fn(*a), args)
+    return jax.vmap(fn)(*args)
 
 
 def as_rgb(x: Array) -> tuple[Array, int]:

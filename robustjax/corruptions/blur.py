@@ -68,8 +68,8 @@ def motion_blur_with_angle(x, severity, angle, *, scale_pixels=False):
     radius, sigma = MOTION_BLUR[severity - 1]
     px = _ops.pixel_scale(x.shape, scale_pixels)
     radius, sigma = max(1, int(round(radius * px))), sigma * px
-    blur = jax.vmap(lambda im, a: _ops.motion_blur_image(im, radius, sigma, a))
-    return jnp.clip(blur(x, angle), 0.0, 1.0)
+    blur = lambda im, a: _ops.motion_blur_image(im, radius, sigma, a)  # noqa: E731
+    return jnp.clip(_ops.map_images(blur, x, angle), 0.0, 1.0)
 
 
 def motion_blur(x, severity, key, *, scale_pixels=False):

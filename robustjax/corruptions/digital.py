@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.corruptions import _ops
+from robustjax.corruptions import _ops, _philox
 
 CONTRAST = (0.4, 0.3, 0.2, 0.1, 0.05)  # factor on the deviation from the per-channel mean
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)  # added to the HSV value
@@ -128,7 +128,7 @@ def elastic_from_fields(x, severity, ux, uy):
     alpha = _ops.param(ELASTIC_ALPHA, severity)
     sig = (h * 0.01, w * 0.01)
     smooth = lambda u: _ops.gaussian_blur_image(u[..., None], sig, "reflect", 3.0)[..., 0]
-    dx, dy = smooth(ux) * alpha, smooth(uy) * alpha
+    dx, dy = _ops.materialize(smooth(ux) * alpha), _ops.materialize(smooth(uy) * alpha)
     gy, gx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                           indexing="ij")
     out = _sample_bilinear_reflect(x, gy + dy, gx + dx)
@@ -141,6 +141,7 @@ def elastic_transform(x, severity, key, *, scale_pixels=False):
     b, h, w = x.shape[0], x.shape[-3], x.shape[-2]
     kx, ky = jax.random.split(key)
     m = h * 0.005
-    ux = jax.random.uniform(kx, (b, h, w), minval=-m, maxval=m)
-    uy = jax.random.uniform(ky, (b, h, w), minval=-m, maxval=m)
+    # materialised: the smoothing reads each value at every tap
+    ux = _ops.materialize(m * (2.0 * _philox.uniform(kx, (b, h, w)) - 1.0))
+    uy = _ops.materialize(m * (2.0 * _philox.uniform(ky, (b, h, w)) - 1.0))
     return elastic_from_fields(x, severity, ux, uy)
