@@ -139,25 +139,27 @@ def _glass_moves(img, moves, delta, iterations):
     if waves == 0:
         return img
     valid = rows >= 0
-    cells = h * w + slots  # per image: the pixels, then one scratch cell per padding slot
-    target = np.where(valid, (h - delta - rows) * w + (w - delta - cols),
-                      h * w + np.arange(slots)).astype(np.int32)
-    target = jnp.asarray(target)[None] + (jnp.arange(b, dtype=jnp.int32) * cells)[:, None, None]
+    # [T, S] target cells; padding slots write to scratch cells after the image
+    target = jnp.asarray(np.where(valid, (h - delta - rows) * w + (w - delta - cols),
+                                  h * w + np.arange(slots)).astype(np.int32))
     dx, dy = moves
-    source = target + jnp.where(valid, dy * w + dx, 0)
-    index = jnp.stack([target, source]).transpose(2, 0, 1, 3).reshape(waves, 2, b * slots)
-    # One uint32 per pixel (channels packed) and one flat index space for the whole batch:
-    # XLA:CPU's scalar gather/scatter is several times faster than a batched vector one.
-    packed = _pack(img.reshape(b, h * w, c))
-    flat = jnp.concatenate([packed, jnp.zeros((b, slots), jnp.uint32)], axis=1).reshape(-1)
+    # Pixels major, batch minor ([cells, B], one packed uint32 per pixel): a wave's targets are
+    # the same cells in every image, so its scatter writes whole rows; the sources differ per
+    # image and are gathered one by one. The moves go wave-major ([T, S, B]) so that each wave
+    # reads one contiguous slab. 1.6x faster than a batch-major layout on XLA:CPU.
+    shift = jnp.where(valid, dy * w + dx, 0).astype(jnp.int32).transpose(1, 2, 0)
+    packed = _pack(img.reshape(b, h * w, c)).T
+    flat = jnp.concatenate([packed, jnp.zeros((slots, b), jnp.uint32)], axis=0)
+    column = jnp.arange(b, dtype=jnp.int32)[None, :]
 
     def wave(t, im):
-        dst, src = index[t, 0], index[t, 1]
-        vals = im.at[src].get(mode="promise_in_bounds")
+        dst = target[t]
+        src = ((dst[:, None] + shift[t]) * b + column).reshape(-1)
+        vals = im.reshape(-1).at[src].get(mode="promise_in_bounds").reshape(slots, b)
         return im.at[dst].set(vals, mode="promise_in_bounds", unique_indices=True)
 
     flat = jax.lax.fori_loop(0, waves, wave, flat)
-    return _unpack(flat.reshape(b, cells)[:, : h * w], c).reshape(b, h, w, c)
+    return _unpack(flat[: h * w].T, c).reshape(b, h, w, c)
 
 
 def _pack(pixels):
@@ -174,14 +176,20 @@ def _unpack(packed, c: int):
 
 def glass_moves(key, shape, delta: int, iterations: int):
     """Random moves for ``_glass_moves``: ``(dx, dy)``, int32 ``[B, T, S]`` each, uniform in
-    ``[-d, d)``. Each move takes 16 Philox bits, ``v mod (2d)^2``; the modulo bias is zero when
-    ``2d`` is a power of two and below 3e-4 (relative) for ``2d = 6``."""
-    rows = glass_schedule(shape[1], shape[2], delta, iterations)[1]
-    waves, slots = rows.shape
-    raw = _philox.bits(key, (shape[0], waves, -(-slots // 2)))
-    halves = jnp.concatenate([raw & jnp.uint32(0xFFFF), raw >> 16], axis=-1)[..., :slots]
+    ``[-d, d)``. A move is ``v mod (2d)^2`` for ``v`` a byte of a Philox word when ``(2d)^2``
+    divides 256 (exact), else a 16-bit half (modulo bias below 3e-4 relative for ``2d = 6``).
+    Several moves per word: the generator, not the moves, is the cost."""
+    slots = glass_schedule(shape[1], shape[2], delta, iterations)[1].shape
     span = 2 * delta
-    v = (halves % jnp.uint32(span * span)).astype(jnp.int32)
+    width = 8 if 256 % (span * span) == 0 else 16  # bits per move
+    per_word = 32 // width
+    q = -(-slots[1] // per_word)
+    # materialised: each word is read by per_word moves
+    words = _ops.materialize(_philox.bits(key, (shape[0], slots[0], q)))
+    offsets = jnp.asarray(np.arange(per_word, dtype=np.uint32) * width)
+    parts = (words[..., None, :] >> offsets[:, None]) & jnp.uint32((1 << width) - 1)
+    v = parts.reshape(shape[0], slots[0], per_word * q)[..., : slots[1]]
+    v = (v % jnp.uint32(span * span)).astype(jnp.int32)
     return v % span - delta, v // span - delta
 
 
