@@ -243,9 +243,22 @@ def rgb_to_gray(img: Array) -> Array:
 
 def rgb_to_hsv(rgb: Array) -> Array:
     """``skimage.color.rgb2hsv`` (hue in [0, 1); ties resolved blue > green > red as skimage)."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    v = jnp.max(rgb, axis=-1)
-    delta = v - jnp.min(rgb, axis=-1)
+    return jnp.stack(hsv_planes(rgb[..., 0], rgb[..., 1], rgb[..., 2]), axis=-1)
+
+
+def hsv_to_rgb(hsv: Array) -> Array:
+    """``skimage.color.hsv2rgb``."""
+    return jnp.stack(rgb_planes(hsv[..., 0], hsv[..., 1], hsv[..., 2]), axis=-1)
+
+
+# The colour conversions work on separate channel planes: XLA:CPU vectorises a fused loop only
+# along a long minor axis, so maths over [..., 3] arrays runs ~1.5x slower.
+
+
+def hsv_planes(r: Array, g: Array, b: Array) -> tuple[Array, Array, Array]:
+    """``rgb_to_hsv`` on channel planes."""
+    v = jnp.maximum(jnp.maximum(r, g), b)
+    delta = v - jnp.minimum(jnp.minimum(r, g), b)
     safe = jnp.where(delta == 0, 1.0, delta)
     s = jnp.where(delta == 0, 0.0, delta / jnp.where(v == 0, 1.0, v))
     h = (g - b) / safe
@@ -253,25 +266,21 @@ def rgb_to_hsv(rgb: Array) -> Array:
     h = jnp.where(b == v, 4.0 + (r - g) / safe, h)
     h = jnp.mod(h / 6.0, 1.0)
     h = jnp.where(delta == 0, 0.0, h)
-    return jnp.stack([h, s, v], axis=-1)
+    return h, s, v
 
 
-def hsv_to_rgb(hsv: Array) -> Array:
-    """``skimage.color.hsv2rgb``."""
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+def rgb_planes(h: Array, s: Array, v: Array) -> tuple[Array, Array, Array]:
+    """``hsv_to_rgb`` on channel planes."""
     hi = jnp.floor(h * 6.0)
     f = h * 6.0 - hi
     p = v * (1 - s)
     q = v * (1 - f * s)
     t = v * (1 - (1 - f) * s)
     hi = jnp.mod(hi, 6).astype(jnp.int32)
-    choices = [
-        jnp.stack(c, axis=-1)
-        for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
-    ]
+    choices = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
     out = choices[0]
     for k in range(1, 6):
-        out = jnp.where((hi == k)[..., None], choices[k], out)
+        out = tuple(jnp.where(hi == k, new, old) for new, old in zip(choices[k], out))
     return out
 
 
@@ -379,7 +388,11 @@ def apply_taps(img: Array, taps_h, taps_w) -> Array:
 def param(table, severity):
     """``table[severity - 1]`` as float32; ``severity`` may be a Python int or a traced int
     (then one compilation serves all five severities)."""
-    return jnp.asarray(table, jnp.float32)[jnp.asarray(severity) - 1]
+    if isinstance(severity, (int, np.integer)):
+        return jnp.asarray(np.asarray(table, np.float32)[severity - 1])
+    # materialised: a lookup fused into an element-wise loop is redone per element and stops
+    # XLA:CPU vectorising it (3x slower brightness)
+    return materialize(jnp.asarray(table, jnp.float32)[jnp.asarray(severity) - 1])
 
 
 def gather_pixels(img: Array, rows: Array, cols: Array) -> Array:

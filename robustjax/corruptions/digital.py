@@ -40,18 +40,18 @@ def brightness(x, severity, key=None, *, scale_pixels=False):
     """HSV value ``v -> clip(v + c)`` (skimage's rgb2hsv / hsv2rgb)."""
     del key, scale_pixels
     c = _ops.param(BRIGHTNESS, severity)
-    hsv = _ops.rgb_to_hsv(x)
-    hsv = hsv.at[..., 2].set(jnp.clip(hsv[..., 2] + c, 0.0, 1.0))
-    return jnp.clip(_ops.hsv_to_rgb(hsv), 0.0, 1.0)
+    h, s, v = _ops.hsv_planes(x[..., 0], x[..., 1], x[..., 2])
+    rgb = _ops.rgb_planes(h, s, jnp.clip(v + c, 0.0, 1.0))
+    return jnp.clip(jnp.stack(rgb, axis=-1), 0.0, 1.0)
 
 
 def saturate(x, severity, key=None, *, scale_pixels=False):
     """HSV saturation ``s -> clip(s a + b)``."""
     del key, scale_pixels
     a, b = _ops.param(SATURATE, severity)
-    hsv = _ops.rgb_to_hsv(x)
-    hsv = hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * a + b, 0.0, 1.0))
-    return jnp.clip(_ops.hsv_to_rgb(hsv), 0.0, 1.0)
+    h, s, v = _ops.hsv_planes(x[..., 0], x[..., 1], x[..., 2])
+    rgb = _ops.rgb_planes(h, jnp.clip(s * a + b, 0.0, 1.0), v)
+    return jnp.clip(jnp.stack(rgb, axis=-1), 0.0, 1.0)
 
 
 def pixelate(x, severity, key=None, *, scale_pixels=False):
