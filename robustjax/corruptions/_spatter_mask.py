@@ -41,7 +41,7 @@ def canny(img):
     gx = _ops.filter_axis(_ops.filter_axis(img, diff, "nearest", 2), smooth, "nearest", 1)
     gy = _ops.filter_axis(_ops.filter_axis(img, diff, "nearest", 1), smooth, "nearest", 2)
     ax, ay = jnp.abs(gx), jnp.abs(gy)
-    mag = ax + ay
+    mag = _ops.materialize(ax + ay)  # read at 9 offsets below
     p = jnp.pad(mag, ((0, 0), (1, 1), (1, 1)))
     nb = lambda dy, dx: _shifted(p, dy, dx, h, w)  # noqa: E731
     horiz = ay <= _TAN22 * ax

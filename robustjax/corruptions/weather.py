@@ -96,14 +96,16 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
             draws.append(u[offset : offset + n * n].reshape(n, n) * wibble * wibble)
             offset += n * n
 
+        # materialised: every value is read at several offsets, and each level's grid feeds
+        # the next level (XLA would otherwise recompute the levels below per read)
         sq = grid + jnp.roll(grid, -1, axis=0)
-        centre = (sq + jnp.roll(sq, -1, axis=1)) / 4 + draws[0]  # the squares' middles
+        centre = _ops.materialize((sq + jnp.roll(sq, -1, axis=1)) / 4 + draws[0])  # middles
         ul = grid
         top = (centre + jnp.roll(centre, 1, axis=0) + ul + jnp.roll(ul, -1, axis=1)) / 4 + draws[1]
         left = (centre + jnp.roll(centre, 1, axis=1) + ul + jnp.roll(ul, -1, axis=0)) / 4 + draws[2]
         even = jnp.stack([grid, top], axis=-1).reshape(n, 2 * n)
         odd = jnp.stack([left, centre], axis=-1).reshape(n, 2 * n)
-        grid = jnp.stack([even, odd], axis=1).reshape(2 * n, 2 * n)
+        grid = _ops.materialize(jnp.stack([even, odd], axis=1).reshape(2 * n, 2 * n))
         wibble = wibble / wibbledecay
     m = grid
     m = m - m.min()
@@ -125,7 +127,7 @@ def fog(x, severity, key, *, scale_pixels=False):
     mapsize = 1 << (max(x.shape[-3:]) - 1).bit_length()
     keys = jax.random.split(key, x.shape[0])
     decay = _ops.param(FOG, severity)[1]
-    maps = jax.vmap(lambda k: plasma_fractal(k, mapsize, decay))(keys)
+    maps = _ops.map_images(lambda k: plasma_fractal(k, mapsize, decay), keys)
     return fog_from_map(x, severity, maps)
 
 
