@@ -10,7 +10,7 @@ Perturbations", ICLR 2019; parameters as in imagecorruptions(-imaug), the refere
   (robustjax/assets/frost, from imagecorruptions, Apache-2.0) once per image size on the host;
   glass blur runs the reference's sequential pixel moves as parallel waves with exactly the
   sequential result; spatter's water drops compute Canny edges and a distance transform in JAX.
-  The same key gives the same output; per-pixel draws use Philox-4x32-10 keyed by ``key``
+  The same key gives the same output; per-pixel draws use Philox-2x32-10 keyed by ``key``
   (``_philox``) and differ from the reference's NumPy ones (statistics match).
 * Image size: the reference parameters are for 224 x 224 images. Relative ones (zoom factors,
   pixelate, elastic, fog's map) follow any size as in the reference; pixel-unit ones (blur radii

@@ -4,7 +4,7 @@ speckle. Batched, jittable, vmappable; every pixel and channel draws independent
 All functions take ``x`` float32 ``[B, H, W, 3]`` in [0, 1], a ``severity`` in 1..5 and a
 PRNG ``key``; they return the same shape in [0, 1]. Parameters are the published ones (pixel
 values scaled to [0, 1], which is also the scale of the reference's noise parameters).
-The per-pixel draws come from ``_philox`` (Philox-4x32-10 keyed by ``key``), which fuses into
+The per-pixel draws come from ``_philox`` (Philox-2x32-10 keyed by ``key``), which fuses into
 the noise kernel; ``jax.random``'s threefry alone would cost more than the reference.
 """
 
