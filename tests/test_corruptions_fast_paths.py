@@ -117,3 +117,29 @@ def test_filter_axis_matches_scipy(mode, axis):
     ref = scipy.ndimage.correlate1d(x, kernel, axis=axis, mode=mode)
     np.testing.assert_allclose(ours, ref, atol=1e-6)
 
+
+
+def test_materialize_is_an_identity_for_values_vmap_and_grad():
+    from robustjax.corruptions import _fusion
+
+    x = jnp.asarray([[0.0, -1.5, np.nan], [np.inf, 2.0, 3.0]], jnp.float32)
+    np.testing.assert_array_equal(np.asarray(jax.jit(_fusion.materialize)(x)), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(jax.vmap(_fusion.materialize)(x)), np.asarray(x))
+    flags = jnp.asarray([True, False, False])
+    np.testing.assert_array_equal(np.asarray(jax.jit(_fusion.materialize)(flags)), [True, False, False])
+    y = jnp.arange(6.0).reshape(2, 3)
+    grad = jax.grad(lambda v: (_fusion.materialize(v) ** 2).sum())
+    np.testing.assert_allclose(np.asarray(grad(y)), 2 * np.asarray(y))
+    np.testing.assert_allclose(np.asarray(jax.jit(jax.vmap(grad))(y)), 2 * np.asarray(y))
+    # the conditional survives XLA's simplification (it is what keeps the buffer)
+    hlo = jax.jit(lambda v: _fusion.materialize(v * 2.0) + 1.0).lower(y).compile().as_text()
+    assert "conditional" in hlo
+
+
+def test_map_images_equals_vmap():
+    from robustjax.corruptions import _fusion
+
+    x = jnp.arange(24.0).reshape(4, 6)
+    s = jnp.arange(4)
+    f = lambda row, k: jnp.roll(row, k) * 2.0  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(_fusion.map_images(f, x, s)), np.asarray(jax.vmap(f)(x, s)))

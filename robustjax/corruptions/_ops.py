@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax.corruptions._fusion import map_images, materialize  # noqa: F401 (re-exported)
+
 Array = jax.Array
 
 # SciPy ndimage boundary modes -> a function mapping an out-of-range integer index into range.
@@ -191,44 +193,6 @@ def filter_axis(img: Array, kernel: np.ndarray, mode: str, axis: int) -> Array:
     return out.reshape(img.shape)
 
 
-def _fence(v):
-    # The predicate is always true ((w | 1) != 0) but not provable, and the branches differ,
-    # so XLA keeps the conditional and with it a buffer between producer and consumers.
-    first = v.reshape(-1)[0]
-    if first.dtype.itemsize == 4:
-        word = jax.lax.bitcast_convert_type(first, jnp.uint32)
-    else:
-        word = first.astype(jnp.uint32)
-    return jax.lax.cond((word | jnp.uint32(1)) != 0, lambda a: a, jnp.zeros_like, v)
-
-
-@jax.custom_batching.custom_vmap
-def _fence_batched(v):
-    return _fence(v)
-
-
-@_fence_batched.def_vmap
-def _fence_vmap(axis_size, in_batched, v):
-    del axis_size
-    return _fence_batched(v), in_batched[0]  # a vmapped cond would become a select
-
-
-@jax.custom_jvp
-def materialize(v: Array) -> Array:
-    """``v``, written to memory before its consumers read it.
-
-    XLA fuses an element-wise producer into each consumer, and a filter reads its input at
-    every tap, so an expensive producer (a random field, a chain of element-wise maths) is
-    recomputed once per tap: 17 times for a 17-tap blur. XLA:CPU removes optimisation barriers
-    before fusion; a conditional is kept. Identity for values, vmap and derivatives."""
-    return _fence_batched(v)
-
-
-@materialize.defjvp
-def _materialize_jvp(primals, tangents):
-    return materialize(primals[0]), tangents[0]
-
-
 def gaussian_blur_image(img: Array, sigma, mode: str = "nearest", truncate: float = 4.0) -> Array:
     """``skimage.filters.gaussian(img, sigma, mode, truncate, channel_axis=-1)`` on ``[..., H, W, C]``."""
     sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
@@ -329,15 +293,6 @@ def motion_blur_image(img: Array, radius: int, sigma: float, angle_deg) -> Array
     for t in range(width):
         out = out + k[t] * jax.lax.dynamic_slice(padded, (pad - dys[t], pad - dxs[t], 0), img.shape)
     return out
-
-
-def map_images(fn, *args):
-    """``vmap(fn)(*args)`` over the leading (batch) axis; on CPU a ``lax.map`` instead, which
-    keeps each image's work in cache and keeps dynamic slices as slices (vmap turns slices at
-    per-image offsets into gathers): 2.5-3.5x faster for motion blur on XLA:CPU."""
-    if jax.default_backend() == "cpu":
-        return jax.lax.map(lambda a: fn(*a), args)
-    return jax.vmap(fn)(*args)
 
 
 def as_rgb(x: Array) -> tuple[Array, int]:
