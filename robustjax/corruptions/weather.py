@@ -88,12 +88,19 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
     sizes = [1 << i for i in range(levels)]  # side of the coarse grid at each level
     # one draw for all levels (one RNG kernel to compile instead of 3 per level)
     u = 2.0 * _philox.uniform(key, (sum(3 * n * n for n in sizes),)) - 1.0
+    scales, wibble = [], 100.0
+    for _ in sizes:
+        scales.append(wibble * wibble)
+        wibble = wibble / wibbledecay
+    if not isinstance(wibbledecay, (int, float)):
+        # traced decay: materialised, else XLA redoes the chain of divisions per element
+        scales = _ops.materialize(jnp.stack(scales))
     grid = jnp.zeros((1, 1), jnp.float32)
-    wibble, offset = 100.0, 0
-    for n in sizes:
+    offset = 0
+    for level, n in enumerate(sizes):
         draws = []
         for _ in range(3):
-            draws.append(u[offset : offset + n * n].reshape(n, n) * wibble * wibble)
+            draws.append(u[offset : offset + n * n].reshape(n, n) * scales[level])
             offset += n * n
 
         # materialised: every value is read at several offsets, and each level's grid feeds
@@ -106,7 +113,6 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
         even = jnp.stack([grid, top], axis=-1).reshape(n, 2 * n)
         odd = jnp.stack([left, centre], axis=-1).reshape(n, 2 * n)
         grid = _ops.materialize(jnp.stack([even, odd], axis=1).reshape(2 * n, 2 * n))
-        wibble = wibble / wibbledecay
     m = grid
     m = m - m.min()
     return m / m.max()
