@@ -74,13 +74,16 @@ def test_glass_wave_schedule_equals_sequential_moves(h, w, delta, iterations):
     its, rows, cols = blur.glass_schedule(h, w, delta, iterations)
     img = rng.integers(0, 256, (2, h, w, 3)).astype(np.uint8)
     dx, dy = (rng.integers(-delta, delta, (2,) + rows.shape).astype(np.int32) for _ in range(2))
-    ours = blur._glass_moves(jnp.asarray(img), (jnp.asarray(dx), jnp.asarray(dy)), delta, iterations)
+    codes = ((dy + delta) * 2 * delta + dx + delta).transpose(1, 2, 0)  # [T, S, B]
+    ours = blur._glass_moves(jnp.asarray(img), jnp.asarray(codes), delta, iterations)
     ref = _sequential_moves(img, its, rows, cols, dx, dy, delta, iterations)
     np.testing.assert_array_equal(np.asarray(ours), ref)
 
 
 def test_glass_moves_cover_the_offset_range_uniformly():
-    dx, dy = blur.glass_moves(jax.random.key(0), (4, 40, 40, 3), 3, 2)
+    codes = np.asarray(blur.glass_moves(jax.random.key(0), (4, 40, 40, 3), 3, 2)).astype(int)
+    assert codes.shape == blur.glass_schedule(40, 40, 3, 2)[1].shape + (4,)
+    dx, dy = codes % 6 - 3, codes // 6 - 3
     for d in (np.asarray(dx).ravel(), np.asarray(dy).ravel()):
         counts = np.bincount(d + 3, minlength=6)
         assert d.min() == -3 and d.max() == 2
