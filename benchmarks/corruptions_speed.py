@@ -107,7 +107,7 @@ def main():
         f"**{overall:.1f}x** | |",
         "",
         "How robustjax gets there (history on this machine and command: 2.7x, then 5.5x and "
-        "5.8x, then 8.4x; see benchmarks/README.md):",
+        "5.8x, then 7.9-8.4x; see benchmarks/README.md):",
         "",
         "* Random draws: per-pixel values come from Philox-2x32-10 written as element-wise JAX "
         "ops (`corruptions/_philox.py`, Random123's known-answer vectors), one block per value, "
