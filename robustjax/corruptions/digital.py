@@ -9,6 +9,7 @@ runs inside ``jit``/``vmap`` but not on an accelerator and is not differentiable
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import io
 import os
 
@@ -66,7 +67,9 @@ def pixelate(x, severity, key=None, *, scale_pixels=False):
     return _ops.apply_separable(x, mh, mw)
 
 
-_JPEG_POOL = []  # one thread pool, created on first use
+@functools.lru_cache(maxsize=1)
+def _jpeg_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1))
 
 
 def _jpeg_one(im: np.ndarray, quality: int) -> np.ndarray:
@@ -82,9 +85,7 @@ def _jpeg_host(u8: np.ndarray, quality: int) -> np.ndarray:
     thread pool: Pillow's codec releases the GIL, so the host's cores work in parallel."""
     u8 = np.asarray(u8)
     flat = u8.reshape((-1,) + u8.shape[-3:])
-    if not _JPEG_POOL:
-        _JPEG_POOL.append(concurrent.futures.ThreadPoolExecutor(max(1, os.cpu_count() or 1)))
-    out = list(_JPEG_POOL[0].map(lambda im: _jpeg_one(im, quality), flat))
+    out = list(_jpeg_pool().map(lambda im: _jpeg_one(im, quality), flat))
     return np.stack(out).reshape(u8.shape)
 
 

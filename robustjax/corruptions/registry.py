@@ -123,7 +123,7 @@ def _compiled(name: str, severity: int, scale_pixels: bool):
     # cheaper than JAX's op-by-op eager dispatch; inside a caller's jit it is simply inlined.
     fn = CORRUPTIONS[name]
     if name in PIXELWISE:
-        fn = functools.partial(_on_flat, CORRUPTIONS[name])
+        fn = functools.partial(_on_flat, fn)
     if severity is None:
         return jax.jit(lambda x, key, s: fn(x, s, key, scale_pixels=scale_pixels))
     return jax.jit(lambda x, key: fn(x, severity, key, scale_pixels=scale_pixels))

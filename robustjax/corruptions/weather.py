@@ -93,7 +93,8 @@ def plasma_fractal(key, mapsize: int, wibbledecay: float):
         scales.append(wibble * wibble)
         wibble = wibble / wibbledecay
     if not isinstance(wibbledecay, (int, float)):
-        # traced decay: materialised, else XLA redoes the chain of divisions per element
+        # decay given as an array (fog's severity table): materialised, else XLA redoes the
+        # chain of divisions per element when the severity is traced
         scales = _ops.materialize(jnp.stack(scales))
     grid = jnp.zeros((1, 1), jnp.float32)
     offset = 0
