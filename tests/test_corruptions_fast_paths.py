@@ -146,3 +146,60 @@ def test_map_images_equals_vmap():
     s = jnp.arange(4)
     f = lambda row, k: jnp.roll(row, k) * 2.0  # noqa: E731
     np.testing.assert_array_equal(np.asarray(_fusion.map_images(f, x, s)), np.asarray(jax.vmap(f)(x, s)))
+
+
+@pytest.mark.parametrize("batch,chunk", [(6, 2), (7, 3), (5, 1), (4, 8)])
+def test_map_batch_equals_the_whole_batch(batch, chunk):
+    from robustjax.corruptions import _fusion
+
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.random((batch, 5, 4, 3)), jnp.float32)
+    s = jnp.asarray(rng.random((batch,)), jnp.float32)
+
+    def f(im, scale):  # per-image reductions and a pytree output
+        m = jnp.max(im, axis=(1, 2, 3))
+        return im * scale[:, None, None, None] / m[:, None, None, None], m
+
+    want = f(x, s)
+    got = _fusion.map_batch(f, x, s, chunk=chunk)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    # differentiable and vmappable like the function itself
+    loss = lambda v: _fusion.map_batch(f, v, s, chunk=chunk)[0].sum()  # noqa: E731
+    np.testing.assert_allclose(np.asarray(jax.grad(loss)(x)),
+                               np.asarray(jax.grad(lambda v: f(v, s)[0].sum())(x)), rtol=1e-5)
+    twice = jax.vmap(lambda v: _fusion.map_batch(f, v, s, chunk=chunk)[1])(jnp.stack([x, 2 * x]))
+    np.testing.assert_allclose(np.asarray(twice), np.asarray([want[1], 2 * want[1]]), rtol=1e-6)
+
+
+def test_batch_chunk_prefers_divisors_within_a_factor_two():
+    from robustjax.corruptions._fusion import batch_chunk
+
+    assert batch_chunk(64, 100, chunk_bytes=400) == 4
+    assert batch_chunk(63, 100, chunk_bytes=400) == 3  # 3 divides 63
+    assert batch_chunk(61, 100, chunk_bytes=400) == 4  # prime batch: a remainder chunk
+    assert batch_chunk(2, 100, chunk_bytes=400) == 2
+    assert batch_chunk(64, 10**9, chunk_bytes=400) == 1
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+def test_defocus_blur_equals_scipy_correlation_with_the_disk(severity):
+    radius, alias = blur.DEFOCUS_BLUR[severity - 1]
+    kernel = blur.disk_kernel(radius, alias)
+    # the factored path (boxes) exists exactly where the smoothed disk stays inside its grid
+    assert (blur.disk_factors(radius, alias) is not None) == (severity <= 3)
+    x = np.random.default_rng(severity).random((3, 40, 33, 3)).astype(np.float32)
+    ref = scipy.ndimage.correlate(x, kernel[None, :, :, None].astype(np.float64), mode="mirror")
+    got = np.asarray(blur.defocus_blur(jnp.asarray(x), severity))
+    np.testing.assert_allclose(got, np.clip(ref, 0, 1), atol=2e-6)
+
+
+def test_smooth_fft_sizes():
+    for n in range(1, 300):
+        m = _ops._smooth_size(n)
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        assert k == 1 and m >= n
+        assert all(_ops._smooth_size(j) != j for j in range(n, m))  # the smallest such size

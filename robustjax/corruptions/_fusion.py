@@ -7,6 +7,8 @@ recompute an expensive producer once per filter tap; ``map_images`` picks ``lax.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -58,3 +60,47 @@ def map_images(fn, *args):
     if jax.default_backend() == "cpu":
         return jax.lax.map(lambda a: fn(*a), args)
     return jax.vmap(fn)(*args)
+
+
+# Bytes of one chunk's largest input for ``map_batch``: 4 images of 224 x 224 x 3 float32 (2
+# and 8 were slower on a 2-core EPYC with 2 x 1 MiB L2 and 32 MiB L3).
+CHUNK_BYTES = 5 * 2**19
+
+
+def batch_chunk(batch: int, per_image_bytes: int, chunk_bytes: int | None = None) -> int:
+    """Images per chunk for ``map_batch``: ``chunk_bytes / per_image_bytes``, rounded down to
+    a divisor of ``batch`` when one is within a factor 2 (no remainder to run separately)."""
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    ideal = max(1, min(batch, chunk_bytes // max(1, per_image_bytes)))
+    for c in range(ideal, max(1, ideal // 2) - 1, -1):
+        if batch % c == 0:
+            return c
+    return ideal
+
+
+def map_batch(fn, *args, chunk: int | None = None):
+    """``fn(*args)`` for batch-wise ``fn`` (image ``i`` of the output depends only on image
+    ``i`` of every argument); on CPU it runs on chunks of a few images with ``lax.map``.
+
+    XLA:CPU is memory-bound on multi-pass image code: a full-batch pass writes and reads every
+    intermediate through main memory (a plain copy of a 64 x 224 x 224 x 3 batch costs 0.2
+    ms/image on this machine), while a chunk's intermediates stay in cache. Blurs, spatter,
+    fog and snow run 2-7x faster in chunks. Other backends get ``fn(*args)`` unchanged.
+    ``chunk`` overrides the size picked by ``batch_chunk``."""
+    leaves = jax.tree_util.tree_leaves(args)
+    b = leaves[0].shape[0]
+    if chunk is None:
+        if jax.default_backend() != "cpu":
+            return fn(*args)
+        per_image = max(math.prod(a.shape[1:]) * a.dtype.itemsize for a in leaves)
+        chunk = batch_chunk(b, per_image)
+    if chunk >= b:
+        return fn(*args)
+    n = b // chunk
+    head = jax.tree_util.tree_map(lambda a: a[: n * chunk].reshape((n, chunk) + a.shape[1:]), args)
+    out = jax.lax.map(lambda a: fn(*a), head)
+    out = jax.tree_util.tree_map(lambda o: o.reshape((n * chunk,) + o.shape[2:]), out)
+    if n * chunk == b:
+        return out
+    tail = fn(*jax.tree_util.tree_map(lambda a: a[n * chunk:], args))
+    return jax.tree_util.tree_map(lambda o, t: jnp.concatenate([o, t]), out, tail)

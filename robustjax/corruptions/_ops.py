@@ -17,7 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.corruptions._fusion import map_images, materialize  # noqa: F401 (re-exported)
+from robustjax.corruptions._fusion import (  # noqa: F401 (re-exported)
+    map_batch,
+    map_images,
+    materialize,
+)
 
 Array = jax.Array
 
@@ -183,14 +187,25 @@ def filter_axis(img: Array, kernel: np.ndarray, mode: str, axis: int) -> Array:
     if r >= n and mode != "nearest":  # reflections wider than the signal: fall back to a matrix
         mat = jnp.asarray(filter_matrix(n, kernel, mode), img.dtype)
         return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(img, axis, 0), axes=1), 0, axis)
+    return correlate_valid(jnp.pad(img, pad, mode=_PAD_MODES[mode]), kernel, axis)
+
+
+def correlate_valid(img: Array, kernel, axis: int) -> Array:
+    """The 'valid' 1-D correlation of ``img`` with ``kernel`` along ``axis`` (the axis shrinks
+    by ``len(kernel) - 1``), as a sum of static slices of ``img`` with the axis merged into the
+    minor axes (one contiguous run per slice)."""
     axis = axis % img.ndim
+    n = img.shape[axis] - len(kernel) + 1
     inner = math.prod(img.shape[axis + 1:])
-    padded = jnp.pad(img, pad, mode=_PAD_MODES[mode])
-    flat = padded.reshape(padded.shape[:axis] + (-1,))
-    out = 0.0
+    flat = img.reshape(img.shape[:axis] + (-1,))
+    out = None
     for t, k in enumerate(kernel):
-        out = out + float(k) * jax.lax.slice_in_dim(flat, t * inner, (t + n) * inner, axis=axis)
-    return out.reshape(img.shape)
+        if k == 0:
+            continue
+        tap = jax.lax.slice_in_dim(flat, t * inner, (t + n) * inner, axis=axis)
+        tap = tap if k == 1 else float(k) * tap
+        out = tap if out is None else out + tap
+    return out.reshape(img.shape[:axis] + (n,) + img.shape[axis + 1:])
 
 
 def gaussian_blur_image(img: Array, sigma, mode: str = "nearest", truncate: float = 4.0) -> Array:
@@ -256,7 +271,9 @@ def conv2d_same(img: Array, kernel: np.ndarray, pad_mode: str = "reflect") -> Ar
     h, w = img.shape[-3], img.shape[-2]
     lead = [(0, 0)] * (img.ndim - 3)
     padded = jnp.pad(img, lead + [(r, r), (r, r), (0, 0)], mode=pad_mode)
-    ph, pw = h + 2 * r, w + 2 * r
+    # FFT sizes with only the factors 2, 3, 5 (a padded 244 = 4 x 61 costs twice 250); any
+    # size >= the padded image keeps wrap-around out of the kept region
+    ph, pw = _smooth_size(h + 2 * r), _smooth_size(w + 2 * r)
     # correlation = convolution with the flipped kernel; place it so output (i, j) lands at
     # padded (i + r, j + r) without wrap-around into the kept region
     kf = np.zeros((ph, pw), np.float64)
@@ -266,6 +283,19 @@ def conv2d_same(img: Array, kernel: np.ndarray, pad_mode: str = "reflect") -> Ar
     out = jnp.fft.irfft2(img_hat * kf_hat, s=(ph, pw))
     out = jnp.moveaxis(out, -3, -1)
     return out[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w, :].astype(img.dtype)
+
+
+def _smooth_size(n: int) -> int:
+    """The smallest ``m >= n`` whose only prime factors are 2, 3 and 5."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
 
 
 def motion_blur_image(img: Array, radius: int, sigma: float, angle_deg) -> Array:

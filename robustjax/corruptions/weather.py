@@ -218,4 +218,5 @@ def spatter(x, severity, key, *, scale_pixels=False):
     """Water drops (severities 1-3) or mud (4-5)."""
     mean, std = SPATTER[severity - 1][:2]
     field = _ops.materialize(mean + std * _philox.normal(key, x.shape[:-1]))
-    return spatter_from_field(x, severity, field, scale_pixels=scale_pixels)
+    return _ops.map_batch(
+        lambda im, f: spatter_from_field(im, severity, f, scale_pixels=scale_pixels), x, field)
