@@ -203,3 +203,41 @@ def test_smooth_fft_sizes():
                 k //= p
         assert k == 1 and m >= n
         assert all(_ops._smooth_size(j) != j for j in range(n, m))  # the smallest such size
+
+
+def _chamfer_dijkstra(edges, limit):
+    """Multi-source Dijkstra over the 16 moves of OpenCV's 5 x 5 chamfer mask (float64), inside
+    the image: the shortest-path definition the line propagation must reproduce."""
+    import heapq
+
+    h, w = edges.shape
+    moves = [((dy, dx), c) for (ay, ax), c in (((0, 1), 1.0), ((1, 1), 1.4), ((1, 2), 2.1969))
+             for dy, dx in {(ay, ax), (ax, ay), (-ay, ax), (ay, -ax), (-ax, ay), (ax, -ay),
+                            (-ay, -ax), (-ax, -ay)}]
+    dist = np.full((h, w), np.inf)
+    heap = [(0.0, y, x) for y, x in zip(*np.nonzero(edges))]
+    for _, y, x in heap:
+        dist[y, x] = 0.0
+    heapq.heapify(heap)
+    while heap:
+        d, y, x = heapq.heappop(heap)
+        if d > dist[y, x]:
+            continue
+        for (dy, dx), c in moves:
+            v, u = y + dy, x + dx
+            if 0 <= v < h and 0 <= u < w and d + c < dist[v, u]:
+                dist[v, u] = d + c
+                heapq.heappush(heap, (d + c, v, u))
+    return np.minimum(dist, limit)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.003, 0.03])
+def test_truncated_distance_equals_shortest_chamfer_paths(density):
+    from robustjax.corruptions import _spatter_mask
+
+    edges = np.random.default_rng(7).random((2, 45, 52)) < density
+    edges[1, 0, 51] = True  # a lone corner source: paths along the border
+    got = np.asarray(_spatter_mask.truncated_distance(jnp.asarray(edges)))
+    for e, g in zip(edges, got):
+        # OpenCV's fixed-point costs: at most 2^-16 off per move
+        np.testing.assert_allclose(g, _chamfer_dijkstra(e, 20.0), atol=2e-4)
