@@ -316,13 +316,15 @@ def motion_blur_image(img: Array, radius: int, sigma: float, angle_deg) -> Array
     h, w = img.shape[0], img.shape[1]
     inside = (jnp.abs(dys) < h) & (jnp.abs(dxs) < w)
     k = k * jnp.cumprod(inside.astype(jnp.float32))
-    pad = width
-    padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    out = jnp.zeros_like(img)
+    pad, c = width, img.shape[2]
+    # columns and channels merged: each tap is a run of W * C values (XLA:CPU vectorises the
+    # minor axis; a minor axis of 3 channels runs ~2x slower)
+    padded = jnp.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="edge").reshape(h + 2 * pad, -1)
+    out = jnp.zeros((h, w * c), img.dtype)
     # unrolled, not a scan: the taps fuse into one pass over the image
     for t in range(width):
-        out = out + k[t] * jax.lax.dynamic_slice(padded, (pad - dys[t], pad - dxs[t], 0), img.shape)
-    return out
+        out = out + k[t] * jax.lax.dynamic_slice(padded, (pad - dys[t], (pad - dxs[t]) * c), (h, w * c))
+    return out.reshape(img.shape)
 
 
 def as_rgb(x: Array) -> tuple[Array, int]:
