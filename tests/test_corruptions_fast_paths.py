@@ -241,3 +241,26 @@ def test_truncated_distance_equals_shortest_chamfer_paths(density):
     for e, g in zip(edges, got):
         # OpenCV's fixed-point costs: at most 2^-16 off per move
         np.testing.assert_allclose(g, _chamfer_dijkstra(e, 20.0), atol=2e-4)
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_brightness_and_saturate_equal_skimage_hsv_round_trips(severity):
+    import skimage.color
+
+    from robustjax.corruptions import digital
+
+    x = np.random.default_rng(severity).random((3, 20, 24, 3))
+    x[0, :6] = x[0, :6, :, :1]  # grey pixels (hue 0 in skimage)
+    x[1, :4] = 0.0  # black
+    x[2] = np.round(x[2] * 4) / 4  # ties between channels
+    x = x.astype(np.float32)
+    c = digital.BRIGHTNESS[severity - 1]
+    a, b = digital.SATURATE[severity - 1]
+    hsv = skimage.color.rgb2hsv(x.astype(np.float64))
+    hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
+    want_b = np.clip(skimage.color.hsv2rgb(hsv), 0, 1)
+    hsv = skimage.color.rgb2hsv(x.astype(np.float64))
+    hsv[..., 1] = np.clip(hsv[..., 1] * a + b, 0, 1)
+    want_s = np.clip(skimage.color.hsv2rgb(hsv), 0, 1)
+    np.testing.assert_allclose(np.asarray(digital.brightness(jnp.asarray(x), severity)), want_b, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(digital.saturate(jnp.asarray(x), severity)), want_s, atol=1e-6)

@@ -38,21 +38,38 @@ def contrast(x, severity, key=None, *, scale_pixels=False):
 
 
 def brightness(x, severity, key=None, *, scale_pixels=False):
-    """HSV value ``v -> clip(v + c)`` (skimage's rgb2hsv / hsv2rgb)."""
+    """HSV value ``v -> clip(v + c)`` (skimage's rgb2hsv / hsv2rgb).
+
+    Every RGB component of an HSV colour is ``v`` times a function of ``(h, s)``, so with
+    ``h, s`` kept the round trip is ``x * v' / v`` (and grey ``v'`` where ``v = 0``): the same
+    values as converting both ways (to float32 rounding), 8x less arithmetic."""
     del key, scale_pixels
     c = _ops.param(BRIGHTNESS, severity)
-    h, s, v = _ops.hsv_planes(x[..., 0], x[..., 1], x[..., 2])
-    rgb = _ops.rgb_planes(h, s, jnp.clip(v + c, 0.0, 1.0))
-    return jnp.clip(jnp.stack(rgb, axis=-1), 0.0, 1.0)
+    v = jnp.max(x, axis=-1, keepdims=True)
+    new_v = jnp.clip(v + c, 0.0, 1.0)
+    out = jnp.where(v > 0, x * (new_v / jnp.where(v > 0, v, 1.0)), new_v)
+    return jnp.clip(out, 0.0, 1.0)
 
 
 def saturate(x, severity, key=None, *, scale_pixels=False):
-    """HSV saturation ``s -> clip(s a + b)``."""
+    """HSV saturation ``s -> clip(s a + b)``.
+
+    Every RGB component of an HSV colour is ``v (1 - w s)`` with ``w`` a function of the hue,
+    so with ``h, v`` kept the round trip is ``v - (v - x) s' / s``. Grey pixels (``s = 0``) have
+    hue 0 (red) in skimage, so they become ``(v, v (1 - s'), v (1 - s'))``. The same values as
+    converting both ways (to float32 rounding), 6x less arithmetic."""
     del key, scale_pixels
     a, b = _ops.param(SATURATE, severity)
-    h, s, v = _ops.hsv_planes(x[..., 0], x[..., 1], x[..., 2])
-    rgb = _ops.rgb_planes(h, jnp.clip(s * a + b, 0.0, 1.0), v)
-    return jnp.clip(jnp.stack(rgb, axis=-1), 0.0, 1.0)
+    planes = x[..., 0], x[..., 1], x[..., 2]  # channel planes: see _ops.hsv_planes
+    v = jnp.maximum(jnp.maximum(planes[0], planes[1]), planes[2])
+    delta = v - jnp.minimum(jnp.minimum(planes[0], planes[1]), planes[2])
+    grey = delta == 0
+    s = jnp.where(grey, 0.0, delta / jnp.where(v == 0, 1.0, v))
+    new_s = jnp.clip(s * a + b, 0.0, 1.0)
+    ratio = new_s / jnp.where(grey, 1.0, s)
+    faded = v * (1.0 - new_s)  # hue 0 (red): green and blue lose saturation
+    out = [jnp.where(grey, v if i == 0 else faded, v - (v - p) * ratio) for i, p in enumerate(planes)]
+    return jnp.clip(jnp.stack(out, axis=-1), 0.0, 1.0)
 
 
 def pixelate(x, severity, key=None, *, scale_pixels=False):
