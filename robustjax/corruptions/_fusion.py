@@ -2,7 +2,8 @@
 
 ``materialize`` writes a value to memory before its consumers read it, so that XLA does not
 recompute an expensive producer once per filter tap; ``map_images`` picks ``lax.map`` or
-``vmap`` over the batch by backend. Both are identities for values, vmap and derivatives.
+``vmap`` over the batch by backend; ``map_batch`` runs batch-wise code in cache-sized chunks of
+images on CPU. All are identities for values, vmap and derivatives.
 """
 
 from __future__ import annotations
