@@ -264,3 +264,26 @@ def test_brightness_and_saturate_equal_skimage_hsv_round_trips(severity):
     want_s = np.clip(skimage.color.hsv2rgb(hsv), 0, 1)
     np.testing.assert_allclose(np.asarray(digital.brightness(jnp.asarray(x), severity)), want_b, atol=1e-6)
     np.testing.assert_allclose(np.asarray(digital.saturate(jnp.asarray(x), severity)), want_s, atol=1e-6)
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_snow_reads_only_the_central_crop_of_its_field(severity):
+    from robustjax.corruptions import weather
+
+    rng = np.random.default_rng(severity)
+    x = jnp.asarray(rng.random((2, 64, 48, 3)), jnp.float32)
+    field = jnp.asarray(rng.normal(0.5, 0.3, (2, 64, 48)), jnp.float32)
+    angle = jnp.asarray([-100.0, -60.0])
+    zoom = weather.SNOW[severity - 1][2]
+    (th, ch), (tw, cw) = weather._zoom_crop(64, zoom), weather._zoom_crop(48, zoom)
+    full = weather.snow_from_field(x, severity, field, angle, scale_pixels=True)
+    crop = weather.snow_from_field(x, severity, field[:, th:th + ch, tw:tw + cw], angle,
+                                   scale_pixels=True)
+    np.testing.assert_array_equal(np.asarray(crop), np.asarray(full))
+    # the values outside the crop do not matter
+    outside = field.at[:, :th].set(9.0).at[:, th + ch:].set(-9.0)
+    np.testing.assert_array_equal(
+        np.asarray(weather.snow_from_field(x, severity, outside, angle, scale_pixels=True)),
+        np.asarray(full))
+    with pytest.raises(ValueError, match="snow field"):
+        weather.snow_from_field(x, severity, field[:, :10], angle)

@@ -43,9 +43,16 @@ FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.j
 # ----------------------------------------------------------------------------------------- snow
 
 
+def _zoom_crop(n: int, zoom: float) -> tuple[int, int]:
+    """(start, length) of the central part of an ``n``-long axis that ``clipped_zoom`` reads."""
+    crop = int(np.ceil(n / float(zoom)))
+    return (n - crop) // 2, crop
+
+
 def snow_from_field(x, severity, field, angle, *, scale_pixels=False):
-    """Snow given the flake field ``field`` (``[B, H, W]`` ~ N(mean, std)) and the blur angles
-    (``[B]``, degrees): the deterministic part of ``snow``."""
+    """Snow given the flake field and the blur angles (``[B]``, degrees): the deterministic part
+    of ``snow``. ``field`` ~ N(mean, std) is ``[B, H, W]`` as the reference draws it, or only its
+    central part that the zoom reads (``[B, ceil(H / zoom), ceil(W / zoom)]``)."""
     mean, std, zoom, thresh, radius, sigma, weight = SNOW[severity - 1]
     del mean, std
     px = _ops.pixel_scale(x.shape, scale_pixels)
@@ -53,6 +60,12 @@ def snow_from_field(x, severity, field, angle, *, scale_pixels=False):
     h, w = x.shape[-3], x.shape[-2]
     zh = _ops.clipped_zoom_matrix(h, float(zoom), _ops.clipped_zoom_size(h, zoom))
     zw = _ops.clipped_zoom_matrix(w, float(zoom), _ops.clipped_zoom_size(w, zoom))
+    (th, ch), (tw, cw) = _zoom_crop(h, zoom), _zoom_crop(w, zoom)
+    if field.shape[-2:] == (ch, cw):
+        zh, zw = zh[:, th: th + ch], zw[:, tw: tw + cw]
+    elif field.shape[-2:] != (h, w):
+        raise ValueError(f"snow field must be [B, {h}, {w}] or its central [B, {ch}, {cw}], "
+                         f"got {field.shape}")
     layer = _ops.apply_taps(field[..., None], _ops.matrix_taps(zh), _ops.matrix_taps(zw))
     layer = jnp.clip(jnp.where(layer < thresh, 0.0, layer), 0.0, 1.0)
     layer = _ops.map_images(lambda im, a: _ops.motion_blur_image(im, radius, sigma, a), layer, angle)
@@ -64,9 +77,12 @@ def snow_from_field(x, severity, field, angle, *, scale_pixels=False):
 
 def snow(x, severity, key, *, scale_pixels=False):
     """Thresholded, zoomed Gaussian flakes, motion-blurred along an angle in [-135, -45)."""
-    mean, std = SNOW[severity - 1][:2]
+    mean, std, zoom = SNOW[severity - 1][:3]
     kf, ka = jax.random.split(key)
-    field = _ops.materialize(mean + std * _philox.normal(kf, x.shape[:-1]))
+    # only the central part that the zoom reads is drawn (the reference draws the whole image
+    # and crops it; the values outside never reach the output): 1/zoom^2 of the draws
+    crop = (_zoom_crop(x.shape[-3], zoom)[1], _zoom_crop(x.shape[-2], zoom)[1])
+    field = _ops.materialize(mean + std * _philox.normal(kf, (x.shape[0],) + crop))
     angle = jax.random.uniform(ka, (x.shape[0],), minval=-135.0, maxval=-45.0)
     return snow_from_field(x, severity, field, angle, scale_pixels=scale_pixels)
 
