@@ -287,3 +287,24 @@ def test_snow_reads_only_the_central_crop_of_its_field(severity):
         np.asarray(full))
     with pytest.raises(ValueError, match="snow field"):
         weather.snow_from_field(x, severity, field[:, :10], angle)
+
+
+def test_computed_equals_the_function_under_jit_vmap_and_grad():
+    from robustjax.corruptions import _fusion
+
+    key = jax.random.key(3)
+    draw = lambda k: _philox.uniform(k, (4, 5))  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(jax.jit(_fusion.computed, static_argnums=0)(draw, key)),
+                                  np.asarray(draw(key)))
+    keys = jax.random.split(key, 3)
+    np.testing.assert_array_equal(np.asarray(jax.vmap(lambda k: _fusion.computed(draw, k))(keys)),
+                                  np.asarray(jax.vmap(draw)(keys)))
+    y = jnp.arange(1.0, 7.0).reshape(2, 3)
+    f = lambda v, s: jnp.sin(v) * s  # noqa: E731
+    grad = jax.grad(lambda v: _fusion.computed(f, v, 2.0).sum())(y)
+    np.testing.assert_allclose(np.asarray(grad), 2 * np.cos(np.asarray(y)), rtol=1e-6)
+    # the function runs inside the kept conditional (no copy of a producer into it)
+    hlo = jax.jit(lambda k: _fusion.computed(draw, k)).lower(key).compile().as_text()
+    assert "conditional" in hlo
+    with pytest.raises(ValueError, match="non-empty array"):
+        _fusion.computed(lambda: jnp.zeros(3))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.corruptions._fusion import (  # noqa: F401 (re-exported)
+    computed,
     map_batch,
     map_images,
     materialize,

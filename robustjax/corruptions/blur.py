@@ -255,7 +255,7 @@ def glass_moves(key, shape, delta: int, iterations: int):
     per_word = 32 // width
     q = -(-batch // per_word)
     # materialised: each word is read by per_word moves
-    words = _ops.materialize(_philox.bits(key, (waves, slots, q)))
+    words = _ops.computed(lambda k: _philox.bits(k, (waves, slots, q)), key)
     offsets = jnp.asarray(np.arange(per_word, dtype=np.uint32) * width)
     parts = (words[..., None, :] >> offsets[:, None]) & jnp.uint32((1 << width) - 1)
     v = parts.reshape(waves, slots, per_word * q)[..., :batch] % jnp.uint32(span * span)

@@ -171,6 +171,6 @@ def elastic_transform(x, severity, key, *, scale_pixels=False):
     kx, ky = jax.random.split(key)
     m = h * 0.005
     # materialised: the smoothing reads each value at every tap
-    ux = _ops.materialize(m * (2.0 * _philox.uniform(kx, (b, h, w)) - 1.0))
-    uy = _ops.materialize(m * (2.0 * _philox.uniform(ky, (b, h, w)) - 1.0))
+    draw = lambda k: m * (2.0 * _philox.uniform(k, (b, h, w)) - 1.0)  # noqa: E731
+    ux, uy = _ops.computed(draw, kx), _ops.computed(draw, ky)
     return elastic_from_fields(x, severity, ux, uy)

@@ -82,7 +82,7 @@ def snow(x, severity, key, *, scale_pixels=False):
     # only the central part that the zoom reads is drawn (the reference draws the whole image
     # and crops it; the values outside never reach the output): 1/zoom^2 of the draws
     crop = (_zoom_crop(x.shape[-3], zoom)[1], _zoom_crop(x.shape[-2], zoom)[1])
-    field = _ops.materialize(mean + std * _philox.normal(kf, (x.shape[0],) + crop))
+    field = _ops.computed(lambda k: mean + std * _philox.normal(k, (x.shape[0],) + crop), kf)
     angle = jax.random.uniform(ka, (x.shape[0],), minval=-135.0, maxval=-45.0)
     return snow_from_field(x, severity, field, angle, scale_pixels=scale_pixels)
 
@@ -150,7 +150,10 @@ def fog(x, severity, key, *, scale_pixels=False):
     mapsize = 1 << (max(x.shape[-3:]) - 1).bit_length()
     keys = jax.random.split(key, x.shape[0])
     decay = _ops.param(FOG, severity)[1]
-    maps = _ops.map_images(lambda k: plasma_fractal(k, mapsize, decay), keys)
+    # chunks of maps, vmapped within a chunk: per-image maps (lax.map) spend their time in the
+    # many small levels, a whole-batch vmap in memory traffic (0.68 / 0.62 / 0.57 ms/img)
+    plasma = jax.vmap(lambda k: plasma_fractal(k, mapsize, decay))
+    maps = _ops.map_batch(plasma, keys, image_bytes=4 * mapsize * mapsize)
     return fog_from_map(x, severity, maps)
 
 
@@ -233,6 +236,6 @@ def spatter_from_field(x, severity, field, *, scale_pixels=False):
 def spatter(x, severity, key, *, scale_pixels=False):
     """Water drops (severities 1-3) or mud (4-5)."""
     mean, std = SPATTER[severity - 1][:2]
-    field = _ops.materialize(mean + std * _philox.normal(key, x.shape[:-1]))
+    field = _ops.computed(lambda k: mean + std * _philox.normal(k, x.shape[:-1]), key)
     return _ops.map_batch(
         lambda im, f: spatter_from_field(im, severity, f, scale_pixels=scale_pixels), x, field)
