@@ -45,10 +45,19 @@ def main():
     ap.add_argument("--severity", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5, help="timed robustjax calls (median)")
     ap.add_argument("--only", default="", help="comma-separated corruptions; no results file")
+    ap.add_argument("--reuse-buffers", action="store_true",
+                    help="robustjax.runtime.reuse_large_buffers() first (glibc malloc serves "
+                    "large buffers from its heap; applies to both libraries in this process)")
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results" / "corruptions.md"))
     args = ap.parse_args()
 
     import imagecorruptions
+
+    if args.reuse_buffers:
+        from robustjax.runtime import reuse_large_buffers
+
+        if not reuse_large_buffers():
+            raise SystemExit("--reuse-buffers needs glibc")
 
     from robustjax.corruptions import CORRUPTIONS, corrupt
 
@@ -89,7 +98,8 @@ def main():
         "# Corruption speed: robustjax vs imagecorruptions-imaug",
         "",
         f"Command: `PYTHONPATH=. python benchmarks/corruptions_speed.py --batch {args.batch} "
-        f"--ref-images {args.ref_images} --severity {args.severity}`",
+        f"--ref-images {args.ref_images} --severity {args.severity}"
+        f"{' --reuse-buffers' if args.reuse_buffers else ''}`",
         "",
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores (shared with other jobs; load average at the end: "

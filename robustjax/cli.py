@@ -31,6 +31,9 @@ def _add_report(sub):
 
 def _run_report(args) -> int:
     from robustjax.report.run import run_report
+    from robustjax.runtime import reuse_large_buffers
+
+    reuse_large_buffers()  # the report is its own process: let XLA:CPU reuse its big buffers
 
     sections = args.sections.split(",") if args.sections else None
     run_report(args.out, dataset=args.dataset, examples=args.examples, quick=args.quick,
