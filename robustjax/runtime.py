@@ -5,8 +5,9 @@
 64-image 224 x 224 x 3 float32 batch is 38.5 MiB) with a fresh ``mmap`` and unmaps them on
 ``free``, so every call page-faults each 4 KiB page it writes while the kernel zeroes it. With a
 higher threshold those buffers come from malloc's heap and later calls reuse them. Measured on a
-2-core VM (``benchmarks/corruptions_speed.py --reuse-buffers``): corruptions 1.2-1.9x faster;
-attack steps on ResNet-18 (compute-bound) did not change.
+2-core VM (``benchmarks/corruptions_speed.py --reuse-buffers``): most corruptions up to 1.9x
+faster (elastic, snow, defocus), some unchanged (zoom blur, JPEG); attack steps on ResNet-18
+(compute-bound) did not get faster.
 """
 
 from __future__ import annotations
