@@ -308,3 +308,18 @@ def test_computed_equals_the_function_under_jit_vmap_and_grad():
     assert "conditional" in hlo
     with pytest.raises(ValueError, match="non-empty array"):
         _fusion.computed(lambda: jnp.zeros(3))
+
+
+def test_brightness_sequence_frames_equal_skimage_round_trips():
+    import skimage.color
+
+    from robustjax.corruptions import sequences
+
+    x = np.random.default_rng(4).random((2, 9, 11, 3)).astype(np.float32)
+    x[0, :3] = x[0, :3, :, :1]  # grey
+    frames = np.asarray(sequences.brightness_sequence(jnp.asarray(x)))
+    assert frames.shape == (2, 31, 9, 11, 3)
+    for i in (0, 7, 15, 30):
+        hsv = skimage.color.rgb2hsv(x.astype(np.float64))
+        hsv[..., 2] = np.clip(hsv[..., 2] + 0.02 * (i - 15), 0, 1)
+        np.testing.assert_allclose(frames[:, i], np.clip(skimage.color.hsv2rgb(hsv), 0, 1), atol=1e-6)

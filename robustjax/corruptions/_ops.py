@@ -221,47 +221,16 @@ def rgb_to_gray(img: Array) -> Array:
     return img @ jnp.asarray([[0.299], [0.587], [0.114]], img.dtype)
 
 
-def rgb_to_hsv(rgb: Array) -> Array:
-    """``skimage.color.rgb2hsv`` (hue in [0, 1); ties resolved blue > green > red as skimage)."""
-    return jnp.stack(hsv_planes(rgb[..., 0], rgb[..., 1], rgb[..., 2]), axis=-1)
+def hsv_value_shift(x: Array, c) -> Array:
+    """skimage's ``hsv2rgb`` of ``rgb2hsv(x)`` with the value ``v -> clip(v + c, 0, 1)``, for
+    ``[..., 3]`` images in [0, 1].
 
-
-def hsv_to_rgb(hsv: Array) -> Array:
-    """``skimage.color.hsv2rgb``."""
-    return jnp.stack(rgb_planes(hsv[..., 0], hsv[..., 1], hsv[..., 2]), axis=-1)
-
-
-# The colour conversions work on separate channel planes: XLA:CPU vectorises a fused loop only
-# along a long minor axis, so maths over [..., 3] arrays runs ~1.5x slower.
-
-
-def hsv_planes(r: Array, g: Array, b: Array) -> tuple[Array, Array, Array]:
-    """``rgb_to_hsv`` on channel planes."""
-    v = jnp.maximum(jnp.maximum(r, g), b)
-    delta = v - jnp.minimum(jnp.minimum(r, g), b)
-    safe = jnp.where(delta == 0, 1.0, delta)
-    s = jnp.where(delta == 0, 0.0, delta / jnp.where(v == 0, 1.0, v))
-    h = (g - b) / safe
-    h = jnp.where(g == v, 2.0 + (b - r) / safe, h)
-    h = jnp.where(b == v, 4.0 + (r - g) / safe, h)
-    h = jnp.mod(h / 6.0, 1.0)
-    h = jnp.where(delta == 0, 0.0, h)
-    return h, s, v
-
-
-def rgb_planes(h: Array, s: Array, v: Array) -> tuple[Array, Array, Array]:
-    """``hsv_to_rgb`` on channel planes."""
-    hi = jnp.floor(h * 6.0)
-    f = h * 6.0 - hi
-    p = v * (1 - s)
-    q = v * (1 - f * s)
-    t = v * (1 - (1 - f) * s)
-    hi = jnp.mod(hi, 6).astype(jnp.int32)
-    choices = ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
-    out = choices[0]
-    for k in range(1, 6):
-        out = tuple(jnp.where(hi == k, new, old) for new, old in zip(choices[k], out))
-    return out
+    Every RGB component of an HSV colour is ``v`` times a function of hue and saturation, so
+    with those kept the round trip is ``x v' / v`` (and grey ``v'`` where ``v = 0``): the same
+    values as converting both ways, to float32 rounding, with 8x less arithmetic."""
+    v = jnp.max(x, axis=-1, keepdims=True)
+    new_v = jnp.clip(v + c, 0.0, 1.0)
+    return jnp.where(v > 0, x * (new_v / jnp.where(v > 0, v, 1.0)), new_v)
 
 
 def conv2d_same(img: Array, kernel: np.ndarray, pad_mode: str = "reflect") -> Array:

@@ -107,13 +107,9 @@ def snow_sequence(x, key, *, scale_pixels=False):
 
 def brightness_sequence(x, key=None, *, scale_pixels=False):
     del key, scale_pixels
-    hsv = _ops.rgb_to_hsv(x)
     c = 0.02 * (jnp.arange(31, dtype=x.dtype) - 15)
-
-    def frame(ci):
-        return _ops.hsv_to_rgb(hsv.at[..., 2].set(jnp.clip(hsv[..., 2] + ci, 0.0, 1.0)))
-
-    return jnp.clip(jax.vmap(frame, out_axes=1)(c), 0.0, 1.0)
+    frames = jax.vmap(lambda ci: _ops.hsv_value_shift(x, ci), out_axes=1)(c)
+    return jnp.clip(frames, 0.0, 1.0)
 
 
 def _spatial_sequence(name, values):
