@@ -105,6 +105,38 @@ def update_const(found, const, lower, upper):
     return const, lower, upper
 
 
+def track_step(check, loss, prev, active, success, dist, best, found, o_dist, o_x, x_new):
+    """One iteration's bookkeeping of the reference C&W loop (shared with EAD), per example:
+    abort when the loss stopped falling by 0.01% since the last ``check``; among successful
+    iterates keep the smallest distance of this round (``best``, ``found``) and overall
+    (``o_dist``, ``o_x``). Returns ``prev, active, best, found, o_dist, o_x``."""
+    stalled = check & (loss > prev * 0.9999)
+    prev = jnp.where(check, loss, prev)
+    active = active & ~stalled
+    ok = active & success
+    better = ok & (dist < best)
+    best = jnp.where(better, dist, best)
+    found = found | better
+    o_better = ok & (dist < o_dist)
+    o_dist = jnp.where(o_better, dist, o_dist)
+    o_x = jnp.where(o_better.reshape((-1,) + (1,) * (x_new.ndim - 1)), x_new, o_x)
+    return prev, active, best, found, o_dist, o_x
+
+
+def binary_search(one_round, apply_fn, params, x, y, cfg, norm: str) -> AttackResult:
+    """The reference's outer loop over c: ``cfg.binary_search_steps`` rounds of
+    ``one_round(r, (const, lower, upper, o_dist, o_x, queries))``, starting from
+    ``cfg.initial_const``, then the result for the best example found (or ``x``)."""
+    b = x.shape[0]
+    outer = (jnp.full((b,), cfg.initial_const, x.dtype), jnp.zeros((b,), x.dtype),
+             jnp.full((b,), 1e10, x.dtype), jnp.full((b,), 1e10, x.dtype), x,
+             jnp.zeros((b,), jnp.int32))
+    *_, x_adv, queries = jax.lax.fori_loop(0, cfg.binary_search_steps, one_round, outer)
+    return _core.finish(apply_fn, params, x, x_adv, y,
+                        lambda logits: margin(logits, y, cfg.targeted), norm, queries,
+                        cfg.targeted)
+
+
 def cw_l2(apply_fn, params, x: Array, y: Array, key: Array,
           config: CWL2Config = CWL2Config()) -> AttackResult:
     """C&W L2: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult (``key`` unused).
@@ -150,17 +182,10 @@ def cw_l2(apply_fn, params, x: Array, y: Array, key: Array,
         def body(st):
             it, active, mod, m, v, t, prev, best_l2, found, o_l2, o_x, queries = st
             g, (loss, l2, logits, x_new) = grad_fn(mod, const)
-            check = cfg.abort_early & (it % check_every == 0)
-            stalled = check & (loss > prev * 0.9999)
-            prev = jnp.where(check, loss, prev)
-            active = active & ~stalled
-            ok = active & kappa_success(logits, y, cfg.targeted, kappa)
-            better = ok & (l2 < best_l2)
-            best_l2 = jnp.where(better, l2, best_l2)
-            found = found | better
-            o_better = ok & (l2 < o_l2)
-            o_l2 = jnp.where(o_better, l2, o_l2)
-            o_x = jnp.where(o_better.reshape(bshape), x_new, o_x)
+            prev, active, best_l2, found, o_l2, o_x = track_step(
+                cfg.abort_early & (it % check_every == 0), loss, prev, active,
+                kappa_success(logits, y, cfg.targeted, kappa), l2, best_l2, found, o_l2, o_x,
+                x_new)
             upd, m2, v2, t2 = adam_update(g, m, v, t, cfg.learning_rate, cfg.adam)
             a = active.reshape(bshape)
             mod = jnp.where(a, mod + upd, mod)
@@ -178,13 +203,7 @@ def cw_l2(apply_fn, params, x: Array, y: Array, key: Array,
         const, lower, upper = update_const(found, const, lower, upper)
         return const, lower, upper, o_l2, o_x, queries
 
-    outer = (jnp.full((b,), cfg.initial_const, x.dtype), jnp.zeros((b,), x.dtype),
-             jnp.full((b,), 1e10, x.dtype), jnp.full((b,), 1e10, x.dtype), x,
-             jnp.zeros((b,), jnp.int32))
-    *_, x_adv, queries = jax.lax.fori_loop(0, cfg.binary_search_steps, one_round, outer)
-    return _core.finish(apply_fn, params, x, x_adv, y,
-                        lambda logits: margin(logits, y, cfg.targeted), "l2", queries,
-                        cfg.targeted)
+    return binary_search(one_round, apply_fn, params, x, y, cfg, "l2")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,9 +20,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult, check_attack_inputs, margin
-from robustjax.attacks.cw import kappa_success, update_const
+from robustjax.attacks.cw import binary_search, kappa_success, track_step, update_const
 
 Array = jax.Array
 
@@ -109,18 +108,11 @@ def ead(apply_fn, params, x: Array, y: Array, key: Array,
             l2sq = jnp.sum(d * d, -1)
             en = l2sq + cfg.beta * l1
             loss = const * f_of(logits) + en
-            check = cfg.abort_early & (k % check_every == 0)
-            stalled = check & (loss > prev * 0.9999)
-            prev = jnp.where(check, loss, prev)
-            active = active & ~stalled
             dist = en if cfg.decision_rule == "EN" else l1
-            ok = active & kappa_success(logits, y, cfg.targeted, cfg.confidence)
-            better = ok & (dist < best)
-            best = jnp.where(better, dist, best)
-            found = found | better
-            o_better = ok & (dist < o_dist)
-            o_dist = jnp.where(o_better, dist, o_dist)
-            o_x = jnp.where(o_better.reshape(bshape), x_new, o_x)
+            prev, active, best, found, o_dist, o_x = track_step(
+                cfg.abort_early & (k % check_every == 0), loss, prev, active,
+                kappa_success(logits, y, cfg.targeted, cfg.confidence), dist, best, found,
+                o_dist, o_x, x_new)
             a = active.reshape(bshape)
             x_k, z = jnp.where(a, x_new, x_k), jnp.where(a, z_new, z)
             return (k + 1, active, x_k, z, prev, best, found, o_dist, o_x,
@@ -133,10 +125,4 @@ def ead(apply_fn, params, x: Array, y: Array, key: Array,
         const, lower, upper = update_const(found, const, lower, upper)
         return const, lower, upper, o_dist, o_x, queries
 
-    outer = (jnp.full((b,), cfg.initial_const, x.dtype), jnp.zeros((b,), x.dtype),
-             jnp.full((b,), 1e10, x.dtype), jnp.full((b,), 1e10, x.dtype), x,
-             jnp.zeros((b,), jnp.int32))
-    *_, x_adv, queries = jax.lax.fori_loop(0, cfg.binary_search_steps, one_round, outer)
-    return _core.finish(apply_fn, params, x, x_adv, y,
-                        lambda logits: margin(logits, y, cfg.targeted), "l1", queries,
-                        cfg.targeted)
+    return binary_search(one_round, apply_fn, params, x, y, cfg, "l1")
