@@ -272,7 +272,14 @@ def main():
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--no-pgd", action="store_true")
     ap.add_argument("--skip", default="", help="comma-separated substrings of variants to skip")
+    ap.add_argument("--reuse-buffers", action="store_true",
+                    help="robustjax.runtime.reuse_large_buffers() first (glibc malloc keeps "
+                    "large buffers mapped; applies to every library in this process)")
     args = ap.parse_args()
+    if args.reuse_buffers:
+        from robustjax.runtime import reuse_large_buffers
+
+        print(f"# reuse_large_buffers: {reuse_large_buffers()}")
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}), "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
