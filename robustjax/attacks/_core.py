@@ -1,4 +1,6 @@
-"""Shared pieces of every attack: the result type, losses, projections and steps.
+"""Shared pieces of every attack: the result type, steepest-ascent steps, random starts, input
+checks and loop structure. The losses (``losses.py``) and norms and projections
+(``projections.py``) have their own modules and are re-exported here.
 
 Conventions (see ``robustjax.types``): images ``x`` float32 NHWC in [0, 1], labels int32 [b],
 logits float32 [b, k]. Every function here is per example: norms, losses and eps are [b] (a
@@ -26,8 +28,29 @@ import optax
 
 from robustjax.types import check_batch
 
+# losses and projections live in their own modules; re-exported here for the attacks
+from robustjax.attacks.losses import (  # noqa: F401
+    LOSSES,
+    cross_entropy,
+    dlr,
+    dlr_targeted,
+    get_loss,
+    margin,
+    success_mask,
+)
+from robustjax.attacks.projections import (  # noqa: F401
+    NORMS,
+    _per_example,
+    clip_to_box,
+    lp_norm,
+    project,
+    project_l1,
+    project_l1_box,
+    project_l2,
+    project_linf,
+)
+
 Array = jax.Array
-NORMS = ("linf", "l2", "l1")
 
 
 class AttackResult(NamedTuple):
@@ -46,195 +69,6 @@ class AttackResult(NamedTuple):
     loss: Array
     norm: Array
     queries: Array
-
-
-# ----------------------------------------------------------------------------------- losses
-
-
-def _true_and_best_other(logits: Array, y: Array) -> tuple[Array, Array]:
-    """``z_y`` and ``max_{j != y} z_j``, each [b]."""
-    k = logits.shape[-1]
-    onehot = jax.nn.one_hot(y, k, dtype=bool)
-    z_y = jnp.sum(jnp.where(onehot, logits, 0.0), axis=-1)
-    other = jnp.max(jnp.where(onehot, -jnp.inf, logits), axis=-1)
-    return z_y, other
-
-
-def cross_entropy(logits: Array, y: Array, targeted: bool = False) -> Array:
-    """Softmax cross-entropy [b]; negated when ``targeted`` (``y`` is then the target)."""
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), y[:, None], axis=-1)[:, 0]
-    return -ce if targeted else ce
-
-
-def margin(logits: Array, y: Array, targeted: bool = False, kappa: float = math.inf) -> Array:
-    """C&W margin (Carlini & Wagner 2017, f6) [b], capped at ``kappa``.
-
-    Untargeted: ``min(max_{j != y} z_j - z_y, kappa)``; targeted (``y`` = target):
-    ``min(z_y - max_{j != y} z_j, kappa)``. Positive means the attack has succeeded.
-    """
-    z_y, other = _true_and_best_other(logits, y)
-    value = z_y - other if targeted else other - z_y
-    return jnp.minimum(value, kappa)
-
-
-def dlr(logits: Array, y: Array, targeted: bool = False) -> Array:
-    """Difference of logits ratio (Croce & Hein 2020, eq. 5) [b], shift and scale invariant.
-
-    Untargeted: ``-(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3 + 1e-12)`` with ``z_pi`` sorted
-    decreasingly (needs >= 3 classes). Targeted (``y`` = target ``t``):
-    ``(z_t - max_{i != t} z_i) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``, the paper's targeted
-    DLR (eq. 6) with the best other class in place of the unknown true label (>= 4 classes).
-    Negating the untargeted form instead would be flat (ratio -1) whenever ``t`` is third.
-    For APGD-T's version with the true label see ``dlr_targeted``.
-    """
-    need = 4 if targeted else 3
-    if logits.shape[-1] < need:
-        raise ValueError(f"{'targeted ' if targeted else ''}DLR needs at least {need} classes, "
-                         f"got logits of shape {logits.shape}")
-    z_sorted = jnp.sort(logits, axis=-1)
-    z_y, other = _true_and_best_other(logits, y)
-    if targeted:
-        scale = z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12
-        return (z_y - other) / scale
-    return -(z_y - other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
-
-
-def dlr_targeted(logits: Array, y: Array, target: Array) -> Array:
-    """Targeted DLR of APGD-T (Croce & Hein 2020, eq. 6) [b]; ``y`` true, ``target`` wanted.
-
-    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)``; needs >= 4 classes.
-    """
-    if logits.shape[-1] < 4:
-        raise ValueError(f"targeted DLR needs at least 4 classes, got {logits.shape}")
-    z_sorted = jnp.sort(logits, axis=-1)
-    z_y = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-    z_t = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
-    scale = z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12
-    return -(z_y - z_t) / scale
-
-
-LOSSES = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
-
-
-def get_loss(name: str):
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid losses: {', '.join(LOSSES)}")
-    return LOSSES[name]
-
-
-def success_mask(logits: Array, y: Array, targeted: bool = False) -> Array:
-    """[b] bool: ``argmax != y`` (untargeted) or ``argmax == y`` (targeted, y = target)."""
-    pred = jnp.argmax(logits, axis=-1)
-    return pred == y if targeted else pred != y
-
-
-# ------------------------------------------------------------------------- norms and boxes
-
-
-def _per_example(v: Array, x: Array) -> Array:
-    """Broadcast a scalar or [b] value against [b, ...] ``x``."""
-    v = jnp.asarray(v, dtype=x.dtype)
-    if v.ndim == 0:
-        return v
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
-
-
-def lp_norm(delta: Array, norm: str) -> Array:
-    """Per-example norm [b] of ``delta`` [b, ...]."""
-    flat = delta.reshape(delta.shape[0], -1)
-    if norm == "linf":
-        return jnp.max(jnp.abs(flat), axis=-1)
-    if norm == "l2":
-        return jnp.sqrt(jnp.sum(flat * flat, axis=-1))
-    if norm == "l1":
-        return jnp.sum(jnp.abs(flat), axis=-1)
-    raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
-
-
-def clip_to_box(x: Array, lo: float = 0.0, hi: float = 1.0) -> Array:
-    return jnp.clip(x, lo, hi)
-
-
-def project_linf(delta: Array, eps) -> Array:
-    """Euclidean projection of ``delta`` [b, ...] onto the Linf ball of radius eps (scalar/[b])."""
-    eps = _per_example(eps, delta)
-    return jnp.clip(delta, -eps, eps)
-
-
-def project_l2(delta: Array, eps) -> Array:
-    """Euclidean projection onto the L2 ball: ``delta * min(1, eps / ||delta||_2)``."""
-    n = _per_example(lp_norm(delta, "l2"), delta)
-    eps = _per_example(eps, delta)
-    return delta * jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12))
-
-
-def project_l1(delta: Array, eps) -> Array:
-    """Exact Euclidean projection onto the L1 ball (Duchi et al. 2008, sorting algorithm)."""
-    b = delta.shape[0]
-    v = delta.reshape(b, -1)
-    eps = jnp.broadcast_to(jnp.asarray(eps, v.dtype), (b,))
-    u = jnp.abs(v)
-    mu = -jnp.sort(-u, axis=-1)  # decreasing
-    css = jnp.cumsum(mu, axis=-1)
-    j = jnp.arange(1, v.shape[1] + 1, dtype=v.dtype)
-    cond = mu - (css - eps[:, None]) / j > 0
-    rho = jnp.maximum(jnp.sum(cond, axis=-1), 1)  # number of kept coordinates
-    theta = (jnp.take_along_axis(css, (rho - 1)[:, None], axis=-1)[:, 0] - eps) / rho
-    w = jnp.sign(v) * jnp.maximum(u - theta[:, None], 0.0)
-    inside = jnp.sum(u, axis=-1) <= eps
-    return jnp.where(inside[:, None], v, w).reshape(delta.shape)
-
-
-def project_l1_box(delta: Array, x: Array, eps, iters: int = 40) -> Array:
-    """Projection onto ``{d : ||d||_1 <= eps, 0 <= x + d <= 1}`` (the set of APGD-L1).
-
-    The solution is ``sign(v) * clip(|v| - theta, 0, u)`` with ``u`` the room left in the box in
-    the direction of ``v`` and the smallest ``theta >= 0`` meeting the budget; ``theta`` is found
-    by bisection (``iters`` halvings of [0, max|v|]; the feasible end is returned).
-    """
-    b = delta.shape[0]
-    v = delta.reshape(b, -1)
-    xf = x.reshape(b, -1)
-    eps = jnp.broadcast_to(jnp.asarray(eps, v.dtype), (b,))
-    room = jnp.where(v > 0, 1.0 - xf, xf)
-    a = jnp.abs(v)
-
-    def total(theta):
-        return jnp.sum(jnp.clip(a - theta[:, None], 0.0, room), axis=-1)
-
-    def body(_, lohi):
-        lo, hi = lohi
-        mid = 0.5 * (lo + hi)
-        ok = total(mid) <= eps
-        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
-    lo = jnp.zeros((b,), v.dtype)
-    hi = jnp.max(a, axis=-1)
-    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
-    theta = jnp.where(total(lo) <= eps, lo, hi)
-    w = jnp.sign(v) * jnp.clip(a - theta[:, None], 0.0, room)
-    # float32 rounding can leave the sum a few ulps above eps: shrink (stays in the box).
-    n = jnp.sum(jnp.abs(w), axis=-1)
-    w = w * jnp.minimum(1.0, eps / jnp.maximum(n, 1e-30))[:, None]
-    return w.reshape(delta.shape)
-
-
-def project(x_adv: Array, x: Array, eps, norm: str) -> Array:
-    """Map ``x_adv`` into ``{x + d : ||d|| <= eps} ∩ [0, 1]^n``, per example.
-
-    Linf and L1 are exact Euclidean projections onto the intersection; L2 projects onto the ball
-    then clips to the box (feasible, and what PGD-L2/APGD-L2 reference code does).
-    """
-    delta = x_adv - x
-    if norm == "linf":
-        delta = project_linf(delta, eps)
-    elif norm == "l2":
-        delta = project_l2(delta, eps)
-    elif norm == "l1":
-        return x + project_l1_box(delta, x, eps)
-    else:
-        raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
-    return clip_to_box(x + delta)
 
 
 # ------------------------------------------------------------------------------ directions
