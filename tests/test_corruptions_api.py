@@ -88,3 +88,20 @@ def test_poisson_sampler_matches_poisson_law():
             if k >= 0:
                 p = stats.poisson.pmf(k, l)
                 assert abs(np.mean(col == k) - p) < 5 * np.sqrt(p * (1 - p) / n) + 1e-4, (l, k)
+
+
+@pytest.mark.parametrize("name", ["defocus_blur", "gaussian_blur", "glass_blur", "spatter", "fog"])
+def test_chunked_corruptions_equal_the_whole_batch_under_jit_and_vmap(name, monkeypatch):
+    from robustjax.corruptions import _fusion, registry
+
+    x = jnp.asarray(RNG.uniform(0.1, 0.9, size=(5, 40, 36, 3)), jnp.float32)
+    key = jax.random.key(11)
+    whole = np.asarray(corrupt(x, name, 3, key))
+    # force chunks of 2 images (and a remainder of 1) on these small images
+    monkeypatch.setattr(_fusion, "CHUNK_BYTES", 2 * 40 * 36 * 3 * 4)
+    monkeypatch.setattr(registry, "_compiled", registry._compiled.__wrapped__)
+    assert _fusion.batch_chunk(5, 40 * 36 * 3 * 4) == 2
+    np.testing.assert_allclose(np.asarray(corrupt(x, name, 3, key)), whole, atol=1e-6)
+    keys = jax.random.split(key, 2)
+    ys = jax.jit(jax.vmap(lambda k: corrupt(x, name, 3, k)))(keys)
+    np.testing.assert_allclose(np.asarray(ys[1]), np.asarray(corrupt(x, name, 3, keys[1])), atol=1e-6)

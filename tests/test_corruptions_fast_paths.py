@@ -180,6 +180,7 @@ def test_batch_chunk_prefers_divisors_within_a_factor_two():
     assert batch_chunk(61, 100, chunk_bytes=400) == 4  # prime batch: a remainder chunk
     assert batch_chunk(2, 100, chunk_bytes=400) == 2
     assert batch_chunk(64, 10**9, chunk_bytes=400) == 1
+    assert batch_chunk(5, 100, chunk_bytes=200) == 2  # odd batch: a remainder, not chunks of 1
 
 
 @pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])

@@ -96,10 +96,11 @@ CHUNK_BYTES = 5 * 2**19
 
 def batch_chunk(batch: int, per_image_bytes: int, chunk_bytes: int | None = None) -> int:
     """Images per chunk for ``map_batch``: ``chunk_bytes / per_image_bytes``, rounded down to
-    a divisor of ``batch`` when one is within a factor 2 (no remainder to run separately)."""
+    a divisor of ``batch`` (at least 2) when one is within a factor 2 (no remainder to run
+    separately)."""
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     ideal = max(1, min(batch, chunk_bytes // max(1, per_image_bytes)))
-    for c in range(ideal, max(1, ideal // 2) - 1, -1):
+    for c in range(ideal, max(2, ideal // 2) - 1, -1):  # never down to 1 image per chunk
         if batch % c == 0:
             return c
     return ideal
