@@ -16,15 +16,22 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def _fence(v):
-    # The predicate is always true ((w | 1) != 0) but not provable, and the branches differ,
-    # so XLA keeps the conditional and with it a buffer between producer and consumers.
+def _always_true(v):
+    """A predicate that is always true, ``(w | 1) != 0`` for ``w`` the first element of ``v``
+    as a 32-bit word, but that XLA cannot prove: with branches that differ, it keeps the
+    conditional and with it a buffer between producer and consumers."""
+    if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
+        v = jax.random.key_data(v)
     first = v.reshape(-1)[0]
     if first.dtype.itemsize == 4:
         word = jax.lax.bitcast_convert_type(first, jnp.uint32)
     else:
         word = first.astype(jnp.uint32)
-    return jax.lax.cond((word | jnp.uint32(1)) != 0, lambda a: a, jnp.zeros_like, v)
+    return (word | jnp.uint32(1)) != 0
+
+
+def _fence(v):
+    return jax.lax.cond(_always_true(v), lambda a: a, jnp.zeros_like, v)
 
 
 @jax.custom_batching.custom_vmap
@@ -67,17 +74,9 @@ def computed(fn, *args):
     leaves = [a for a in jax.tree_util.tree_leaves(args) if getattr(a, "size", 0)]
     if not leaves:
         raise ValueError("computed() needs at least one non-empty array argument")
-    first = leaves[0]
-    if jax.dtypes.issubdtype(first.dtype, jax.dtypes.prng_key):
-        first = jax.random.key_data(first)
-    first = first.reshape(-1)[0]
-    if first.dtype.itemsize == 4:
-        word = jax.lax.bitcast_convert_type(first, jnp.uint32)
-    else:
-        word = first.astype(jnp.uint32)
     zeros = lambda *a: jax.tree_util.tree_map(  # noqa: E731
         lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, *a))
-    return jax.lax.cond((word | jnp.uint32(1)) != 0, fn, zeros, *args)
+    return jax.lax.cond(_always_true(jnp.asarray(leaves[0])), fn, zeros, *args)
 
 
 def map_images(fn, *args):
