@@ -276,7 +276,7 @@ def test_snow_reads_only_the_central_crop_of_its_field(severity):
     field = jnp.asarray(rng.normal(0.5, 0.3, (2, 64, 48)), jnp.float32)
     angle = jnp.asarray([-100.0, -60.0])
     zoom = weather.SNOW[severity - 1][2]
-    (th, ch), (tw, cw) = weather._zoom_crop(64, zoom), weather._zoom_crop(48, zoom)
+    (th, ch), (tw, cw) = _ops.clipped_zoom_crop(64, zoom), _ops.clipped_zoom_crop(48, zoom)
     full = weather.snow_from_field(x, severity, field, angle, scale_pixels=True)
     crop = weather.snow_from_field(x, severity, field[:, th:th + ch, tw:tw + cw], angle,
                                    scale_pixels=True)

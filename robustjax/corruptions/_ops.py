@@ -95,8 +95,7 @@ def clipped_zoom_matrix(n: int, factor: float, n_keep: int | None = None) -> np.
     adds a too-short layer only where it exists.
     """
     n_keep = n if n_keep is None else n_keep
-    crop = int(np.ceil(n / float(factor)))
-    top = (n - crop) // 2
+    top, crop = clipped_zoom_crop(n, factor)
     n_out = int(round(crop * float(factor)))
     z = zoom_matrix(crop, n_out).astype(np.float64)
     mat = np.zeros((n_keep, n))
@@ -105,9 +104,14 @@ def clipped_zoom_matrix(n: int, factor: float, n_keep: int | None = None) -> np.
     return mat.astype(np.float32)
 
 
-def clipped_zoom_size(n: int, factor: float) -> int:
+def clipped_zoom_crop(n: int, factor: float) -> tuple[int, int]:
+    """(start, length) of the central part of an ``n``-long axis that ``clipped_zoom`` reads."""
     crop = int(np.ceil(n / float(factor)))
-    return int(round(crop * float(factor)))
+    return (n - crop) // 2, crop
+
+
+def clipped_zoom_size(n: int, factor: float) -> int:
+    return int(round(clipped_zoom_crop(n, factor)[1] * float(factor)))
 
 
 @functools.lru_cache(maxsize=None)

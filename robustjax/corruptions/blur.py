@@ -254,7 +254,7 @@ def glass_moves(key, shape, delta: int, iterations: int):
     width = 8 if 256 % (span * span) == 0 else 16  # bits per move
     per_word = 32 // width
     q = -(-batch // per_word)
-    # materialised: each word is read by per_word moves
+    # computed into its own buffer: each word is read by per_word moves
     words = _ops.computed(lambda k: _philox.bits(k, (waves, slots, q)), key)
     offsets = jnp.asarray(np.arange(per_word, dtype=np.uint32) * width)
     parts = (words[..., None, :] >> offsets[:, None]) & jnp.uint32((1 << width) - 1)

@@ -43,12 +43,6 @@ FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.j
 # ----------------------------------------------------------------------------------------- snow
 
 
-def _zoom_crop(n: int, zoom: float) -> tuple[int, int]:
-    """(start, length) of the central part of an ``n``-long axis that ``clipped_zoom`` reads."""
-    crop = int(np.ceil(n / float(zoom)))
-    return (n - crop) // 2, crop
-
-
 def snow_from_field(x, severity, field, angle, *, scale_pixels=False):
     """Snow given the flake field and the blur angles (``[B]``, degrees): the deterministic part
     of ``snow``. ``field`` ~ N(mean, std) is ``[B, H, W]`` as the reference draws it, or only its
@@ -60,7 +54,7 @@ def snow_from_field(x, severity, field, angle, *, scale_pixels=False):
     h, w = x.shape[-3], x.shape[-2]
     zh = _ops.clipped_zoom_matrix(h, float(zoom), _ops.clipped_zoom_size(h, zoom))
     zw = _ops.clipped_zoom_matrix(w, float(zoom), _ops.clipped_zoom_size(w, zoom))
-    (th, ch), (tw, cw) = _zoom_crop(h, zoom), _zoom_crop(w, zoom)
+    (th, ch), (tw, cw) = _ops.clipped_zoom_crop(h, zoom), _ops.clipped_zoom_crop(w, zoom)
     if field.shape[-2:] == (ch, cw):
         zh, zw = zh[:, th: th + ch], zw[:, tw: tw + cw]
     elif field.shape[-2:] != (h, w):
@@ -81,7 +75,7 @@ def snow(x, severity, key, *, scale_pixels=False):
     kf, ka = jax.random.split(key)
     # only the central part that the zoom reads is drawn (the reference draws the whole image
     # and crops it; the values outside never reach the output): 1/zoom^2 of the draws
-    crop = (_zoom_crop(x.shape[-3], zoom)[1], _zoom_crop(x.shape[-2], zoom)[1])
+    crop = tuple(_ops.clipped_zoom_crop(n, zoom)[1] for n in x.shape[-3:-1])
     field = _ops.computed(lambda k: mean + std * _philox.normal(k, (x.shape[0],) + crop), kf)
     angle = jax.random.uniform(ka, (x.shape[0],), minval=-135.0, maxval=-45.0)
     return snow_from_field(x, severity, field, angle, scale_pixels=scale_pixels)
