@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.models import loading
+from robustjax.models.layers import Conv
 from robustjax.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -56,7 +57,7 @@ class ConvNeXtBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = nn.Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
+        h = Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
                     name="conv_dw")(x)
         h = _layer_norm("norm")(h)
         h = nn.Dense(self.mlp_ratio * self.dim, name="fc1")(h)
@@ -79,13 +80,13 @@ class ConvNeXt(nn.Module):
         if len(self.depths) != len(self.dims):
             raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must have "
                              f"the same length")
-        h = nn.Conv(self.dims[0], (4, 4), strides=4, padding=((0, 0), (0, 0)),
+        h = Conv(self.dims[0], (4, 4), strides=4, padding=((0, 0), (0, 0)),
                     name="stem_conv")(x)
         h = _layer_norm("stem_norm")(h)
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if i > 0:
                 h = _layer_norm(f"stage{i}_down_norm")(h)
-                h = nn.Conv(dim, (2, 2), strides=2, padding=((0, 0), (0, 0)),
+                h = Conv(dim, (2, 2), strides=2, padding=((0, 0), (0, 0)),
                             name=f"stage{i}_down_conv")(h)
             for j in range(depth):
                 h = ConvNeXtBlock(dim, ls_init_value=self.ls_init_value,

@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax.models.layers import Conv
 from robustjax.models.loading import batch_norm, conv, dense
 from robustjax.models.registry import Entry, imagenet_class_names
 from robustjax.types import ModelSpec
@@ -57,7 +58,7 @@ class SameConv(nn.Module):
     @nn.compact
     def __call__(self, x):
         pads = tuple(_same_pad(x.shape[d], self.kernel, self.stride) for d in (1, 2))
-        return nn.Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
+        return Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
                        padding=pads, feature_group_count=self.groups, use_bias=False,
                        name="conv")(x)
 

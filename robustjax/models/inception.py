@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.models import loading
+from robustjax.models.layers import Conv
 from robustjax.models.registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
@@ -58,7 +59,7 @@ class BasicConv2d(nn.Module):
     @nn.compact
     def __call__(self, x):
         ph, pw = self.padding
-        x = nn.Conv(self.features, tuple(self.kernel), strides=self.stride,
+        x = Conv(self.features, tuple(self.kernel), strides=self.stride,
                     padding=((ph, ph), (pw, pw)), use_bias=False, name="conv")(x)
         x = nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=BN_EPS, name="bn")(x)
         return nn.relu(x)

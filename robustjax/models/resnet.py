@@ -18,9 +18,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax.models.layers import Conv
 from robustjax.models.loading import batch_norm, conv, dense
 from robustjax.models.registry import (
-    Entry, IMAGENET_MEAN, IMAGENET_STD, imagenet_class_names)
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Entry,
+    imagenet_class_names,
+)
 from robustjax.types import ModelSpec
 
 
@@ -30,7 +35,7 @@ def _bn(name):
 
 def _conv(features, k, stride=1, name=None):
     p = k // 2  # explicit symmetric padding, as PyTorch (flax 'SAME' is asymmetric at stride 2)
-    return nn.Conv(features, (k, k), strides=stride, padding=((p, p), (p, p)), use_bias=False,
+    return Conv(features, (k, k), strides=stride, padding=((p, p), (p, p)), use_bias=False,
                    name=name)
 
 

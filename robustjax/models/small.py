@@ -18,6 +18,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from robustjax.models.layers import Conv
+
 
 class MLP(nn.Module):
     num_classes: int = 10
@@ -47,7 +49,7 @@ class CNN(nn.Module):
         pad = (self.kernel - 1) // 2
         h = x
         for i, c in enumerate(self.channels):
-            h = nn.Conv(c, (self.kernel, self.kernel), strides=self.stride,
+            h = Conv(c, (self.kernel, self.kernel), strides=self.stride,
                         padding=((pad, pad), (pad, pad)), name=f"conv{i}")(h)
             h = nn.relu(h)
         h = h.reshape((h.shape[0], -1))
@@ -65,14 +67,14 @@ class BasicBlock(nn.Module):
     def __call__(self, x):
         norm = lambda name: nn.BatchNorm(use_running_average=True, momentum=0.9,
                                          epsilon=1e-5, name=name)
-        h = nn.Conv(self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)),
+        h = Conv(self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)),
                     use_bias=False, name="conv1")(x)
         h = nn.relu(norm("bn1")(h))
-        h = nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+        h = Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     name="conv2")(h)
         h = norm("bn2")(h)
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1), strides=self.stride, use_bias=False,
+            x = Conv(self.features, (1, 1), strides=self.stride, use_bias=False,
                         name="shortcut_conv")(x)
             x = norm("shortcut_bn")(x)
         return nn.relu(h + x)
@@ -85,7 +87,7 @@ class ResNet18CIFAR(nn.Module):
 
     @nn.compact
     def __call__(self, x, features: bool = False):
-        h = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
+        h = Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                     name="stem_conv")(x)
         h = nn.relu(nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5,
                                  name="stem_bn")(h))

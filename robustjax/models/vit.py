@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.models import loading
+from robustjax.models.layers import Conv
 from robustjax.models.registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
@@ -96,7 +97,7 @@ class ViT(nn.Module):
             raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size "
                              f"{self.patch_size}")
         p = self.patch_size
-        h = nn.Conv(self.embed_dim, (p, p), strides=p, padding=((0, 0), (0, 0)),
+        h = Conv(self.embed_dim, (p, p), strides=p, padding=((0, 0), (0, 0)),
                     name="patch_embed")(x)
         b, gh, gw, d = h.shape
         h = h.reshape(b, gh * gw, d)  # row-major over (h, w), as PyTorch's flatten(2)

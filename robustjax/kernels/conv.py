@@ -1,0 +1,265 @@
+"""``conv_general_dilated`` with oneDNN kernels on the CPU: a drop-in for ``lax``'s.
+
+Two JAX primitives carry exactly the parameters of ``lax.conv_general_dilated_p``:
+
+* ``conv_p(x, w)``: the convolution;
+* ``conv_backward_data_p(dy, w)``: its transpose in ``x`` (the input gradient PGD needs).
+
+On the CPU they lower to the FFI handlers of ``onednn_conv.cc``; on any other platform, or when
+the kernels are unavailable, to XLA's own convolution, so results never depend on where a
+program runs beyond float32 rounding. Both are bilinear (``ad.defbilinear``), so ``grad``,
+``jvp``, ``vjp``, ``linear_transpose`` and higher derivatives work; the weight gradient uses
+XLA's convolution. ``vmap`` over images folds the mapped axis into the batch (one kernel call);
+``vmap`` over weights (several models) runs one call per model on the CPU and XLA's grouped
+convolution elsewhere.
+
+Only float32 NHWC/HWIO/NHWC convolutions without input dilation take the oneDNN path (what
+every robustjax model uses); anything else goes to ``lax.conv_general_dilated`` unchanged.
+``LAX_EQUIVALENTS`` maps the primitives to lax's, for code that reads jaxprs (the certified
+bounds).
+
+    >>> y = conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+    ...                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core as jcore
+from jax.interpreters import ad, batching, mlir
+
+from robustjax.kernels import build
+
+conv_p = jcore.Primitive("robustjax_conv")
+conv_backward_data_p = jcore.Primitive("robustjax_conv_backward_data")
+LAX_EQUIVALENTS = {conv_p: lax.conv_general_dilated_p}
+
+_NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
+                                 out_spec=(0, 3, 1, 2))
+_enabled = contextvars.ContextVar("robustjax_onednn", default=True)
+
+
+@contextlib.contextmanager
+def use_onednn(enabled: bool):
+    """Within the block, trace convolutions onto oneDNN (True) or XLA's kernels (False)."""
+    token = _enabled.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
+
+
+def onednn_active() -> bool:
+    """True when a convolution traced now would run on oneDNN (on a CPU)."""
+    return _enabled.get() and build.status().available
+
+
+# ------------------------------------------------------------------------- geometry
+
+
+def _geometry(lhs_shape, rhs_shape, window_strides, padding, rhs_dilation, **_):
+    """The kernels' ``geo`` attribute and the NHWC output shape (see onednn_conv.cc)."""
+    n, h, w, c = lhs_shape
+    kh, kw, i, o = rhs_shape
+    (pt, pb), (pl, pr) = padding
+    (sh, sw), (dh, dw) = window_strides, rhs_dilation
+    oh = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    geo = np.array([n, h, w, c, kh, kw, i, o, oh, ow, sh, sw, pt, pb, pl, pr, dh, dw], np.int64)
+    return geo, (n, oh, ow, o)
+
+
+def _lax_conv(x, w, **params):
+    return lax.conv_general_dilated_p.bind(x, w, **params)
+
+
+def _lax_backward_data(dy, w, *, lhs_shape, **params):
+    x_aval = jax.ShapeDtypeStruct(lhs_shape, dy.dtype)
+    return jax.linear_transpose(lambda x: _lax_conv(x, w, **params), x_aval)(dy)[0]
+
+
+def _lax_weight_gradient(x, dy, w_aval, **params):
+    """d<conv(x, w), dy>/dw: conv is linear in w, so this is its transpose at dy."""
+    w_struct = jax.ShapeDtypeStruct(w_aval.shape, w_aval.dtype)
+    return jax.linear_transpose(lambda w: _lax_conv(x, w, **params), w_struct)(dy)[0]
+
+
+# ----------------------------------------------------------------- abstract eval, impl
+
+
+def _conv_abstract(x, w, **params):
+    return jax.core.ShapedArray(_geometry(x.shape, w.shape, **params)[1], x.dtype)
+
+
+def _backward_data_abstract(dy, w, *, lhs_shape, **params):
+    del w, params
+    return jax.core.ShapedArray(lhs_shape, dy.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted_bind(prim, items):
+    return jax.jit(functools.partial(prim.bind, **dict(items)))
+
+
+def _impl(prim, *args, **params):
+    # eager use: one compiled program per primitive and parameters
+    return _jitted_bind(prim, tuple(sorted(params.items())))(*args)
+
+
+conv_p.def_abstract_eval(_conv_abstract)
+conv_backward_data_p.def_abstract_eval(_backward_data_abstract)
+conv_p.def_impl(functools.partial(_impl, conv_p))
+conv_backward_data_p.def_impl(functools.partial(_impl, conv_backward_data_p))
+
+
+# ------------------------------------------------------------------------ lowerings
+
+
+def _cpu_lowering(target, ctx, a, w, *, lhs_shape=None, **params):
+    x_shape = lhs_shape if lhs_shape is not None else ctx.avals_in[0].shape
+    geo, _ = _geometry(x_shape, ctx.avals_in[1].shape, **params)
+    return jax.ffi.ffi_lowering(target)(ctx, a, w, geo=geo)
+
+
+mlir.register_lowering(conv_p, mlir.lower_fun(_lax_conv, multiple_results=False))
+mlir.register_lowering(conv_backward_data_p,
+                       mlir.lower_fun(_lax_backward_data, multiple_results=False))
+mlir.register_lowering(conv_p, functools.partial(_cpu_lowering, "robustjax_conv_forward"),
+                       platform="cpu")
+mlir.register_lowering(conv_backward_data_p,
+                       functools.partial(_cpu_lowering, "robustjax_conv_backward_data"),
+                       platform="cpu")
+
+
+# -------------------------------------------------------------------------------- AD
+
+
+def _conv_transpose_lhs(ct, x, w, **params):
+    return conv_backward_data_p.bind(ct, w, lhs_shape=tuple(x.aval.shape), **params)
+
+
+def _conv_transpose_rhs(ct, x, w, **params):
+    return _lax_weight_gradient(x, ct, w.aval, **params)
+
+
+def _backward_data_transpose_lhs(ct, dy, w, *, lhs_shape, **params):
+    del dy, lhs_shape
+    return conv_p.bind(ct, w, **params)
+
+
+def _backward_data_transpose_rhs(ct, dy, w, *, lhs_shape, **params):
+    # <ct, B(dy, w)> = <conv(ct, w), dy>, so the w-cotangent is conv's weight gradient at ct
+    del lhs_shape
+    return _lax_weight_gradient(ct, dy, w.aval, **params)
+
+
+ad.defbilinear(conv_p, _conv_transpose_lhs, _conv_transpose_rhs)
+ad.defbilinear(conv_backward_data_p, _backward_data_transpose_lhs, _backward_data_transpose_rhs)
+
+
+# ---------------------------------------------------------------------------- vmap
+
+
+def _fold_batch(prim, a, w, ba, **params):
+    """Images mapped, weights shared: the mapped axis joins the batch axis (one call)."""
+    a = jnp.moveaxis(a, ba, 0)
+    b, n = a.shape[:2]
+    if "lhs_shape" in params:
+        params = dict(params, lhs_shape=(b * n,) + tuple(params["lhs_shape"][1:]))
+    out = prim.bind(a.reshape((b * n,) + a.shape[2:]), w, **params)
+    return out.reshape((b, n) + out.shape[1:])
+
+
+def _per_model(prim, lax_fn, a, w, ba, bw, **params):
+    """Weights mapped (several models): one kernel call per model on CPU, lax elsewhere."""
+    w = jnp.moveaxis(w, bw, 0)
+    a = a if ba is None else jnp.moveaxis(a, ba, 0)
+    in_axes = (None if ba is None else 0, 0)
+
+    def cpu(a, w):
+        return lax.map(lambda aw: prim.bind(aw[0], aw[1], **params),
+                       (jnp.broadcast_to(a, w.shape[:1] + a.shape) if in_axes[0] is None else a,
+                        w))
+
+    def other(a, w):
+        return jax.vmap(functools.partial(lax_fn, **params), in_axes=in_axes)(a, w)
+
+    return lax.platform_dependent(a, w, cpu=cpu, default=other)
+
+
+def _batch_rule(prim, lax_fn, args, dims, **params):
+    (a, w), (ba, bw) = args, dims
+    if bw is None:
+        return _fold_batch(prim, a, w, ba, **params), 0
+    return _per_model(prim, lax_fn, a, w, ba, bw, **params), 0
+
+
+batching.primitive_batchers[conv_p] = functools.partial(_batch_rule, conv_p, _lax_conv)
+batching.primitive_batchers[conv_backward_data_p] = functools.partial(
+    _batch_rule, conv_backward_data_p, _lax_backward_data)
+
+
+# ------------------------------------------------------------------------ public entry
+
+
+@functools.lru_cache(maxsize=1024)
+def _lax_params(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                dimension_numbers, feature_group_count, batch_group_count, precision,
+                preferred_element_type):
+    """lax's canonical parameters (padding strings resolved, dimension numbers parsed)."""
+    jaxpr = jax.make_jaxpr(functools.partial(
+        lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type))(lhs, rhs).jaxpr
+    if len(jaxpr.eqns) != 1 or jaxpr.eqns[0].primitive is not lax.conv_general_dilated_p:
+        return None
+    return tuple(jaxpr.eqns[0].params.items())
+
+
+def _onednn_params(lhs, rhs, **kw):
+    """lax's parameters if this convolution can run on oneDNN, else None."""
+    if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32 or lhs.ndim != 4 or rhs.ndim != 4:
+        return None
+    hashable = {k: (tuple(v) if isinstance(v, list) else v) for k, v in kw.items()}
+    if isinstance(hashable["padding"], tuple):
+        hashable["padding"] = tuple(tuple(p) for p in hashable["padding"])
+    try:
+        items = _lax_params(jax.ShapeDtypeStruct(lhs.shape, lhs.dtype),
+                            jax.ShapeDtypeStruct(rhs.shape, rhs.dtype), **hashable)
+    except TypeError:  # unhashable or unusual arguments: leave it to lax
+        return None
+    if items is None:
+        return None
+    params = dict(items)
+    ok = (params["dimension_numbers"] == _NHWC and params["lhs_dilation"] == (1, 1)
+          and params["batch_group_count"] == 1
+          and params["preferred_element_type"] in (None, jnp.float32)
+          and params.get("out_sharding") is None)
+    return params if ok else None
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         batch_group_count=1, precision=None, preferred_element_type=None):
+    """``lax.conv_general_dilated`` (same signature and result) on oneDNN where it can.
+
+    Pass it to flax: ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``.
+    """
+    kw = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
+              rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+              feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+              precision=precision, preferred_element_type=preferred_element_type)
+    if onednn_active():
+        params = _onednn_params(lhs, rhs, **kw)
+        if params is not None:
+            return conv_p.bind(lhs, rhs, **params)
+    return lax.conv_general_dilated(lhs, rhs, **kw)
