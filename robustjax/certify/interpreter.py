@@ -27,6 +27,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 from jax.extend import core as jcore
 
+from robustjax.kernels import LAX_EQUIVALENTS
+
 # Call primitives whose body is inlined, and the parameter that holds the body.
 CALL_PARAMS = {
     "jit": "jaxpr",
@@ -127,7 +129,9 @@ def flatten(fn: Callable, *args) -> Graph:
             for v, o in zip(eqn.outvars, outs):
                 if not isinstance(v, jcore.DropVar):
                     env[v] = o
-            eqns.append(Eqn(eqn.primitive, tuple(ins), outs, dict(eqn.params),
+            # robustjax's oneDNN convolution is lax's convolution to a bound rule
+            prim = LAX_EQUIVALENTS.get(eqn.primitive, eqn.primitive)
+            eqns.append(Eqn(prim, tuple(ins), outs, dict(eqn.params),
                             tuple(tuple(v.aval.shape) for v in eqn.outvars)))
         return [read(v) for v in jaxpr.outvars]
 

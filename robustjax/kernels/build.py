@@ -99,6 +99,11 @@ def _compile(out: pathlib.Path, inc: pathlib.Path, lib: pathlib.Path, cxx: str) 
 @functools.lru_cache(maxsize=None)
 def status() -> Status:
     """Load (compiling on first use) the kernels and register them with XLA, once a process."""
+    return load()
+
+
+def load() -> Status:
+    """What :func:`status` does, uncached: find oneDNN, compile if needed, load, register."""
     if os.environ.get(ENV_VAR, "1").strip().lower() in ("0", "false", "off", "no"):
         return Status(False, f"switched off by {ENV_VAR}")
     if not sys.platform.startswith("linux"):

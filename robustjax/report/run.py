@@ -102,7 +102,7 @@ def run_report(out_dir="robustjax-report", *, model=None, dataset: str = "mnist5
                         quick=quick, progress=progress_bar, extras=extras)
     report = {"format": REPORT_FORMAT, "created": datetime.datetime.now().isoformat(
         timespec="seconds"), "dataset": dataset, "examples": int(n), "quick": quick,
-        "seed": seed, "sections": {}}
+        "seed": seed, "runtime": runtime_info(), "sections": {}}
     done: list[Section] = []
     for name in names:
         start = time.perf_counter()
@@ -119,6 +119,17 @@ def run_report(out_dir="robustjax-report", *, model=None, dataset: str = "mnist5
     return report
 
 
+def runtime_info() -> dict:
+    """What the numbers ran on: JAX, its backend and which convolution kernels."""
+    from robustjax import kernels
+
+    conv = kernels.status()
+    return {"jax": jax.__version__, "backend": jax.default_backend(),
+            "devices": len(jax.devices()),
+            "convolutions": "oneDNN" if conv.available else "XLA",
+            "convolutions_note": conv.reason.splitlines()[0] if conv.reason else ""}
+
+
 def _json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -133,6 +144,10 @@ def render_markdown(report: dict, sections: Sequence[Section]) -> str:
     lines = ["# robustjax robustness report", "",
              f"Created {report['created']} on `{report['dataset']}` ({report['examples']} test "
              f"examples{', quick mode' if report['quick'] else ''}, seed {report['seed']}).", ""]
+    rt = report.get("runtime")
+    if rt:
+        lines += [f"JAX {rt['jax']} on {rt['backend']} ({rt['devices']} device(s)); "
+                  f"convolutions on {rt['convolutions']} kernels.", ""]
     for sec in sections:
         lines += [f"## {sec.title}", "", sec.markdown.strip(), ""]
         for fig in sec.figures:
