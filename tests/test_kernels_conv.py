@@ -219,3 +219,26 @@ def test_conv_used_by_flax_layer_keeps_param_tree():
     chex.assert_trees_all_close(jax.jit(lambda p, x: layer.apply(p, x))(params, x), ref,
                                 atol=1e-6)
 
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", [
+    ((2, 32, 32, 3), (4, 4, 3, 16), (2, 2), ((1, 1), (1, 1))),  # the small CNN's first layer
+    ((2, 28, 28, 1), (4, 4, 1, 8), (2, 2), ((1, 1), (1, 1))),  # MNIST
+    ((1, 23, 21, 3), (7, 7, 3, 8), (2, 2), ((3, 3), (3, 3))),  # ImageNet stem, odd sizes
+    ((2, 9, 10, 2), (3, 2, 2, 5), (3, 2), ((0, 2), (1, 0))),  # uneven strides and pads
+    ((2, 8, 8, 4), (1, 1, 4, 6), (2, 2), ((0, 0), (0, 0))),  # kernel smaller than the stride
+    ((2, 8, 8, 3), (4, 4, 3, 5), (4, 4), ((0, 0), (0, 0))),  # patchify
+])
+def test_subpixel_input_gradient_equals_lax(x_shape, w_shape, strides, padding):
+    ours, ref = _pair(window_strides=strides, padding=padding)
+    x, w = _arrays(6, x_shape, w_shape)
+    dy = jnp.asarray(np.random.default_rng(7).standard_normal(ref(x, w).shape), jnp.float32)
+    input_grad = lambda conv: jax.jit(lambda x, w, dy: jax.vjp(conv, x, w)[1](dy))  # noqa: E731
+    hlo = input_grad(ours).lower(x, w, dy).as_text()
+    assert "robustjax_conv_forward" in hlo and "robustjax_conv_backward_data" not in hlo
+    chex.assert_trees_all_close(input_grad(ours)(x, w, dy), input_grad(ref)(x, w, dy),
+                                atol=2e-5, rtol=1e-5)
+    # and its own derivatives (it is built from the bilinear forward primitive)
+    f = lambda conv: lambda x, w: jnp.sum(jax.grad(lambda x: jnp.sum(conv(x, w) ** 2))(x) ** 2)
+    chex.assert_trees_all_close(jax.grad(f(ours), argnums=(0, 1))(x, w),
+                                jax.grad(f(ref), argnums=(0, 1))(x, w), atol=1e-3, rtol=1e-4)
