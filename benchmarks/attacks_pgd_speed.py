@@ -186,9 +186,10 @@ def bench_pgd(model_name, batch, reps, with_torch=True, skip=()):
         f = jax.jit(G.pgd, static_argnums=0)
         variants[f"robustjax loop={loop}"] = functools.partial(
             lambda f, cfg: f(model.apply_fn, model.params, x, y, key, cfg).x_adv, f, cfg)
-    eager_cfg = G.PGDConfig(eps=EPS, step_size=ALPHA, steps=STEPS, loop="python")
-    variants["robustjax eager loop=python"] = lambda: G.pgd(
-        model.apply_fn, model.params, x, y, key, eager_cfg).x_adv
+    for loop in ("auto", "python"):  # eager calls: what a notebook user gets
+        eager_cfg = G.PGDConfig(eps=EPS, step_size=ALPHA, steps=STEPS, loop=loop)
+        variants[f"robustjax eager loop={loop}"] = functools.partial(
+            lambda cfg: G.pgd(model.apply_fn, model.params, x, y, key, cfg).x_adv, eager_cfg)
     for name, f in hand_variants(model.apply_fn).items():
         variants[name] = functools.partial(lambda f: f(model.params, x, y, key), f)
     calls = {k: (lambda v=v: jax.block_until_ready(v())) for k, v in variants.items()
@@ -280,9 +281,12 @@ def main():
         from robustjax.runtime import reuse_large_buffers
 
         print(f"# reuse_large_buffers: {reuse_large_buffers()}")
+    from robustjax import kernels
+
     print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"jax {jax.__version__} ({jax.default_backend()}), "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, convolutions: "
+          f"{'oneDNN' if kernels.status().available else 'XLA'} (ROBUSTJAX_ONEDNN=0 for XLA's)")
     batches = [int(b) for b in args.batches.split(",")]
     skip = tuple(v for v in args.skip.split(",") if v)
     for model_name in ([] if args.no_pgd else args.models.split(",")):

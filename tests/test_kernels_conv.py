@@ -156,13 +156,11 @@ def test_random_geometries_equal_lax(n, h, w_, groups, cin_g, cout_g, k, stride,
                                atol=1e-5, rtol=1e-5)
 
 
-def test_models_and_certified_bounds_see_the_same_convolution():
+def test_models_and_certified_bounds_see_the_same_convolution(tiny_resnet):
     from robustjax.certify.interpreter import flatten
-    from robustjax.models import create
 
-    model = create("resnet18_cifar", input_shape=(16, 16, 3), widths=(4, 8, 8, 8),
-                   blocks=(1, 1, 1, 1))
-    x = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 3))
+    model = tiny_resnet
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4,) + tuple(model.spec.input_shape))
     fast = jax.jit(lambda p, x: model.apply_fn(p, x))
     with K.use_onednn(False):
         slow = jax.jit(lambda p, x: model.apply_fn(p, x))

@@ -223,14 +223,18 @@ def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False
     """Shared PGD/BIM/MI-FGSM loop: ``steps`` gradient steps through ``make_step(x, cfg)``.
 
     Loop structure (a backend choice, same result): under ``jit`` ``cfg.loop`` goes to
-    ``_core.loop_steps``; called eagerly with ``loop="python"`` (or ``"auto"`` on CPU) each step
-    is one compiled call from a Python loop, the fastest structure measured on XLA:CPU
+    ``_core.loop_steps``. Called eagerly with ``loop="python"`` (or ``"auto"`` where
+    ``_core.unroll_is_faster()``: XLA:CPU's own convolutions) each step is one compiled call
+    from a Python loop, the fastest structure measured there; otherwise an eager call runs the
+    whole loop as one compiled program, cached like the steps
     (benchmarks/results/attacks_speed.md).
     """
-    init = (x0, make_step(x, cfg).init(x0), jnp.zeros((x.shape[0],), bool))
     eager = not _is_traced(params, x, y, x0, cfg)
-    python = cfg.loop == "python" or (cfg.loop == "auto" and jax.default_backend() == "cpu")
-    if eager and python:
+    python = cfg.loop == "python" or (cfg.loop == "auto" and _core.unroll_is_faster())
+    if eager and not python:
+        return _iterate_jit(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop)
+    init = (x0, make_step(x, cfg).init(x0), jnp.zeros((x.shape[0],), bool))
+    if eager:
         carry = init
         for _ in range(steps):
             carry = _one_step_jit(apply_fn, make_step, params, x, y, carry, cfg, early_stop)
@@ -241,6 +245,9 @@ def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False
 
     x_adv, _, _ = _core.loop_steps(body, init, steps, cfg.loop)
     return _final(apply_fn, params, x, x_adv, y, cfg, steps)
+
+
+_iterate_jit = jax.jit(_iterate, static_argnums=(0, 5, 6, 8))
 
 
 def _pgd_step(x, c):
