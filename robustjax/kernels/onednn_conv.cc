@@ -71,16 +71,24 @@ memory::desc Any(const memory::desc& m) {
   return memory::desc(m.get_dims(), memory::data_type::f32, memory::format_tag::any);
 }
 
+// A user-managed scratchpad (allocated per call) keeps one primitive safe to run from several
+// threads at once: XLA runs the partitions of a sharded CPU program concurrently.
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardPd(const Descs& d, dnnl::prop_kind kind) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), kind, dnnl::algorithm::convolution_direct, d.src, Any(d.wei), d.dst, d.strides,
-      d.dilation, d.pad_l, d.pad_r);
+      d.dilation, d.pad_l, d.pad_r, UserScratchpad());
 }
 
 // One compiled primitive and the reorder of the user's HWIO kernel into the layout it wants.
 struct Plan {
   dnnl::primitive prim;
-  memory::desc src, wei, dst, user_wei;
+  memory::desc src, wei, dst, user_wei, scratchpad;
   bool reorder_weights = false;
   dnnl::reorder weight_reorder;
 };
@@ -100,22 +108,24 @@ std::shared_ptr<Plan> GetPlan(const Geo& g, bool backward_data) {
     auto hint = ForwardPd(d, dnnl::prop_kind::forward_training);
     dnnl::convolution_backward_data::primitive_desc pd(
         Engine(), dnnl::algorithm::convolution_direct, d.src, Any(d.wei), d.dst, d.strides,
-        d.dilation, d.pad_l, d.pad_r, hint);
+        d.dilation, d.pad_l, d.pad_r, hint, UserScratchpad());
     plan->prim = dnnl::convolution_backward_data(pd);
     plan->src = pd.diff_src_desc();
     plan->wei = pd.weights_desc();
     plan->dst = pd.diff_dst_desc();
+    plan->scratchpad = pd.scratchpad_desc();
   } else {
     auto pd = ForwardPd(d, dnnl::prop_kind::forward_inference);
     plan->prim = dnnl::convolution_forward(pd);
     plan->src = pd.src_desc();
     plan->wei = pd.weights_desc();
     plan->dst = pd.dst_desc();
+    plan->scratchpad = pd.scratchpad_desc();
   }
   plan->reorder_weights = plan->wei != d.wei;
   if (plan->reorder_weights) {
-    plan->weight_reorder =
-        dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), d.wei, Engine(), plan->wei));
+    plan->weight_reorder = dnnl::reorder(
+        dnnl::reorder::primitive_desc(Engine(), d.wei, Engine(), plan->wei));
   }
   cache.emplace(g, plan);
   return plan;
@@ -149,13 +159,15 @@ ffi::Error Run(const Plan& plan, void* src, void* wei, void* dst, bool backward_
     w_m = memory(plan.wei, eng);
     plan.weight_reorder.execute(stream, user_w, w_m);
   }
+  memory scratch(plan.scratchpad, eng);
   if (backward_data) {
     plan.prim.execute(stream, {{DNNL_ARG_DIFF_DST, dst_m},
                                {DNNL_ARG_WEIGHTS, w_m},
-                               {DNNL_ARG_DIFF_SRC, src_m}});
+                               {DNNL_ARG_DIFF_SRC, src_m},
+                               {DNNL_ARG_SCRATCHPAD, scratch}});
   } else {
     plan.prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w_m},
-                               {DNNL_ARG_DST, dst_m}});
+                               {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
   }
   stream.wait();
   return ffi::Error::Success();
