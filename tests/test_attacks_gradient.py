@@ -181,3 +181,26 @@ def test_config_errors_list_valid_names():
         G.FGSMConfig(loss="hinge")
     with pytest.raises(ValueError, match="eps must be >= 0"):
         G.PGDConfig(eps=-0.1)
+
+
+def test_eager_pgd_compiles_once_and_every_loop_structure_agrees(tiny_resnet):
+    model = tiny_resnet
+    x = jax.random.uniform(jax.random.PRNGKey(0), (4,) + tuple(model.spec.input_shape))
+    y = jnp.argmax(model(x), -1).astype(jnp.int32)
+    traces = []
+
+    def apply_fn(params, z):
+        traces.append(z.shape)
+        return model.apply_fn(params, z)
+
+    cfg = G.PGDConfig(eps=8 / 255, step_size=2 / 255, steps=3)
+    key = jax.random.PRNGKey(1)
+    auto = G.pgd(apply_fn, model.params, x, y, key, cfg)  # eager: compiled as one program
+    n = len(traces)
+    G.pgd(apply_fn, model.params, x[::-1], y[::-1], jax.random.PRNGKey(2),
+          dataclasses.replace(cfg, eps=4 / 255, step_size=1 / 255))
+    assert len(traces) == n  # new data, key and eps: no new trace
+    for loop in ("python", "unroll", "fori"):
+        r = G.pgd(apply_fn, model.params, x, y, key, dataclasses.replace(cfg, loop=loop))
+        np.testing.assert_allclose(r.x_adv, auto.x_adv, atol=1e-6, err_msg=loop)
+        np.testing.assert_array_equal(r.success, auto.success)

@@ -15,6 +15,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -219,22 +221,36 @@ def _is_traced(*trees) -> bool:
     return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
 
 
+def _python_loop(cfg) -> bool:
+    return cfg.loop == "python" or (cfg.loop == "auto" and _core.unroll_is_faster())
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(attack):
+    return jax.jit(attack, static_argnums=0)
+
+
+def _compiled_if_eager(attack, apply_fn, params, x, y, key, cfg) -> Optional[AttackResult]:
+    """An eager call (values already checked) runs ``attack`` as one cached compiled program,
+    unless the loop is a Python loop of compiled steps; None when traced or looping in Python.
+    """
+    if _python_loop(cfg) or _is_traced(params, x, y, key, cfg):
+        return None
+    return _jitted(attack)(apply_fn, params, x, y, key, cfg)
+
+
 def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False):
     """Shared PGD/BIM/MI-FGSM loop: ``steps`` gradient steps through ``make_step(x, cfg)``.
 
     Loop structure (a backend choice, same result): under ``jit`` ``cfg.loop`` goes to
     ``_core.loop_steps``. Called eagerly with ``loop="python"`` (or ``"auto"`` where
     ``_core.unroll_is_faster()``: XLA:CPU's own convolutions) each step is one compiled call
-    from a Python loop, the fastest structure measured there; otherwise an eager call runs the
-    whole loop as one compiled program, cached like the steps
-    (benchmarks/results/attacks_speed.md).
+    from a Python loop, the fastest structure measured there; otherwise the attacks compile
+    themselves whole when called eagerly (``_compiled_if_eager``,
+    benchmarks/results/attacks_speed.md).
     """
-    eager = not _is_traced(params, x, y, x0, cfg)
-    python = cfg.loop == "python" or (cfg.loop == "auto" and _core.unroll_is_faster())
-    if eager and not python:
-        return _iterate_jit(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop)
     init = (x0, make_step(x, cfg).init(x0), jnp.zeros((x.shape[0],), bool))
-    if eager:
+    if _python_loop(cfg) and not _is_traced(params, x, y, x0, cfg):
         carry = init
         for _ in range(steps):
             carry = _one_step_jit(apply_fn, make_step, params, x, y, carry, cfg, early_stop)
@@ -245,9 +261,6 @@ def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False
 
     x_adv, _, _ = _core.loop_steps(body, init, steps, cfg.loop)
     return _final(apply_fn, params, x, x_adv, y, cfg, steps)
-
-
-_iterate_jit = jax.jit(_iterate, static_argnums=(0, 5, 6, 8))
 
 
 def _pgd_step(x, c):
@@ -272,6 +285,9 @@ def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackR
     ``x`` float32 [b, H, W, C] in [0, 1]; ``y`` int32 [b] (targets if ``config.targeted``).
     """
     _core.check_attack_inputs(x, y, config.eps)
+    compiled = _compiled_if_eager(pgd, apply_fn, params, x, y, key, config)
+    if compiled is not None:
+        return compiled
     c = config
     if not c.random_start:
         x0 = x
@@ -284,13 +300,19 @@ def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackR
 
 def bim(apply_fn, params, x, y, key, config: BIMConfig = BIMConfig()) -> AttackResult:
     """BIM / I-FGSM (Kurakin et al. 2017): PGD without random start."""
-    del key
     _core.check_attack_inputs(x, y, config.eps)
+    compiled = _compiled_if_eager(bim, apply_fn, params, x, y, key, config)
+    if compiled is not None:
+        return compiled
+    del key
     return _iterate(apply_fn, params, x, y, x, _bim_step, config.steps, config)
 
 
 def mifgsm(apply_fn, params, x, y, key, config: MIFGSMConfig = MIFGSMConfig()) -> AttackResult:
     """MI-FGSM (Dong et al. 2018): momentum on L1-normalised gradients, step eps / steps."""
-    del key
     _core.check_attack_inputs(x, y, config.eps)
+    compiled = _compiled_if_eager(mifgsm, apply_fn, params, x, y, key, config)
+    if compiled is not None:
+        return compiled
+    del key
     return _iterate(apply_fn, params, x, y, x, _mi_step, config.steps, config)
