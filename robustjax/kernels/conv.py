@@ -24,8 +24,6 @@ bounds).
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 
 import jax
@@ -43,22 +41,23 @@ LAX_EQUIVALENTS = {conv_p: lax.conv_general_dilated_p}
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
                                  out_spec=(0, 3, 1, 2))
-_enabled = contextvars.ContextVar("robustjax_onednn", default=True)
+# Part of jit's cache key, so a function called inside and outside the block is traced (and
+# compiled) once for each choice.
+_enabled = jax.make_user_context(default_value=True)
 
 
-@contextlib.contextmanager
 def use_onednn(enabled: bool):
-    """Within the block, trace convolutions onto oneDNN (True) or XLA's kernels (False)."""
-    token = _enabled.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _enabled.reset(token)
+    """Context manager: within the block convolutions run on oneDNN (True) or XLA (False).
+
+    ``with use_onednn(False): y = jax.jit(f)(x)`` runs ``f`` on XLA's kernels; jit caches the
+    two choices separately.
+    """
+    return _enabled(bool(enabled))
 
 
 def onednn_active() -> bool:
     """True when a convolution traced now would run on oneDNN (on a CPU)."""
-    return _enabled.get() and build.status().available
+    return bool(_enabled.value) and build.status().available
 
 
 # ------------------------------------------------------------------------- geometry

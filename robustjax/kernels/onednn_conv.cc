@@ -173,32 +173,32 @@ ffi::Error Run(const Plan& plan, void* src, void* wei, void* dst, bool backward_
   return ffi::Error::Success();
 }
 
-ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> geo) {
+// Forward: a = x [N,H,W,C], out = y [N,OH,OW,O]. Backward data: a = dy, out = dx.
+ffi::Error Handle(bool backward_data, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> w,
+                  ffi::Result<ffi::Buffer<ffi::F32>> out, ffi::Span<const int64_t> geo) {
   Geo g;
-  if (auto err = CheckGeometry(geo, x.dimensions(), w.dimensions(), y->dimensions(), false, &g);
+  if (auto err = CheckGeometry(geo, a.dimensions(), w.dimensions(), out->dimensions(),
+                               backward_data, &g);
       err.failure()) {
     return err;
   }
   try {
-    return Run(*GetPlan(g, false), x.typed_data(), w.typed_data(), y->typed_data(), false);
+    void* src = backward_data ? out->typed_data() : a.typed_data();
+    void* dst = backward_data ? a.typed_data() : out->typed_data();
+    return Run(*GetPlan(g, backward_data), src, w.typed_data(), dst, backward_data);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
   }
 }
 
+ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> geo) {
+  return Handle(false, x, w, y, geo);
+}
+
 ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
                             ffi::ResultBuffer<ffi::F32> dx, ffi::Span<const int64_t> geo) {
-  Geo g;
-  if (auto err = CheckGeometry(geo, dy.dimensions(), w.dimensions(), dx->dimensions(), true, &g);
-      err.failure()) {
-    return err;
-  }
-  try {
-    return Run(*GetPlan(g, true), dx->typed_data(), w.typed_data(), dy.typed_data(), true);
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("oneDNN convolution backward: ") + e.what());
-  }
+  return Handle(true, dy, w, dx, geo);
 }
 
 }  // namespace
