@@ -3,8 +3,9 @@
 Part 1: single convolutions at the ResNet-18 (CIFAR, batch 128) layer shapes, the small CNN's
 strided layers and a ConvNeXt depthwise 7x7: forward and the input gradient (what attacks
 need), GFLOP/s, and the max difference to XLA's result. Part 2: zoo models' forward pass and
-input gradient at batch 8 (224x224), images/s. Both paths are traced from fresh functions
-(``kernels.use_onednn(False)`` for XLA's), params and inputs passed as arguments.
+input gradient at batch 8 (224x224), images/s. Both paths are jitted
+(called inside ``kernels.use_onednn(False)`` for XLA's), params and inputs passed as
+arguments.
 
     PYTHONPATH=. python benchmarks/conv_kernels_speed.py [--reps 5] [--models a,b] [--no-layers]
 
@@ -53,10 +54,13 @@ def _time(fn, args, reps):
 
 
 def _both(make):
-    """(oneDNN, XLA) jitted versions of ``make()``, each traced from a fresh function."""
-    fast = jax.jit(make())
-    with kernels.use_onednn(False):
-        slow = jax.jit(make())
+    """(oneDNN, XLA) jitted versions of ``make()`` (the switch is part of jit's cache key)."""
+    fast, slow_jit = jax.jit(make()), jax.jit(make())
+
+    def slow(*args):
+        with kernels.use_onednn(False):
+            return slow_jit(*args)
+
     return fast, slow
 
 

@@ -279,3 +279,16 @@ def test_sharded_attack_equals_the_whole_batch(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     diffs = [float(v) for v in out.stdout.split()]
     assert len(diffs) == 3 and max(diffs) <= 1e-6, diffs
+
+
+def test_switch_is_part_of_the_jit_cache_key():
+    ours, ref = _pair(window_strides=(1, 1), padding=((1, 1), (1, 1)))
+    x, w = _arrays(8, (2, 6, 6, 3), (3, 3, 3, 4))
+    f = jax.jit(ours)
+    on = f(x, w)
+    with K.use_onednn(False):
+        assert not K.onednn_active()
+        assert "robustjax_conv" not in f.lower(x, w).as_text()
+        off = f(x, w)
+    assert K.onednn_active() and "robustjax_conv" in f.lower(x, w).as_text()
+    chex.assert_trees_all_close(on, off, ref(x, w), atol=1e-5, rtol=1e-5)

@@ -58,7 +58,7 @@ class ConvNeXtBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = Conv(self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim,
-                    name="conv_dw")(x)
+                 name="conv_dw")(x)
         h = _layer_norm("norm")(h)
         h = nn.Dense(self.mlp_ratio * self.dim, name="fc1")(h)
         h = nn.gelu(h, approximate=False)  # PyTorch nn.GELU() is the exact erf form
@@ -81,13 +81,13 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must have "
                              f"the same length")
         h = Conv(self.dims[0], (4, 4), strides=4, padding=((0, 0), (0, 0)),
-                    name="stem_conv")(x)
+                 name="stem_conv")(x)
         h = _layer_norm("stem_norm")(h)
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if i > 0:
                 h = _layer_norm(f"stage{i}_down_norm")(h)
                 h = Conv(dim, (2, 2), strides=2, padding=((0, 0), (0, 0)),
-                            name=f"stage{i}_down_conv")(h)
+                         name=f"stage{i}_down_conv")(h)
             for j in range(depth):
                 h = ConvNeXtBlock(dim, ls_init_value=self.ls_init_value,
                                   name=f"stage{i}_block{j}")(h)

@@ -59,8 +59,8 @@ class SameConv(nn.Module):
     def __call__(self, x):
         pads = tuple(_same_pad(x.shape[d], self.kernel, self.stride) for d in (1, 2))
         return Conv(self.features, (self.kernel, self.kernel), strides=self.stride,
-                       padding=pads, feature_group_count=self.groups, use_bias=False,
-                       name="conv")(x)
+                    padding=pads, feature_group_count=self.groups, use_bias=False,
+                    name="conv")(x)
 
 
 def _bn(name):

@@ -60,7 +60,7 @@ class BasicConv2d(nn.Module):
     def __call__(self, x):
         ph, pw = self.padding
         x = Conv(self.features, tuple(self.kernel), strides=self.stride,
-                    padding=((ph, ph), (pw, pw)), use_bias=False, name="conv")(x)
+                 padding=((ph, ph), (pw, pw)), use_bias=False, name="conv")(x)
         x = nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=BN_EPS, name="bn")(x)
         return nn.relu(x)
 

@@ -21,11 +21,7 @@ import numpy as np
 from robustjax.models.layers import Conv
 from robustjax.models.loading import batch_norm, conv, dense
 from robustjax.models.registry import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Entry,
-    imagenet_class_names,
-)
+    Entry, IMAGENET_MEAN, IMAGENET_STD, imagenet_class_names)
 from robustjax.types import ModelSpec
 
 
@@ -36,7 +32,7 @@ def _bn(name):
 def _conv(features, k, stride=1, name=None):
     p = k // 2  # explicit symmetric padding, as PyTorch (flax 'SAME' is asymmetric at stride 2)
     return Conv(features, (k, k), strides=stride, padding=((p, p), (p, p)), use_bias=False,
-                   name=name)
+                name=name)
 
 
 class Block(nn.Module):

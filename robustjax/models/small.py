@@ -50,7 +50,7 @@ class CNN(nn.Module):
         h = x
         for i, c in enumerate(self.channels):
             h = Conv(c, (self.kernel, self.kernel), strides=self.stride,
-                        padding=((pad, pad), (pad, pad)), name=f"conv{i}")(h)
+                     padding=((pad, pad), (pad, pad)), name=f"conv{i}")(h)
             h = nn.relu(h)
         h = h.reshape((h.shape[0], -1))
         h = nn.relu(nn.Dense(self.hidden, name="dense0")(h))
@@ -68,14 +68,14 @@ class BasicBlock(nn.Module):
         norm = lambda name: nn.BatchNorm(use_running_average=True, momentum=0.9,
                                          epsilon=1e-5, name=name)
         h = Conv(self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)),
-                    use_bias=False, name="conv1")(x)
+                 use_bias=False, name="conv1")(x)
         h = nn.relu(norm("bn1")(h))
         h = Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                    name="conv2")(h)
+                 name="conv2")(h)
         h = norm("bn2")(h)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = Conv(self.features, (1, 1), strides=self.stride, use_bias=False,
-                        name="shortcut_conv")(x)
+                     name="shortcut_conv")(x)
             x = norm("shortcut_bn")(x)
         return nn.relu(h + x)
 
@@ -88,7 +88,7 @@ class ResNet18CIFAR(nn.Module):
     @nn.compact
     def __call__(self, x, features: bool = False):
         h = Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                    name="stem_conv")(x)
+                 name="stem_conv")(x)
         h = nn.relu(nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5,
                                  name="stem_bn")(h))
         for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):

@@ -98,7 +98,7 @@ class ViT(nn.Module):
                              f"{self.patch_size}")
         p = self.patch_size
         h = Conv(self.embed_dim, (p, p), strides=p, padding=((0, 0), (0, 0)),
-                    name="patch_embed")(x)
+                 name="patch_embed")(x)
         b, gh, gw, d = h.shape
         h = h.reshape(b, gh * gw, d)  # row-major over (h, w), as PyTorch's flatten(2)
         cls = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, d))
