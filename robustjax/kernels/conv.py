@@ -185,8 +185,8 @@ def _subpixel_input_gradient(dy, w, lhs_shape, window_strides, padding, **params
 def _stride1_params(lhs_shape, rhs_shape):
     params = _onednn_params(jax.ShapeDtypeStruct(lhs_shape, jnp.float32),
                             jax.ShapeDtypeStruct(rhs_shape, jnp.float32),
-                            **_conv_kwargs((1, 1), ((0, 0), (0, 0)), None, None, _NHWC_NAMES,
-                                           1, 1, None, None))
+                            window_strides=(1, 1), padding=((0, 0), (0, 0)),
+                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert params is not None
     return params
 
@@ -237,9 +237,9 @@ def _per_model(prim, lax_fn, a, w, ba, bw, **params):
     in_axes = (None if ba is None else 0, 0)
 
     def cpu(a, w):
-        return lax.map(lambda aw: prim.bind(aw[0], aw[1], **params),
-                       (jnp.broadcast_to(a, w.shape[:1] + a.shape) if in_axes[0] is None else a,
-                        w))
+        if in_axes[0] is None:  # one image batch, several models
+            return lax.map(lambda wi: prim.bind(a, wi, **params), w)
+        return lax.map(lambda aw: prim.bind(aw[0], aw[1], **params), (a, w))
 
     def other(a, w):
         return jax.vmap(functools.partial(lax_fn, **params), in_axes=in_axes)(a, w)
@@ -263,16 +263,10 @@ batching.primitive_batchers[conv_backward_data_p] = functools.partial(
 
 
 @functools.lru_cache(maxsize=1024)
-def _lax_params(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                dimension_numbers, feature_group_count, batch_group_count, precision,
-                preferred_element_type):
+def _lax_params(lhs, rhs, kw_items):
     """lax's canonical parameters (padding strings resolved, dimension numbers parsed)."""
-    jaxpr = jax.make_jaxpr(functools.partial(
-        lax.conv_general_dilated, window_strides=window_strides, padding=padding,
-        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type))(lhs, rhs).jaxpr
+    jaxpr = jax.make_jaxpr(functools.partial(lax.conv_general_dilated, **dict(kw_items)))(
+        lhs, rhs).jaxpr
     if len(jaxpr.eqns) != 1 or jaxpr.eqns[0].primitive is not lax.conv_general_dilated_p:
         return None
     return tuple(jaxpr.eqns[0].params.items())
@@ -287,7 +281,8 @@ def _onednn_params(lhs, rhs, **kw):
         hashable["padding"] = tuple(tuple(p) for p in hashable["padding"])
     try:
         items = _lax_params(jax.ShapeDtypeStruct(lhs.shape, lhs.dtype),
-                            jax.ShapeDtypeStruct(rhs.shape, rhs.dtype), **hashable)
+                            jax.ShapeDtypeStruct(rhs.shape, rhs.dtype),
+                            tuple(sorted(hashable.items())))
     except TypeError:  # unhashable or unusual arguments: leave it to lax
         return None
     if items is None:
@@ -300,17 +295,6 @@ def _onednn_params(lhs, rhs, **kw):
     return params if ok else None
 
 
-_NHWC_NAMES = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv_kwargs(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                 feature_group_count, batch_group_count, precision, preferred_element_type):
-    return dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
-                rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-                feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-                precision=precision, preferred_element_type=preferred_element_type)
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
                          batch_group_count=1, precision=None, preferred_element_type=None):
@@ -318,8 +302,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
 
     Pass it to flax: ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``.
     """
-    kw = _conv_kwargs(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-                      feature_group_count, batch_group_count, precision, preferred_element_type)
+    kw = dict(window_strides=window_strides, padding=padding, lhs_dilation=lhs_dilation,
+              rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+              feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+              precision=precision, preferred_element_type=preferred_element_type)
     if onednn_active():
         params = _onednn_params(lhs, rhs, **kw)
         if params is not None:
