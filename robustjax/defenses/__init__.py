@@ -12,3 +12,4 @@ Three rooms:
 ``robustjax.defenses.evaluation`` attacks a defended model naively and adaptively and flags
 gradient masking.
 """
+from robustjax.defenses import detectors  # noqa: E402,F401

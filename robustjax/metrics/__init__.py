@@ -29,6 +29,12 @@ from robustjax.metrics.boundary import (  # noqa: F401
 )
 from robustjax.metrics.consistency import eni, eni_stats, eni_values  # noqa: F401
 from robustjax.metrics.defense import DefenseStats, defense_metrics, js_divergence  # noqa: F401
+from robustjax.metrics.detection import (  # noqa: F401
+    DetectionStats,
+    auroc,
+    threshold_at_fpr,
+    tpr_at_fpr,
+)
 from robustjax.metrics.equations import (  # noqa: F401
     RobustnessCurve,
     corruption_error,
