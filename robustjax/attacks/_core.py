@@ -19,6 +19,7 @@ threat model's norm and ``project_onto_threat`` maps the update back into the ep
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple, Optional
 
 import jax
@@ -178,12 +179,33 @@ def check_norm(norm: str, allowed=NORMS) -> None:
         raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(allowed)}")
 
 
-def check_attack_inputs(x, y, eps=None) -> None:
+class GradientMaskingWarning(UserWarning):
+    """A gradient-based attack was run on a model whose gradients are not meaningful."""
+
+
+def warn_if_not_differentiable(apply_fn) -> None:
+    """Warn when ``apply_fn`` says its gradients are meaningless (``differentiable = False``,
+    as a non-differentiable defense from ``robustjax.defenses.transforms`` does): a gradient
+    attack on it is not an adaptive evaluation (Athalye et al. 2018)."""
+    if getattr(apply_fn, "differentiable", True) is False:
+        warnings.warn(
+            f"the model {apply_fn!r} is not differentiable (its gradient is zero or undefined), "
+            "so this gradient-based attack is not an adaptive evaluation and its robust "
+            "accuracy is an overestimate. Attack robustjax.defenses.transforms.bpda(defended) "
+            "(and eot(defended) for a randomized defense) instead.",
+            GradientMaskingWarning, stacklevel=3)
+
+
+def check_attack_inputs(x, y, eps=None, apply_fn=None) -> None:
     """Validate ``x`` (NHWC in [0, 1]) and ``y`` (int [b]); value checks only when concrete.
 
     Concrete inputs go through ``robustjax.types.check_batch``; under ``jit`` only shapes and
-    dtypes can be checked (``check_batch`` converts to numpy, which tracers refuse).
+    dtypes can be checked (``check_batch`` converts to numpy, which tracers refuse). Gradient-
+    based attacks pass their ``apply_fn``: a non-differentiable one warns
+    (``warn_if_not_differentiable``).
     """
+    if apply_fn is not None:
+        warn_if_not_differentiable(apply_fn)
     try:
         check_batch(x, y)
         return_shapes_only = False

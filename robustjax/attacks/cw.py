@@ -152,7 +152,7 @@ def cw_l2(apply_fn, params, x: Array, y: Array, key: Array,
             model.params, x, y, jax.random.key(0))
     """
     del key  # deterministic: the modifier starts at 0 in every round
-    check_attack_inputs(x, y)
+    check_attack_inputs(x, y, apply_fn=apply_fn)
     cfg = config
     b = x.shape[0]
     kappa = cfg.confidence
@@ -234,7 +234,7 @@ def cw_linf(apply_fn, params, x: Array, y: Array, key: Array,
     ``x_adv`` (the last iterate) lies within eps (Linf) of ``x`` and in [0, 1]; ``loss`` is the
     capped margin at ``x_adv`` (positive = adversarial).
     """
-    check_attack_inputs(x, y, config.eps)
+    check_attack_inputs(x, y, config.eps, apply_fn)
     cfg = config
 
     def obj(xa):

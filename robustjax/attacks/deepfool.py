@@ -65,7 +65,7 @@ def deepfool(apply_fn, params, x: Array, y: Array, key: Array,
         res = deepfool(model.apply_fn, model.params, x, y, key, DeepFoolConfig(norm="linf"))
     """
     del key
-    check_attack_inputs(x, y)
+    check_attack_inputs(x, y, apply_fn=apply_fn)
     cfg = config
     b = x.shape[0]
     logits0 = apply_fn(params, x)

@@ -75,7 +75,7 @@ def ead(apply_fn, params, x: Array, y: Array, key: Array,
     gradient evaluations per example.
     """
     del key
-    check_attack_inputs(x, y)
+    check_attack_inputs(x, y, apply_fn=apply_fn)
     cfg = config
     b = x.shape[0]
     bshape = (b,) + (1,) * (x.ndim - 1)

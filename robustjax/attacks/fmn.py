@@ -102,7 +102,7 @@ def fmn(apply_fn, params, x: Array, y: Array, key: Array,
     adversarial points instead (the reference's ``starting_points``).
     """
     del key
-    check_attack_inputs(x, y)
+    check_attack_inputs(x, y, apply_fn=apply_fn)
     eps0 = 1.0 if config.norm == "l0" else jnp.inf
     return _fmn_run(apply_fn, params, x, y, jnp.zeros_like(x), eps0, config)
 
@@ -118,7 +118,7 @@ def fmn_from(apply_fn, params, x: Array, y: Array, x_start: Array, key: Array,
     every norm.
     """
     del key
-    check_attack_inputs(x, y)
+    check_attack_inputs(x, y, apply_fn=apply_fn)
     cfg = config
     b = x.shape[0]
     bshape = (b,) + (1,) * (x.ndim - 1)

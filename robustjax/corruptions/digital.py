@@ -90,14 +90,16 @@ def _jpeg_one(im: np.ndarray, quality: int) -> np.ndarray:
     from PIL import Image  # Pillow comes with matplotlib
 
     buf = io.BytesIO()
-    Image.fromarray(im).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf))
+    grey = im.shape[-1] == 1  # Pillow's "L" mode takes [H, W]
+    Image.fromarray(im[..., 0] if grey else im).save(buf, "JPEG", quality=quality)
+    out = np.asarray(Image.open(buf))
+    return out[..., None] if grey else out
 
 
 def _jpeg_host(u8: np.ndarray, quality: int) -> np.ndarray:
-    """Pillow JPEG round trip of every ``[H, W, 3]`` uint8 image of ``u8``. One slice of the
-    batch per core goes to a thread pool: Pillow's codec releases the GIL, so the host's cores
-    work in parallel (one task per image spends its gain on scheduling: 0.45 vs 0.33 ms/image
+    """Pillow JPEG round trip of every ``[H, W, C]`` uint8 image (C = 1 or 3) of ``u8``. One
+    slice of the batch per core goes to a thread pool: Pillow's codec releases the GIL, so the
+    host's cores work in parallel (one task per image spends its gain on scheduling: 0.45 vs 0.33 ms/image
     on 2 cores)."""
     u8 = np.asarray(u8)
     flat = u8.reshape((-1,) + u8.shape[-3:])
@@ -111,10 +113,12 @@ def _jpeg_host(u8: np.ndarray, quality: int) -> np.ndarray:
     return out.reshape(u8.shape)
 
 
-def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
-    """Pillow JPEG encode/decode at quality ``c`` (host callback; inputs rounded to uint8)."""
-    del key, scale_pixels
-    quality = jnp.asarray(JPEG_QUALITY, jnp.int32)[jnp.asarray(severity) - 1]
+def pillow_jpeg(x, quality):
+    """Pillow JPEG encode/decode of ``x`` [..., H, W, C] in [0, 1] (C = 1 grey or 3 RGB) at
+    ``quality`` (1..100, an int or a traced int scalar); inputs rounded to uint8 first, output
+    float32 multiples of 1/255. A host callback: runs under ``jit``/``vmap``, not differentiable.
+    Shared with ``robustjax.defenses.transforms`` (the exact JPEG defense)."""
+    quality = jnp.asarray(quality, jnp.int32)
     u8 = jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0).astype(jnp.uint8)
     shape = jax.ShapeDtypeStruct(u8.shape, jnp.uint8)
     out = jax.pure_callback(
@@ -122,6 +126,12 @@ def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
         vmap_method="broadcast_all",
     )
     return out.astype(jnp.float32) * np.float32(1 / 255.0)
+
+
+def jpeg_compression(x, severity, key=None, *, scale_pixels=False):
+    """Pillow JPEG encode/decode at quality ``c`` (host callback; inputs rounded to uint8)."""
+    del key, scale_pixels
+    return pillow_jpeg(x, jnp.asarray(JPEG_QUALITY, jnp.int32)[jnp.asarray(severity) - 1])
 
 
 def _sample_bilinear_reflect(img, rows, cols):
