@@ -87,12 +87,16 @@ class Model:
 
     ``apply_fn(params, x) -> logits`` with ``x`` float32 NHWC in [0, 1].
     ``embed_fn(params, x) -> features`` gives the penultimate features (may be ``None``).
+    ``train_apply_fn(params, x) -> (logits, mutated)`` runs the model in train mode (BatchNorm
+    on the batch's statistics) and returns the updated collections (``{"batch_stats": ...}``);
+    ``None`` for a model without batch statistics (see ``robustjax.train.modes``).
     """
 
     apply_fn: ApplyFn
     params: Params
     spec: ModelSpec
     embed_fn: Optional[ApplyFn] = None
+    train_apply_fn: Optional[Callable] = None
 
     def __call__(self, x: Array) -> Array:
         return self.apply_fn(self.params, x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -85,8 +86,12 @@ def wrap(module: nn.Module, variables: Any, spec: ModelSpec) -> Model:
     """Make a ``Model`` whose ``apply_fn`` takes [0, 1] pixels and normalises inside.
 
     ``module.__call__(x, features=False)`` must accept normalised NHWC input; with
-    ``features=True`` it returns the penultimate features.
+    ``features=True`` it returns the penultimate features. A module whose ``__call__`` takes
+    ``train`` and whose variables hold ``batch_stats`` also gets a ``train_apply_fn``
+    (BatchNorm on batch statistics, ``robustjax.train.modes``).
     """
+    from robustjax.train.modes import flax_train_apply, has_batch_stats
+
     mean, std = spec.mean, spec.std
 
     def apply_fn(params, x):
@@ -95,7 +100,10 @@ def wrap(module: nn.Module, variables: Any, spec: ModelSpec) -> Model:
     def embed_fn(params, x):
         return module.apply(params, normalize(x, mean, std), features=True)
 
-    return Model(apply_fn, variables, spec, embed_fn)
+    train_apply_fn = None
+    if has_batch_stats(variables) and "train" in inspect.signature(module.__call__).parameters:
+        train_apply_fn = flax_train_apply(module, mean, std)
+    return Model(apply_fn, variables, spec, embed_fn, train_apply_fn)
 
 
 def create(name: str, num_classes: Optional[int] = None, *, key: Optional[jax.Array] = None,

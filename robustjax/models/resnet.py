@@ -2,7 +2,7 @@
 
 The torchvision / timm architecture: 7x7/2 stem conv, BatchNorm, ReLU, 3x3/2 max-pool, four
 stages of BasicBlocks (ResNet-18/34) or Bottlenecks (50/101/152) with the stride on the 3x3
-conv, global average pool, linear head. BatchNorm runs in inference mode (eps 1e-5; PyTorch
+conv, global average pool, linear head. BatchNorm runs in inference mode unless ``train=True`` (eps 1e-5; PyTorch
 momentum 0.1 = flax momentum 0.9). Input: *normalised* NHWC float32; ``features=True`` returns
 the pooled penultimate features ``[b, widths[-1] * expansion]``.
 
@@ -12,6 +12,7 @@ torchvision and timm use the same state-dict names (``conv1``, ``bn1``, ``layer1
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping, Sequence
 
 import flax.linen as nn
@@ -25,8 +26,9 @@ from robustjax.models.registry import (
 from robustjax.types import ModelSpec
 
 
-def _bn(name):
-    return nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5, name=name)
+def _bn(name, train: bool = False):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
 
 
 def _conv(features, k, stride=1, name=None):
@@ -43,18 +45,19 @@ class Block(nn.Module):
     bottleneck: bool = False
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
+        bn = functools.partial(_bn, train=train)
         if self.bottleneck:
             out_features = self.width * 4
-            h = nn.relu(_bn("bn1")(_conv(self.width, 1, name="conv1")(x)))
-            h = nn.relu(_bn("bn2")(_conv(self.width, 3, self.stride, name="conv2")(h)))
-            h = _bn("bn3")(_conv(out_features, 1, name="conv3")(h))
+            h = nn.relu(bn("bn1")(_conv(self.width, 1, name="conv1")(x)))
+            h = nn.relu(bn("bn2")(_conv(self.width, 3, self.stride, name="conv2")(h)))
+            h = bn("bn3")(_conv(out_features, 1, name="conv3")(h))
         else:
             out_features = self.width
-            h = nn.relu(_bn("bn1")(_conv(self.width, 3, self.stride, name="conv1")(x)))
-            h = _bn("bn2")(_conv(self.width, 3, name="conv2")(h))
+            h = nn.relu(bn("bn1")(_conv(self.width, 3, self.stride, name="conv1")(x)))
+            h = bn("bn2")(_conv(self.width, 3, name="conv2")(h))
         if self.stride != 1 or x.shape[-1] != out_features:
-            x = _bn("downsample_bn")(_conv(out_features, 1, self.stride, name="downsample_conv")(x))
+            x = bn("downsample_bn")(_conv(out_features, 1, self.stride, name="downsample_conv")(x))
         return nn.relu(h + x)
 
 
@@ -66,13 +69,13 @@ class ResNet(nn.Module):
     bottleneck: bool = False
 
     @nn.compact
-    def __call__(self, x, features: bool = False):
-        h = nn.relu(_bn("bn1")(_conv(self.stem_width, 7, 2, name="conv1")(x)))
+    def __call__(self, x, features: bool = False, train: bool = False):
+        h = nn.relu(_bn("bn1", train)(_conv(self.stem_width, 7, 2, name="conv1")(x)))
         h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for s, (width, n) in enumerate(zip(self.widths, self.layers)):
             for b in range(n):
                 stride = 2 if (s > 0 and b == 0) else 1
-                h = Block(width, stride, self.bottleneck, name=f"layer{s + 1}_{b}")(h)
+                h = Block(width, stride, self.bottleneck, name=f"layer{s + 1}_{b}")(h, train)
         h = jnp.mean(h, axis=(1, 2))
         if features:
             return h

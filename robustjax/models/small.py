@@ -5,7 +5,8 @@
   is one that bound propagation handles exactly. The default sizes are the "small" CNN of
   Gowal et al. 2018 (IBP): conv 16 4x4/2, conv 32 4x4/2, dense 100.
 * ``ResNet18CIFAR``: the CIFAR-style ResNet-18 (3x3 stem, no max-pool; He et al. 2016),
-  BatchNorm in inference mode (running statistics in the ``batch_stats`` collection).
+  BatchNorm in inference mode by default (running statistics in the ``batch_stats``
+  collection); ``train=True`` normalises with batch statistics (``robustjax.train.modes``).
 
 All modules take *normalised* NHWC input; ``robustjax.models.wrap`` adds the [0, 1] ->
 normalised step so that a ``Model.apply_fn`` always sees pixels.
@@ -64,8 +65,8 @@ class BasicBlock(nn.Module):
     stride: int = 1
 
     @nn.compact
-    def __call__(self, x):
-        norm = lambda name: nn.BatchNorm(use_running_average=True, momentum=0.9,
+    def __call__(self, x, train: bool = False):
+        norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9,
                                          epsilon=1e-5, name=name)
         h = Conv(self.features, (3, 3), strides=self.stride, padding=((1, 1), (1, 1)),
                  use_bias=False, name="conv1")(x)
@@ -86,15 +87,15 @@ class ResNet18CIFAR(nn.Module):
     blocks: Sequence[int] = (2, 2, 2, 2)
 
     @nn.compact
-    def __call__(self, x, features: bool = False):
+    def __call__(self, x, features: bool = False, train: bool = False):
         h = Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                  name="stem_conv")(x)
-        h = nn.relu(nn.BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5,
+        h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                                  name="stem_bn")(h))
         for stage, (width, n) in enumerate(zip(self.widths, self.blocks)):
             for b in range(n):
                 stride = 2 if (stage > 0 and b == 0) else 1
-                h = BasicBlock(width, stride, name=f"layer{stage + 1}_{b}")(h)
+                h = BasicBlock(width, stride, name=f"layer{stage + 1}_{b}")(h, train)
         h = jnp.mean(h, axis=(1, 2))
         if features:
             return h

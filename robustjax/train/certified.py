@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from robustjax.certify import api
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +74,7 @@ def worst_case_logits(margin_lower: jax.Array) -> jax.Array:
 
 def certified_loss(config: CertifiedTrainingConfig):
     """A ``loss_fn(apply_fn, params, x, y, key, step)`` for ``robustjax.train.fit``."""
+    from robustjax.certify import api  # certify imports this module back (old name)
 
     def loss_fn(apply_fn, params, x, y, key, step):
         del key
@@ -113,7 +113,7 @@ def train_certified(x, y, key, *, method: str = "ibp", eps: float = 0.15, epochs
     Returns ``(Model, history)``.
     """
     from robustjax.models.registry import create
-    from robustjax.train import fit
+    from robustjax.train.loop import fit
 
     init_key, train_key = jax.random.split(key)
     model = create("cnn", num_classes=int(max(y)) + 1, key=init_key,

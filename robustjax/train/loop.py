@@ -1,17 +1,27 @@
-"""Training: a pure ``train_step`` and a small ``fit`` loop on any optax optimizer.
+"""Training: a pure ``train_step`` and a ``fit`` loop on any optax optimizer.
 
-Only the ``"params"`` collection of a flax variables dict is trained; other collections
-(``batch_stats`` of BatchNorm in inference mode) are carried along unchanged.
+Only the ``"params"`` collection of a flax variables dict is trained. Other collections
+(``batch_stats``) are updated in train mode when the model gives a ``train_apply_fn``
+(``robustjax.train.modes``) and carried unchanged otherwise.
 
 A loss is ``loss_fn(apply_fn, params, x, y, key, step) -> scalar``; ``cross_entropy_loss`` is
-the default. Robust losses (adversarial, IBP, CROWN-IBP) use the same signature, so the same
-loop trains them.
+the default. Robust losses (``robustjax.train.adversarial``, ``certified``, ``distillation``)
+use the same signature and keep their attack inside, so the same loop trains them. The
+optimizer is any ``optax.GradientTransformation``, passed unchanged: weight decay, clipping,
+schedules and parameter averaging (``robustjax.train.averaging``) are members of its chain::
+
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.add_decayed_weights(5e-4),
+                      optax.sgd(schedule, momentum=0.9), averaging.parameter_ema(0.999))
+    params, history = fit(model.apply_fn, model.params, opt, x, y, epochs=10, batch_size=128,
+                          key=key, loss_fn=pgd_at_loss(PGDATConfig()),
+                          train_apply_fn=model.train_apply_fn)
 """
 
 from __future__ import annotations
 
 import functools
 import time
+import warnings
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -20,7 +30,8 @@ import numpy as np
 import optax
 
 from robustjax.data import batches
-from robustjax.types import ApplyFn, check_batch
+from robustjax.train import averaging, modes
+from robustjax.types import ApplyFn, Model, check_batch
 
 LossFn = Callable[..., jax.Array]
 
@@ -56,20 +67,29 @@ def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
 
 def train_step(state: TrainState, x, y, key, *, apply_fn: ApplyFn,
                optimizer: optax.GradientTransformation,
-               loss_fn: LossFn = cross_entropy_loss) -> tuple[TrainState, jax.Array]:
+               loss_fn: LossFn = cross_entropy_loss,
+               train_apply_fn: Optional[Callable] = None) -> tuple[TrainState, jax.Array]:
     """One optimizer step; pure, jit it with ``apply_fn``/``optimizer``/``loss_fn`` static.
 
+    With ``train_apply_fn`` (``Model.train_apply_fn``) the loss sees the model in train mode
+    and the batch statistics in ``state.params`` are updated (``robustjax.train.modes``).
     Returns the new state and the loss *before* the update.
     """
     trainable, rest = _split(state.params)
+    use_train_mode = train_apply_fn is not None and rest
 
     def objective(tr):
-        return loss_fn(apply_fn, _join(tr, rest), x, y, key, state.step)
+        variables = _join(tr, rest)
+        if not use_train_mode:
+            return loss_fn(apply_fn, variables, x, y, key, state.step), rest
+        fn = modes.TrainModeApply(apply_fn, train_apply_fn)
+        loss = loss_fn(fn, variables, x, y, key, state.step)
+        return loss, fn.updated(rest)
 
-    loss, grads = jax.value_and_grad(objective)(trainable)
+    (loss, new_rest), grads = jax.value_and_grad(objective, has_aux=True)(trainable)
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
-    return TrainState(_join(trainable, rest), opt_state, state.step + 1), loss
+    return TrainState(_join(trainable, new_rest), opt_state, state.step + 1), loss
 
 
 def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = 500) -> float:
@@ -81,23 +101,56 @@ def accuracy(apply_fn: ApplyFn, params, x, y, batch_size: int = 500) -> float:
     return correct / max(len(x), 1)
 
 
+def evaluated_params(state: TrainState):
+    """The parameters to evaluate: the chain's running average if it has one, else the last."""
+    averaged = averaging.averaged_params(state.opt_state)
+    if averaged is None:
+        return state.params
+    _, rest = _split(state.params)
+    return _join(averaged, rest)
+
+
 def fit(apply_fn: ApplyFn, params, optimizer: optax.GradientTransformation, x, y, *,
         epochs: int, batch_size: int, key: jax.Array, loss_fn: LossFn = cross_entropy_loss,
-        shuffle_seed: int = 0, eval_data: Optional[tuple] = None,
-        progress: Optional[Callable] = None, log: Optional[Callable[[str], None]] = None):
+        train_apply_fn: Optional[Callable] = None, shuffle_seed: int = 0,
+        eval_data: Optional[tuple] = None,
+        eval_fn: Optional[Callable[[Any], float]] = None, keep_best: bool = False,
+        patience: Optional[int] = None, progress: Optional[Callable] = None,
+        log: Optional[Callable[[str], None]] = None):
     """Train ``params`` for ``epochs`` passes over ``(x, y)``.
 
     Batches are drawn in a deterministic shuffled order (``shuffle_seed + epoch``); incomplete
-    last batches are dropped so the step compiles once. Returns ``(params, history)`` where
-    history has per-epoch mean loss, eval accuracy (if ``eval_data``) and wall time.
+    last batches are dropped so the step compiles once. The step key is
+    ``fold_in(key, step)``.
+
+    Robust overfitting (Rice et al. 2020): ``eval_fn(params) -> float`` (higher is better,
+    e.g. ``early_stopping.robust_accuracy_fn`` on a held-out split) is evaluated after every
+    epoch; ``keep_best`` returns the parameters of the best epoch (early stopping by
+    checkpoint selection) and ``patience`` stops after that many epochs without improvement.
+    If the optimizer chain holds a parameter average (``averaging.parameter_ema`` / ``swa``),
+    evaluation and the returned parameters use the average.
+
+    Returns ``(params, history)``: history has per-epoch mean ``loss``, ``eval_accuracy`` (if
+    ``eval_data``), ``eval_metric`` (if ``eval_fn``), ``seconds``, and ``best_epoch``.
     """
     check_batch(x, y)
     if len(x) < batch_size:
         raise ValueError(f"batch_size {batch_size} is larger than the dataset ({len(x)})")
+    if (keep_best or patience is not None) and eval_fn is None:
+        raise ValueError("keep_best and patience need eval_fn (the held-out metric to select on)")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience must be >= 1 epochs, got {patience}")
+    if modes.has_batch_stats(params) and train_apply_fn is None:
+        warnings.warn("params hold batch statistics but no train_apply_fn was given: BatchNorm "
+                      "stays in inference mode and its statistics are not updated. Pass "
+                      "train_apply_fn=model.train_apply_fn (or use train.fit_model).",
+                      stacklevel=2)
     step_fn = jax.jit(functools.partial(train_step, apply_fn=apply_fn, optimizer=optimizer,
-                                        loss_fn=loss_fn))
+                                        loss_fn=loss_fn, train_apply_fn=train_apply_fn))
     state = init_state(params, optimizer)
-    history = {"loss": [], "eval_accuracy": [], "seconds": []}
+    history = {"loss": [], "eval_accuracy": [], "eval_metric": [], "seconds": [],
+               "best_epoch": None}
+    best, best_params, since_best = -np.inf, None, 0
     start = time.perf_counter()
     epoch_iter = range(epochs)
     if progress is not None:
@@ -110,12 +163,38 @@ def fit(apply_fn: ApplyFn, params, optimizer: optax.GradientTransformation, x, y
             state, loss = step_fn(state, xb, yb, step_key)
             losses.append(loss)
         history["loss"].append(float(np.mean(jax.device_get(losses))))
+        current = evaluated_params(state)
+        msg = f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}"
         if eval_data is not None:
-            history["eval_accuracy"].append(accuracy(apply_fn, state.params, *eval_data))
+            history["eval_accuracy"].append(accuracy(apply_fn, current, *eval_data))
+            msg += f", eval accuracy {history['eval_accuracy'][-1]:.4f}"
+        stop = False
+        if eval_fn is not None:
+            metric = float(eval_fn(current))
+            history["eval_metric"].append(metric)
+            msg += f", eval metric {metric:.4f}"
+            if metric > best:
+                best, since_best, history["best_epoch"] = metric, 0, epoch
+                if keep_best:
+                    best_params = jax.device_get(current)
+            else:
+                since_best += 1
+                stop = patience is not None and since_best >= patience
         history["seconds"].append(time.perf_counter() - start)
         if log is not None:
-            msg = f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}"
-            if eval_data is not None:
-                msg += f", eval accuracy {history['eval_accuracy'][-1]:.4f}"
             log(msg)
-    return state.params, history
+        if stop:
+            break
+    final = evaluated_params(state)
+    if keep_best and best_params is not None:
+        final = jax.tree_util.tree_map(jnp.asarray, best_params)
+    return final, history
+
+
+def fit_model(model: Model, optimizer: optax.GradientTransformation, x, y, **kwargs):
+    """``fit`` for a ``Model`` (its ``train_apply_fn`` included) -> ``(Model, history)``."""
+    import dataclasses
+
+    params, history = fit(model.apply_fn, model.params, optimizer, x, y,
+                          train_apply_fn=model.train_apply_fn, **kwargs)
+    return dataclasses.replace(model, params=params), history
