@@ -296,6 +296,22 @@ def test_end_to_end_pgd_detection_above_chance(tiny_mlp, mnist_train, mnist_test
         assert area > 0.7, (name, area)
 
 
+def test_scores_under_jit_equal_eager_calls():
+    r = np.random.default_rng(10)
+    x = r.uniform(size=(6, 8, 8, 1)).astype(np.float32)
+    fn, w = _linear_model(x.shape[1:], 3)
+    y = np.arange(6, dtype=np.int32) % 3
+    fs = D.fit_feature_squeezing(fn, w, x, D.FeatureSqueezingConfig(bit_depth=2, nlm=(3, 3, 30)))
+    sp = D.fit_spectral(x[:3], np.clip(x[3:] + 0.1, 0, 1), D.SpectralConfig(num_bins=2))
+    mh = D.fit_mahalanobis(fn, w, x, y, D.MahalanobisConfig(epsilon=0.01))
+    for score, state in ((D.score_feature_squeezing, fs), (D.score_mahalanobis, mh)):
+        eager = score(fn, w, x, state)
+        jitted = jax.jit(functools.partial(score, fn))(w, x, state)
+        np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.jit(D.score_spectral)(x, sp)),
+                               np.asarray(D.score_spectral(x, sp)), rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
