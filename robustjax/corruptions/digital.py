@@ -99,8 +99,8 @@ def _jpeg_one(im: np.ndarray, quality: int) -> np.ndarray:
 def _jpeg_host(u8: np.ndarray, quality: int) -> np.ndarray:
     """Pillow JPEG round trip of every ``[H, W, C]`` uint8 image (C = 1 or 3) of ``u8``. One
     slice of the batch per core goes to a thread pool: Pillow's codec releases the GIL, so the
-    host's cores work in parallel (one task per image spends its gain on scheduling: 0.45 vs 0.33 ms/image
-    on 2 cores)."""
+    host's cores work in parallel (one task per image spends its gain on scheduling: 0.45 vs
+    0.33 ms/image on 2 cores)."""
     u8 = np.asarray(u8)
     flat = u8.reshape((-1,) + u8.shape[-3:])
     out = np.empty_like(flat)

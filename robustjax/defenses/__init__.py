@@ -13,3 +13,4 @@ Three rooms:
 gradient masking.
 """
 from robustjax.defenses import detectors  # noqa: E402,F401
+from robustjax.defenses import evaluation, transforms  # noqa: E402,F401

@@ -157,7 +157,8 @@ def jpeg_differentiable(x, key=None, *, quality: int = 75, rounding: str = "ste"
 
 
 def jpeg_exact(x, key=None, *, quality: int = 75):
-    """Pillow's JPEG round trip of ``x`` [b, H, W, 1 or 3] in [0, 1] (host callback, no gradient)."""
+    """Pillow's JPEG round trip of ``x`` [b, H, W, 1 or 3] in [0, 1] (host callback, no
+    gradient)."""
     del key
     check_quality(quality)
     _check_channels(x)

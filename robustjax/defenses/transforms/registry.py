@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Optional
+
 from robustjax.defenses.transforms import jpeg as _jpeg
 from robustjax.defenses.transforms import ops, randomization, smoothing
 from robustjax.defenses.transforms.base import Bound, Transformation
@@ -28,7 +30,7 @@ def _median(x, key, *, size):
     return ops.median_filter(x, size)
 
 
-def _positive_int(name: str, value, lo: int = 1, hi: int = None) -> None:
+def _positive_int(name: str, value, lo: int = 1, hi: Optional[int] = None) -> None:
     ok = not isinstance(value, bool) and isinstance(value, int) and value >= lo
     if not ok or (hi is not None and value > hi):
         bound = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
