@@ -118,6 +118,11 @@ class DefendedApply:
         if self.gradient not in GRADIENTS:
             raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
 
+    def __repr__(self) -> str:  # short: it appears in the attacks' warnings
+        eot = f", eot_samples={self.eot_samples}" if self.eot_samples else ""
+        return (f"DefendedApply({self.transformation.name}, gradient={self.gradient!r}{eot}, "
+                f"differentiable={self.differentiable})")
+
     @property
     def differentiable(self) -> bool:
         """Whether plain gradients of this function are meaningful (read by the attacks)."""
