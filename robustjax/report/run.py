@@ -27,6 +27,7 @@ SECTIONS = {
     "attacks": "robustjax.report.attacks",
     "corruptions": "robustjax.report.corruptions",
     "certify": "robustjax.report.certify",
+    "defenses": "robustjax.report.defenses",
     "metrics": "robustjax.report.metrics",
 }
 REPORT_FORMAT = "robustjax-report-v1"
