@@ -19,3 +19,5 @@ from robustjax.experiments.expand import Run, Variant, expand, variants  # noqa:
 from robustjax.experiments.augment import random_crop_flip  # noqa: F401
 from robustjax.experiments.vectorised import (  # noqa: F401
     group_runs, train_group, train_reference)
+from robustjax.experiments.runner import ablate  # noqa: F401,E402
+from robustjax.experiments.examples import EXAMPLES, example_path  # noqa: F401,E402

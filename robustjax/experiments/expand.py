@@ -38,8 +38,9 @@ class Run:
     @property
     def id(self) -> str:
         """A file-name-safe identifier, unique within an experiment."""
-        safe = self.variant.name.replace("=", "~").replace(",", "+")
-        return f"{safe}__seed{self.seed}"
+        parts = [f"no_{p[1:]}" if p.startswith("-") else p.replace("=", "~")
+                 for p in self.variant.name.split(",")]
+        return f"{'+'.join(parts)}__seed{self.seed}"
 
 
 def _apply(exp: Experiment, choice: Mapping[str, str]) -> Recipe:

@@ -1,0 +1,248 @@
+"""``ablate(experiment, out=...)``: expand, train side by side, evaluate, resume, tabulate.
+
+Output folder (``out``)::
+
+    robustjax-ablation.json     marker: format and experiment name (guards the folder)
+    runs/<run id>.json          one finished run: recipe, hashes, metrics, training losses
+    runs/<run id>.npz           its evaluated parameters (robustjax.checkpoint format)
+    ablation.json               every run and the summary (mean, std, delta per metric)
+    ablation.md                 the table: every run x metric, mean ± std (Δ vs full)
+    ablation.png                each variant's difference from the full recipe per metric
+
+Resuming: a run whose ``runs/<id>.json`` holds the same training hash (model, data, recipe,
+seed) and evaluation hash is skipped; same training hash but a changed profile re-evaluates
+the saved parameters; a changed recipe retrains that run (and says so). Every file is written
+to a temporary name and renamed into place, so an interrupted ablation leaves only finished
+runs behind; the runs a group trains are saved together when the group ends. An output folder
+that holds other files, or another experiment's results, is refused unless ``force=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import platform
+import tempfile
+import time
+from typing import Callable, Optional, Union
+
+import jax
+import numpy as np
+
+from robustjax import checkpoint, data, models
+from robustjax.experiments import evaluate as evaluation
+from robustjax.experiments import tabulate
+from robustjax.experiments.expand import eval_hash, expand, train_hash, variants
+from robustjax.experiments.parse import load, to_dict
+from robustjax.experiments.spec import Experiment
+from robustjax.experiments.vectorised import group_runs, train_group, train_reference
+
+MARKER = "robustjax-ablation.json"
+FORMAT = "robustjax-ablation-v1"
+
+
+def write_atomic(path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _prepare_out(out: pathlib.Path, name: str, force: bool) -> None:
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            if not force:
+                raise FileExistsError(
+                    f"{out} is not empty and is not a robustjax ablation folder; choose another "
+                    f"--out or pass --force (force=True) to write into it")
+        else:
+            previous = json.loads(marker.read_text()).get("experiment")
+            if previous != name and not force:
+                raise FileExistsError(
+                    f"{out} holds the results of experiment {previous!r}, not {name!r}; "
+                    f"choose another --out or pass --force (force=True) to mix them")
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    write_atomic(marker, json.dumps({"format": FORMAT, "experiment": name}))
+
+
+def _num_classes(dataset, y):
+    names = data.class_names(dataset)
+    return len(names) if names else int(np.max(y)) + 1
+
+
+def _load_data(exp: Experiment):
+    x, y = data.load(exp.data.dataset, "train")
+    xt, yt = data.load(exp.data.dataset, "test")
+    if exp.data.train_examples:
+        x, y = x[:exp.data.train_examples], y[:exp.data.train_examples]
+    if exp.data.test_examples:
+        xt, yt = xt[:exp.data.test_examples], yt[:exp.data.test_examples]
+    return x, y, xt, yt
+
+
+def _init(exp: Experiment, x, y, seed):
+    try:
+        return models.create(exp.model.name, _num_classes(exp.data.dataset, y),
+                             key=jax.random.PRNGKey(seed), input_shape=tuple(x.shape[1:]),
+                             **dict(exp.model.options))
+    except TypeError as e:
+        raise ValueError(f"[model] {e}") from None
+
+
+def _read(path: pathlib.Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablation", *,
+           force: bool = False, vectorise: bool = True, progress: Optional[Callable] = None,
+           log: Optional[Callable[[str], None]] = None) -> dict:
+    """Run (or resume) an ablation study and write its results into ``out``.
+
+    Args:
+      experiment: an ``Experiment`` or the path of its TOML file.
+      out: output folder (see the module docstring for its files).
+      force: write into a folder that holds other files or another experiment's results.
+      vectorise: train each group of compatible runs in one vmapped program (default); False
+        trains every run alone with ``robustjax.train.fit`` (the sequential baseline).
+      progress: ``progress(iterable, desc=..., total=...)``, e.g. ``tqdm.tqdm``: one bar over
+        the groups of runs, one over each group's epochs.
+      log: receives one line per event (``print`` for a console).
+
+    Returns the content of ``ablation.json``: ``runs`` (one record per run), ``columns`` and
+    ``summary`` (``{variant: {column: {mean, std, n, delta}}}``).
+    """
+    exp = experiment if isinstance(experiment, Experiment) else load(experiment)
+    log = log or (lambda msg: None)
+    wrap = progress or (lambda it, **kw: it)
+    out = pathlib.Path(out)
+    runs = expand(exp)
+    names = [v.name for v in variants(exp)]
+    x, y, xt, yt = _load_data(exp)
+    for v in variants(exp):
+        if v.recipe.batch_size > len(x):
+            raise ValueError(f"run {v.name!r}: batch_size {v.recipe.batch_size} is larger than "
+                             f"the {len(x)} training examples")
+    inits = {s: _init(exp, x, y, s) for s in exp.seeds}
+    model = inits[exp.seeds[0]]
+    apply_fn = model.apply_fn  # one apply_fn: every run compiles against the same function
+    evaluation.check_applicable(apply_fn, model.params, xt, yt, exp.profile)
+    _prepare_out(out, exp.name, force)
+
+    ehash = eval_hash(exp)
+    records, todo, reeval = {}, [], []
+    for run in runs:
+        path = out / "runs" / f"{run.id}.json"
+        rec, thash = _read(path), train_hash(exp, run)
+        if rec and rec.get("train_hash") == thash and (out / "runs" / f"{run.id}.npz").exists():
+            if rec.get("eval_hash") == ehash:
+                records[run.id] = rec
+            else:
+                reeval.append(run)
+            continue
+        if rec:
+            log(f"{run.id}: the recipe changed since it was saved; training it again")
+        todo.append(run)
+    log(f"{exp.name}: {len(runs)} runs, {len(records)} finished, {len(reeval)} to re-evaluate, "
+        f"{len(todo)} to train")
+    evaluate = None
+    if todo or reeval:
+        evaluate = evaluation.make_evaluator(apply_fn, xt, yt, exp.profile)
+
+    def finish(run, params, history, seconds, group_size):
+        ckpt = out / "runs" / f"{run.id}.npz"
+        checkpoint.save(ckpt, params, model.spec, {"run": run.id}, overwrite=True)
+        metrics = evaluate(params, jax.random.fold_in(jax.random.PRNGKey(run.seed), 2))
+        rec = {"id": run.id, "variant": run.variant.name, "seed": run.seed,
+               "choices": dict(run.variant.choices),
+               "recipe": dataclasses.asdict(run.variant.recipe),
+               "train_hash": train_hash(exp, run), "eval_hash": ehash, "metrics": metrics,
+               "loss": history, "train_seconds": seconds, "group_size": group_size}
+        write_atomic(out / "runs" / f"{run.id}.json", json.dumps(rec, indent=1))
+        records[run.id] = rec
+
+    for run in reeval:
+        params, _, _ = checkpoint.load(out / "runs" / f"{run.id}.npz")
+        old = _read(out / "runs" / f"{run.id}.json")
+        log(f"{run.id}: evaluation profile changed; re-evaluating the saved parameters")
+        finish(run, jax.tree_util.tree_map(np.asarray, params), old["loss"],
+               old["train_seconds"], old["group_size"])
+
+    base_loss = exp.recipe.loss
+    if vectorise:
+        groups = [[todo[i] for i in idx] for _, idx in
+                  group_runs([r.variant.recipe for r in todo], base_loss)]
+        statics = [s for s, _ in group_runs([r.variant.recipe for r in todo], base_loss)]
+    else:
+        groups, statics = [[r] for r in todo], [None] * len(todo)
+    for group, static in wrap(list(zip(groups, statics)), desc=f"{len(todo)} runs",
+                              total=len(groups)):
+        start = time.perf_counter()
+        ids = ", ".join(r.id for r in group)
+        log(f"training {len(group)} run(s) together: {ids}")
+        if static is None:
+            run = group[0]
+            params, hist = train_reference(apply_fn, inits[run.seed].params, run.variant.recipe,
+                                           x, y, run.seed, progress=progress)
+            trained, losses = [params], [hist["loss"]]
+        else:
+            trained, hist = train_group(apply_fn, [inits[r.seed].params for r in group],
+                                        [r.variant.recipe for r in group],
+                                        [r.seed for r in group], x, y, static,
+                                        progress=progress)
+            losses = hist["loss"]
+        seconds = time.perf_counter() - start
+        for run, params, loss in zip(group, trained, losses):
+            finish(run, jax.device_get(params), loss, seconds / len(group), len(group))
+        log(f"saved {ids} ({seconds:.1f} s)")
+
+    ordered = [records[r.id] for r in runs]
+    columns = evaluation.columns(exp.profile)
+    summary = tabulate.summarize(ordered, names, columns)
+    result = {"format": FORMAT, "experiment": to_dict(exp), "columns": list(columns),
+              "runs": ordered, "summary": summary,
+              "machine": f"{platform.machine()}, {jax.device_count()} "
+                         f"{jax.default_backend()} device(s)"}
+    notes = [f"Model `{exp.model.name}` {dict(exp.model.options) or ''}, dataset "
+             f"`{exp.data.dataset}` ({len(x)} train / {len(xt)} test), base recipe: "
+             f"{_describe(exp)}; seeds {list(exp.seeds)}; evaluation eps "
+             f"{exp.profile.eps} (PGD-{exp.profile.pgd_steps})."]
+    write_atomic(out / "ablation.json", json.dumps(result, indent=1))
+    write_atomic(out / "ablation.md", tabulate.markdown(exp.name, summary, columns, notes))
+    tmp = out / ".ablation.tmp.png"
+    tabulate.plot(tmp, exp.name, summary, columns)
+    os.replace(tmp, out / "ablation.png")
+    log(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'}")
+    return result
+
+
+def _describe(exp: Experiment) -> str:
+    r = exp.recipe
+    parts = [f"{r.loss} (eps {r.eps}, {r.attack_steps} steps of {r.step_size})"
+             if r.loss != "standard" else "standard training",
+             f"{r.optimizer} lr {r.lr} ({r.lr_schedule})", f"{r.epochs} epochs, batch "
+             f"{r.batch_size}"]
+    if r.weight_decay:
+        parts.append(f"weight decay {r.weight_decay}")
+    if r.crop:
+        parts.append(f"random crop (pad {r.crop})")
+    if r.flip:
+        parts.append("flips")
+    if r.eps_ramp:
+        parts.append(f"eps ramp over {r.ramp_epochs} epochs after {r.ramp_warmup_epochs}")
+    if r.ema:
+        parts.append(f"EMA {r.ema_decay}")
+    return ", ".join(parts)
