@@ -73,6 +73,40 @@ def _run_models(args) -> int:
     return 0
 
 
+def _add_ablate(sub):
+    p = sub.add_parser("ablate", help="run an ablation study from an experiment file",
+                       description="Train the full recipe and every leave-one-out variant of an "
+                       "experiment (TOML) side by side, evaluate them and write ablation.json, "
+                       "ablation.md and ablation.png; rerunning resumes.")
+    p.add_argument("experiment", help="experiment TOML file, or the name of a shipped example "
+                   "(mnist5k_pgd_at)")
+    p.add_argument("--out", default=None, help="output folder (default: ./ablation-<name>)")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds other files or another experiment")
+    p.add_argument("--sequential", action="store_true",
+                   help="train every run alone (no vmap; the baseline)")
+    p.set_defaults(func=_run_ablate)
+
+
+def _run_ablate(args) -> int:
+    import os
+
+    import tqdm
+
+    from robustjax import experiments
+
+    path = args.experiment
+    if not os.path.exists(path) and path in experiments.EXAMPLES:
+        path = experiments.example_path(path)
+    exp = experiments.load(path)
+    out = args.out or f"ablation-{exp.name}"
+    experiments.ablate(exp, out=out, force=args.force, vectorise=not args.sequential,
+                       progress=lambda it, **kw: tqdm.tqdm(it, leave=False, **kw),
+                       log=lambda m: tqdm.tqdm.write(m, file=sys.stderr))
+    print(os.path.join(out, "ablation.md"))
+    return 0
+
+
 def _add_port(sub):
     from robustjax import port
 
@@ -88,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_datasets(sub)
     _add_models(sub)
     _add_port(sub)
+    _add_ablate(sub)
     return parser
 
 
