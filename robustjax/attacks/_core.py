@@ -171,6 +171,20 @@ def random_start(key: Array, x: Array, eps, norm: str) -> Array:
     return project(x + delta, x, eps, norm)
 
 
+def redraw(params, j):
+    """``params`` for the ``j``-th random draw of a randomized model (EOT).
+
+    A randomized model in robustjax carries its key in its params (``DefendedParams(params,
+    key)`` of ``robustjax.defenses.transforms``, ``wrappers.EOTParams``): the ``j``-th draw
+    folds ``j`` into that key. A model whose params carry no key is deterministic and is
+    returned unchanged.
+    """
+    key = getattr(params, "key", None)
+    if key is None or not hasattr(params, "_replace"):
+        return params
+    return params._replace(key=jax.random.fold_in(key, j))
+
+
 # ------------------------------------------------------------------------------ validation
 
 

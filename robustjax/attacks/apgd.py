@@ -33,8 +33,12 @@ class APGDConfig:
     """APGD-CE (``loss="ce"``) / APGD-DLR (``loss="dlr"``), Croce & Hein 2020 defaults.
 
     ``steps`` = N = 100 iterations, ``restarts`` = 1, ``rho`` = 0.75, momentum ``alpha`` =
-    0.75, initial step ``2 eps``. Norms: Linf and L2 (the paper's). ``loop`` is a backend
-    choice (``_core.loop_steps``; ``"auto"`` picks ``fori`` for 100 steps).
+    0.75, initial step ``2 eps``. Norms: Linf, L2 (the paper's) and L1 (Croce & Hein 2021,
+    ``apgd_l1.py``; ``use_largereps`` runs its 3 eps / 2 eps / eps schedule, as AutoAttack's
+    standard L1 version does). ``eot_iter`` averages each gradient over that many draws of a
+    randomized model (EOT; AutoAttack's ``rand`` version uses 20; draws come from
+    ``_core.redraw``). ``loop`` is a backend choice (``_core.loop_steps``; ``"auto"`` picks
+    ``fori`` for 100 steps).
     """
 
     eps: float = 8 / 255
@@ -45,11 +49,14 @@ class APGDConfig:
     rho: float = 0.75
     alpha: float = 0.75
     loop: str = "auto"
+    eot_iter: int = 1
+    use_largereps: bool = False
 
     def __post_init__(self):
-        _core.check_norm(self.norm, ("linf", "l2"))
+        _core.check_norm(self.norm, _core.NORMS)
         if self.loss not in ("ce", "dlr"):
             raise ValueError(f"APGD loss must be 'ce' or 'dlr', got {self.loss!r}")
+        _check_common(self)
 
 
 @config_class("eps")
@@ -69,12 +76,53 @@ class APGDTConfig:
     rho: float = 0.75
     alpha: float = 0.75
     loop: str = "auto"
+    eot_iter: int = 1
+    use_largereps: bool = False
 
     def __post_init__(self):
-        _core.check_norm(self.norm, ("linf", "l2"))
+        _core.check_norm(self.norm, _core.NORMS)
+        _check_common(self)
         if self.loss not in ("dlr-targeted", "ce-targeted"):
             raise ValueError(f"APGD-T loss must be 'dlr-targeted' or 'ce-targeted', "
                              f"got {self.loss!r}")
+
+
+def _check_common(cfg):
+    for name in ("steps", "restarts", "eot_iter"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if cfg.use_largereps and cfg.norm != "l1":
+        raise ValueError(f"use_largereps is the L1 schedule (norm='l1'), got norm {cfg.norm!r}")
+
+
+def loss_and_grad(apply_fn, params, y, loss_fn, eot_iter: int = 1):
+    """``x_adv -> (loss [b], gradient, fooled [b])`` with the gradient averaged over
+    ``eot_iter`` draws (``_core.redraw(params, j)``); loss and ``fooled`` come from the last
+    draw, as in the reference code's EOT loop."""
+
+    def one(p, x_adv):
+        def f(z):
+            logits = apply_fn(p, z)
+            v = loss_fn(logits)
+            return jnp.sum(v), (v, logits)
+
+        (_, (v, logits)), g = jax.value_and_grad(f, has_aux=True)(x_adv)
+        return v, g, jnp.argmax(logits, -1) != y
+
+    if eot_iter == 1:
+        return lambda x_adv: one(params, x_adv)
+
+    def averaged(x_adv):
+        def body(j, c):
+            v, g, fooled = one(_core.redraw(params, j), x_adv)
+            return v, c[1] + g, fooled
+
+        v0, g0, f0 = one(_core.redraw(params, 0), x_adv)
+        v, g, fooled = jax.lax.fori_loop(1, eot_iter, body, (v0, g0, f0))
+        return v, g / eot_iter, fooled
+
+    return averaged
 
 
 def checkpoints(steps: int) -> list[tuple[int, int]]:
@@ -103,23 +151,21 @@ def _direction(g, norm):
     return _core.steepest_direction(g, norm)
 
 
-def apgd_run(apply_fn, params, x, y, key, eps, norm, steps, rho, alpha, loss_fn, loop="auto"):
+def apgd_run(apply_fn, params, x, y, key, eps, norm, steps, rho, alpha, loss_fn, loop="auto",
+             eot_iter=1):
     """One APGD run. ``loss_fn(logits) -> [b]`` (maximised); success = ``argmax != y``.
 
     Returns ``(x_out, success, loss_best)`` with ``x_out`` the last adversarial point found
-    where successful and otherwise the highest-loss point.
+    where successful and otherwise the highest-loss point. L1 runs ``apgd_l1.apgd_l1_run``.
     """
+    if norm == "l1":
+        from robustjax.attacks import apgd_l1
+
+        return apgd_l1.apgd_l1_run(apply_fn, params, x, y, key, eps, steps, loss_fn, loop,
+                                   eot_iter)
     b = x.shape[0]
     eps_b = jnp.broadcast_to(jnp.asarray(eps, x.dtype), (b,))
-
-    def value_grad(x_adv):
-        def f(z):
-            logits = apply_fn(params, z)
-            v = loss_fn(logits)
-            return jnp.sum(v), (v, logits)
-
-        (_, (v, logits)), g = jax.value_and_grad(f, has_aux=True)(x_adv)
-        return v, g, jnp.argmax(logits, -1) != y
+    value_grad = loss_and_grad(apply_fn, params, y, loss_fn, eot_iter)
 
     if norm == "linf":
         t = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
@@ -202,23 +248,29 @@ def _runs(apply_fn, params, x, y, key, cfg, loss_of, n_losses):
     def key_of(j):
         return jax.random.fold_in(key, j)
 
+    def single(j, loss_fn):
+        if cfg.use_largereps:
+            from robustjax.attacks import apgd_l1
+
+            return apgd_l1.apgd_l1_largereps(apply_fn, params, x, y, key_of(j), cfg.eps,
+                                             cfg.steps, loss_fn, cfg.loop, cfg.eot_iter)
+        return apgd_run(apply_fn, params, x, y, key_of(j), cfg.eps, cfg.norm, cfg.steps,
+                        cfg.rho, cfg.alpha, loss_fn, cfg.loop, cfg.eot_iter)
+
     def one(j, s):
         def run(s):
-            new = apgd_run(apply_fn, params, x, y, key_of(j), cfg.eps,
-                           cfg.norm, cfg.steps, cfg.rho, cfg.alpha, loss_of(j // cfg.restarts),
-                           cfg.loop)
+            new = single(j, loss_of(j // cfg.restarts))
             return _merge(s[:3], new) + (s[3] + 1,)
 
         return jax.lax.cond(jnp.all(s[1]), lambda s: s, run, s)
 
     if total == 1:  # nothing to skip: no cond (it would double the compiled program)
-        new = apgd_run(apply_fn, params, x, y, key_of(0), cfg.eps, cfg.norm, cfg.steps,
-                       cfg.rho, cfg.alpha, loss_of(0), cfg.loop)
+        new = single(0, loss_of(0))
         state = _merge(state[:3], new) + (jnp.int32(1),)
     else:
         state = jax.lax.fori_loop(0, total, one, state)
     # gradient evaluations of the runs actually performed (skipped runs cost nothing)
-    return state[:3], state[3] * (cfg.steps + 1)
+    return state[:3], state[3] * (cfg.steps + 1) * cfg.eot_iter
 
 
 def apgd(apply_fn, params, x, y, key, config: APGDConfig = APGDConfig()) -> AttackResult:

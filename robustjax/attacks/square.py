@@ -53,6 +53,10 @@ class SquareConfig:
         untargeted; AutoAttack uses 0.8). Halved at iterations 10, 50, ..., 8000 of 10,000,
         rescaled to ``n_queries``.
       targeted: if True ``y`` holds target classes.
+      rescale_schedule: rescale the halving iterations to ``n_queries`` (the paper's
+        schedule is for 10,000 queries). AutoAttack runs Square with ``False``: with 5,000
+        queries p then halves at iterations 10, 50, ..., 4000 and never reaches the last
+        levels.
       loss: ``"margin"`` or ``"ce"``; ``None`` uses the paper's choice (margin untargeted,
         cross-entropy targeted). Success is always judged by the margin.
     """
@@ -63,6 +67,7 @@ class SquareConfig:
     p_init: float = 0.8
     targeted: bool = False
     loss: Optional[str] = None
+    rescale_schedule: bool = True
 
     def __post_init__(self):
         if self.norm not in ("linf", "l2"):
@@ -75,14 +80,17 @@ class SquareConfig:
             raise ValueError(f"loss must be None, 'margin' or 'ce', got {self.loss!r}")
 
 
-def p_selection(p_init: float, it: Array, n_iters: int) -> Array:
-    """The paper's piecewise-constant schedule for p, rescaled from 10,000 to ``n_iters``."""
-    return p_init / (2.0 ** _level(it, n_iters).astype(jnp.float32))
+def p_selection(p_init: float, it: Array, n_iters: int, rescale: bool = True) -> Array:
+    """The paper's piecewise-constant schedule for p, rescaled from 10,000 to ``n_iters``
+    (or not, ``rescale=False``)."""
+    return p_init / (2.0 ** _level(it, n_iters, rescale).astype(jnp.float32))
 
 
-def _level(it, n_iters: int) -> Array:
+def _level(it, n_iters: int, rescale: bool = True) -> Array:
     """How many times p has been halved at iteration ``it`` of ``n_iters``."""
-    it = jnp.floor(jnp.asarray(it, jnp.float32) / n_iters * 10000).astype(jnp.int32)
+    if rescale:
+        it = jnp.floor(jnp.asarray(it, jnp.float32) / n_iters * 10000).astype(jnp.int32)
+    it = jnp.asarray(it, jnp.int32)
     return sum((it > t).astype(jnp.int32) for t in P_SCHEDULE)
 
 
@@ -216,7 +224,7 @@ def square(apply_fn, params, x: Array, y: Array, key: Array,
     queries = jnp.ones((b,), jnp.int32)
 
     def linf_candidate(k, i, x_best):
-        p = p_selection(cfg.p_init, i, n_iters)
+        p = p_selection(cfg.p_init, i, n_iters, cfg.rescale_schedule)
         s = jnp.round(jnp.sqrt(p * n_features / c)).astype(jnp.int32)
         s = jnp.clip(s, 1, min(h, w) - 1)
         k_win, k_sign = jax.random.split(k)
@@ -245,7 +253,7 @@ def square(apply_fn, params, x: Array, y: Array, key: Array,
         return jnp.clip(x + d, 0.0, 1.0)
 
     def l2_candidate(k, i, x_best):
-        lv = _level(i, n_iters)
+        lv = _level(i, n_iters, cfg.rescale_schedule)
         s = sides[lv]
         k_w1, k_w2, k_sign, k_t = jax.random.split(k, 4)
         mask1, top, left = _window_mask(k_w1, b, h, w, s)

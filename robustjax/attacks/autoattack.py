@@ -1,0 +1,381 @@
+"""AutoAttack (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an
+ensemble of diverse parameter-free attacks", ICML), as the reference ``AutoAttack`` class of
+fra31/auto-attack defines its versions (``set_version``; checked against its code):
+
+* ``standard``, Linf/L2: APGD-CE (1 run, 100 iterations), APGD-T (9 target classes, 1 run each),
+  FAB-T (9 targets, 1 run each), Square (5,000 queries, p_init 0.8, schedule not rescaled).
+  L1: APGD-CE with 5 restarts and APGD-T with 5 targets, both with the decreasing-eps schedule
+  (``use_largereps``), then FAB-T and Square.
+* ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (untargeted, 5 restarts), Square,
+  APGD-T (9 targets), FAB-T (9 targets; the reference forces 1 restart for FAB-T).
+* ``rand`` (randomized defenses): APGD-CE and APGD-DLR, 1 run each, gradients averaged over 20
+  draws (EOT; a robustjax randomized model draws from the key in its params).
+* ``custom``: the attacks named in ``attacks`` with the reference constructor's defaults
+  (APGD 5 restarts, FAB 5 restarts, 9 targets, 5,000 queries) unless overridden.
+
+Cascade (as the reference): the clean accuracy first; then each attack runs only on the
+examples still robust, in batches of ``batch_size``; an example counts as broken when the
+returned point is misclassified (and inside the threat model); it then skips every later
+attack. Every attack is one compiled program for the batch shape: with ``schedule="compact"``
+(default, the reference's) the still-robust examples are gathered into full batches (the last
+one padded); with ``schedule="mask"`` the batches are the fixed slices of the data set and
+slices without a robust example are skipped. ``benchmarks/results/autoattack.md`` compares them.
+
+This function runs on the host (a loop over attacks and batches, like the reference); each
+batch is one call of a jitted attack. Logging, resume and files belong to the caller:
+``log(line)`` receives the reference's log lines, ``checkpoint(state)`` the state after every
+batch, and ``resume=state`` continues from one (``robustjax.report.autoattack`` writes and
+reads state files atomically). The same key and state give the same result as an
+uninterrupted run.
+
+Example::
+
+    res = autoattack(model.apply_fn, model.params, x, y, jax.random.key(0),
+                     AutoAttackConfig(eps=8 / 255, norm="linf", version="standard"), log=print)
+    res.robust_accuracy, res.accuracy_after   # {'clean': .., 'apgd-ce': .., ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robustjax.attacks import _core
+from robustjax.attacks import autoattack_checks as checks
+from robustjax.attacks.apgd import APGDConfig, APGDTConfig, apgd, apgd_t
+from robustjax.attacks.fab import FABConfig, fab
+from robustjax.attacks.square import SquareConfig, square
+
+VERSIONS = ("standard", "plus", "rand", "custom")
+ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+SCHEDULES = ("compact", "mask")
+_NORM_ALIASES = {"linf": "linf", "l2": "l2", "l1": "l1", "Linf": "linf", "L2": "l2", "L1": "l1",
+                 "LINF": "linf", "inf": "linf"}
+DISPLAY_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackConfig:
+    """AutoAttack settings. ``version`` fixes the attacks and their settings (module doc);
+    the fields after ``attacks`` apply to ``version="custom"`` only (defaults: the reference
+    constructor's). ``norm``: ``"linf"``, ``"l2"`` or ``"l1"`` (the reference's spellings
+    ``"Linf"``, ``"L2"``, ``"L1"`` are accepted). ``batch_size``: examples per compiled batch
+    (the reference's 250)."""
+
+    eps: float = 8 / 255
+    norm: str = "linf"
+    version: str = "standard"
+    attacks: Optional[tuple] = None
+    batch_size: int = 250
+    schedule: str = "compact"
+    steps: int = 100
+    apgd_restarts: int = 5
+    fab_restarts: int = 5
+    apgd_targets: int = 9
+    fab_targets: int = 9
+    n_queries: int = 5000
+    eot_iter: int = 1
+    loop: str = "auto"
+
+    def __post_init__(self):
+        if self.norm not in _NORM_ALIASES:
+            raise ValueError(f"unknown norm {self.norm!r}; valid norms: linf, l2, l1 (or the "
+                             "reference's Linf, L2, L1)")
+        object.__setattr__(self, "norm", _NORM_ALIASES[self.norm])
+        if self.version not in VERSIONS:
+            raise ValueError(f"unknown version {self.version!r}; valid versions: "
+                             f"{', '.join(VERSIONS)}")
+        if self.version != "custom" and self.attacks is not None:
+            raise ValueError(f"attacks={self.attacks!r} is only used with version='custom' "
+                             f"(version {self.version!r} fixes its attacks)")
+        if self.version == "custom":
+            if not self.attacks:
+                raise ValueError(f"version='custom' needs attacks, a sequence of: "
+                                 f"{', '.join(ATTACK_NAMES)}")
+            attacks = tuple(self.attacks)
+            bad = [a for a in attacks if a not in ATTACK_NAMES]
+            if bad:
+                raise ValueError(f"unknown attack(s) {bad}; valid: {', '.join(ATTACK_NAMES)}")
+            if len(set(attacks)) != len(attacks):
+                raise ValueError(f"attacks must not repeat, got {attacks}")
+            object.__setattr__(self, "attacks", attacks)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        for name in ("batch_size", "steps", "apgd_restarts", "fab_restarts", "apgd_targets",
+                     "fab_targets", "n_queries", "eot_iter"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.eps, (int, float)) and np.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a finite number > 0, got {self.eps!r}")
+
+
+def attack_names(config: AutoAttackConfig) -> tuple:
+    """The attacks the version runs, in order (the reference's ``attacks_to_run``)."""
+    if config.version == "standard":
+        return ("apgd-ce", "apgd-t", "fab-t", "square")
+    if config.version == "plus":
+        return ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+    if config.version == "rand":
+        return ("apgd-ce", "apgd-dlr")
+    return config.attacks
+
+
+def attack_plan(config: AutoAttackConfig) -> list:
+    """``[(name, attack_fn, attack_config)]``: each attack with the settings the reference's
+    ``AutoAttack`` gives it for this version and norm."""
+    c, e, n = config, float(config.eps), config.norm
+    v = c.version
+    steps = c.steps if v == "custom" else 100
+    largereps = v == "standard" and n == "l1"
+    apgd_restarts = {"standard": 5 if n == "l1" else 1, "plus": 5, "rand": 1}.get(
+        v, c.apgd_restarts)
+    eot = 20 if v == "rand" else (c.eot_iter if v == "custom" else 1)
+    apgd_targets = {"standard": 5 if n == "l1" else 9, "plus": 9}.get(v, c.apgd_targets)
+    fab_targets = 9 if v != "custom" else c.fab_targets
+    fab_restarts = 5 if v == "plus" else c.fab_restarts
+    queries = 5000 if v != "custom" else c.n_queries
+    make = {
+        "apgd-ce": lambda: (apgd, APGDConfig(eps=e, norm=n, loss="ce", steps=steps,
+                                             restarts=apgd_restarts, eot_iter=eot,
+                                             use_largereps=largereps, loop=c.loop)),
+        "apgd-dlr": lambda: (apgd, APGDConfig(eps=e, norm=n, loss="dlr", steps=steps,
+                                              restarts=apgd_restarts, eot_iter=eot,
+                                              use_largereps=largereps, loop=c.loop)),
+        "apgd-t": lambda: (apgd_t, APGDTConfig(eps=e, norm=n, steps=steps, restarts=1,
+                                               num_targets=apgd_targets, eot_iter=eot,
+                                               use_largereps=largereps, loop=c.loop)),
+        "fab": lambda: (fab, FABConfig(eps=e, norm=n, targeted=False, steps=steps,
+                                       restarts=fab_restarts)),
+        "fab-t": lambda: (fab, FABConfig(eps=e, norm=n, targeted=True, steps=steps, restarts=1,
+                                         num_targets=fab_targets)),
+        "square": lambda: (square, SquareConfig(eps=e, norm=n, n_queries=queries, p_init=0.8,
+                                                rescale_schedule=False)),
+    }
+    plan = []
+    for name in attack_names(config):
+        if name == "square" and n == "l1":
+            continue  # robustjax's Square has no L1 version (see attack_plan_notes)
+        fn, cfg = make[name]()
+        plan.append((name, fn, cfg))
+    return plan
+
+
+def attack_plan_notes(config: AutoAttackConfig) -> list:
+    """Where this plan departs from the reference (empty when it does not)."""
+    if config.norm == "l1" and "square" in attack_names(config):
+        return ["Square has no L1 version in robustjax: the reference's L1 Square is skipped, "
+                "so the robust accuracy may be higher than the reference's"]
+    return []
+
+
+@functools.lru_cache(maxsize=64)
+def _runner(apply_fn, fn, cfg, norm: str, eps: float):
+    """The jitted attack for one batch: ``(params, x, y, key) -> (x_out, broken)`` with
+    ``broken`` = misclassified at ``x_out`` and inside the threat model (else ``x_out = x``)."""
+
+    def run(params, x, y, key):
+        res = fn(apply_fn, params, x, y, key, cfg)
+        x_adv = jnp.clip(res.x_adv, 0.0, 1.0)
+        pred = jnp.argmax(apply_fn(params, x_adv), -1)
+        inside = _core.lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-7
+        broken = (pred != y) & inside
+        return jnp.where(broken.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x), broken
+
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=16)
+def _predictor(apply_fn):
+    return jax.jit(lambda p, x: jnp.argmax(apply_fn(p, x), -1))
+
+
+@dataclasses.dataclass
+class AutoAttackState:
+    """Where an evaluation stands (host numpy arrays; ``checkpoint`` receives it after every
+    batch). ``broken_by[i]``: -1 robust, 0 misclassified clean, ``j >= 1`` broken by the
+    ``j``-th attack of ``attacks``. ``current`` attacks are done; of attack ``current``,
+    ``batches_done`` batches over ``todo`` (the indices robust when it started)."""
+
+    attacks: tuple
+    version: str
+    norm: str
+    eps: float
+    schedule: str
+    n: int
+    robust: np.ndarray
+    broken_by: np.ndarray
+    x_adv: np.ndarray
+    clean_accuracy: float
+    accuracy_after: dict
+    current: int = 0
+    batches_done: int = 0
+    todo: Optional[np.ndarray] = None
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+    def matches(self, config: AutoAttackConfig, names, n: int) -> None:
+        got = (tuple(self.attacks), self.version, self.norm, float(self.eps), self.schedule,
+               int(self.n))
+        want = (tuple(names), config.version, config.norm, float(config.eps), config.schedule, n)
+        if got != want:
+            raise ValueError(f"the state was created for (attacks, version, norm, eps, schedule, "
+                             f"n) = {got}, but this run is {want}: use another state file")
+
+
+class AutoAttackResult(NamedTuple):
+    """The evaluation's outcome.
+
+    Attributes:
+      x_adv: [n, H, W, C] float32; the adversarial point of each broken example, else ``x``.
+      robust: [n] bool, correctly classified after every attack.
+      broken_by: [n] int32; -1 robust, 0 misclassified clean, ``j`` broken by ``attacks[j-1]``.
+      attacks: the attack names, in cascade order.
+      clean_accuracy, robust_accuracy: fractions in [0, 1].
+      accuracy_after: ``{"clean": ..., "apgd-ce": ..., ...}``, the robust accuracy after each
+        attack run (the reference's ``robust_accuracy_dict``; attacks skipped because nothing
+        was left are absent, as in the reference).
+      seconds: wall time per attack (and ``"clean"``), compilation included.
+    """
+
+    x_adv: np.ndarray
+    robust: np.ndarray
+    broken_by: np.ndarray
+    attacks: tuple
+    clean_accuracy: float
+    robust_accuracy: float
+    accuracy_after: dict
+    seconds: dict
+
+
+def _batches(indices: np.ndarray, bs: int):
+    return [indices[i:i + bs] for i in range(0, len(indices), bs)]
+
+
+def _pad(idx: np.ndarray, bs: int) -> np.ndarray:
+    return np.concatenate([idx, np.full(bs - len(idx), idx[0], idx.dtype)]) if len(idx) < bs \
+        else idx
+
+
+def run_checks(apply_fn, params, x, y, config: AutoAttackConfig, names) -> int:
+    """The reference's checks on the first batch; returns the number of classes."""
+    xb, yb = jnp.asarray(x[:config.batch_size]), jnp.asarray(y[:config.batch_size])
+    randomized = False
+    if config.version != "rand":
+        randomized = checks.check_randomized(apply_fn, params, xb, yb)
+    n_cls = checks.check_range_output(apply_fn, params, xb)
+    checks.check_dynamic(apply_fn, params, xb)
+    plan = {name: cfg for name, _, cfg in attack_plan(config)}
+    checks.check_n_classes(n_cls, names,
+                           plan["apgd-t"].num_targets if "apgd-t" in plan else 0,
+                           plan["fab-t"].num_targets if "fab-t" in plan else 0)
+    checks.check_custom(config, randomized)
+    checks.check_eps(float(config.eps), config.norm, int(np.prod(x.shape[1:])))
+    return n_cls
+
+
+def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttackConfig(), *,
+               log: Optional[Callable[[str], None]] = None,
+               checkpoint: Optional[Callable[[AutoAttackState], None]] = None,
+               resume: Optional[AutoAttackState] = None) -> AutoAttackResult:
+    """Run AutoAttack on ``x`` [n, H, W, C] float32 in [0, 1] with labels ``y`` int [n].
+
+    ``key`` seeds every attack (attack ``a``, batch ``b`` use ``fold_in(fold_in(key, a), b)``).
+    Returns an ``AutoAttackResult``; see the module docstring for the versions and the
+    cascade, ``log``, ``checkpoint`` and ``resume``.
+    """
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+    _core.check_attack_inputs(x, y, config.eps)
+    say = log or (lambda line: None)
+    plan = attack_plan(config)
+    names = tuple(name for name, _, _ in plan)
+    n, bs = x.shape[0], config.batch_size
+    for note in attack_plan_notes(config):
+        say(f"note: {note}")
+    say(f"using {config.version} version including {', '.join(names)}.")
+    run_checks(apply_fn, params, x, y, config, names)
+    predict = _predictor(apply_fn)
+
+    if resume is not None:
+        state = resume
+        state.matches(config, names, n)
+        say(f"initial clean accuracy: {state.clean_accuracy:.2%}")
+        say(f"robust accuracy at the time of restoring the state: {state.robust.mean():.2%}")
+        if state.current:
+            say(f"{', '.join(names[:state.current])} was/were already run.")
+    else:
+        t0 = time.perf_counter()
+        robust = np.zeros(n, bool)
+        for idx in _batches(np.arange(n), bs):
+            pred = np.asarray(predict(params, jnp.asarray(x[_pad(idx, bs)])))[:len(idx)]
+            robust[idx] = pred == y[idx]
+        acc = float(robust.mean())
+        state = AutoAttackState(
+            attacks=names, version=config.version, norm=config.norm, eps=float(config.eps),
+            schedule=config.schedule, n=n, robust=robust,
+            broken_by=np.where(robust, -1, 0).astype(np.int32), x_adv=x.copy(),
+            clean_accuracy=acc, accuracy_after={"clean": acc},
+            seconds={"clean": time.perf_counter() - t0})
+        say(f"initial accuracy: {acc:.2%}")
+        if checkpoint:
+            checkpoint(state)
+
+    start = time.perf_counter() - sum(v for k, v in state.seconds.items() if k != "clean")
+    for a in range(state.current, len(plan)):
+        name, fn, cfg = plan[a]
+        if not state.robust.any():
+            say("no robust datapoints left, skipping remaining attacks")
+            break
+        t_attack = time.perf_counter()
+        if state.todo is None:
+            state.todo, state.batches_done = np.nonzero(state.robust)[0], 0
+        if config.schedule == "compact":
+            batches = _batches(state.todo, bs)
+        else:
+            batches = [b for b in _batches(np.arange(n), bs) if np.isin(b, state.todo).any()]
+        run = _runner(apply_fn, fn, cfg, config.norm, float(config.eps))
+        key_a = jax.random.fold_in(key, a)
+        for bi in range(state.batches_done, len(batches)):
+            idx = batches[bi]
+            padded = _pad(idx, bs)
+            x_out, broken = run(params, jnp.asarray(x[padded]), jnp.asarray(y[padded]),
+                                jax.random.fold_in(key_a, bi))
+            x_out, broken = np.asarray(x_out)[:len(idx)], np.asarray(broken)[:len(idx)]
+            live = state.robust[idx]
+            hit = broken & live
+            state.robust[idx[hit]] = False
+            state.broken_by[idx[hit]] = a + 1
+            state.x_adv[idx[hit]] = x_out[hit]
+            state.batches_done = bi + 1
+            state.seconds[name] = state.seconds.get(name, 0.0) + time.perf_counter() - t_attack
+            t_attack = time.perf_counter()
+            say(f"{name} - {bi + 1}/{len(batches)} - {int(hit.sum())} out of {int(live.sum())} "
+                "successfully perturbed")
+            if checkpoint:
+                checkpoint(state)
+        acc = float(state.robust.mean())
+        state.accuracy_after[name] = acc
+        state.current, state.todo, state.batches_done = a + 1, None, 0
+        state.seconds.setdefault(name, 0.0)
+        say(f"robust accuracy after {name.upper()}: {acc:.2%} "
+            f"(total time {time.perf_counter() - start:.1f} s)")
+        if checkpoint:
+            checkpoint(state)
+
+    checks.check_square_sr(state.accuracy_after)
+    res = _core.lp_norm(jnp.asarray(state.x_adv - x), config.norm)
+    say(f"max {DISPLAY_NORM[config.norm]} perturbation: {float(res.max()):.5f}, nan in tensor: "
+        f"{int(np.isnan(state.x_adv).sum())}, max: {state.x_adv.max():.5f}, "
+        f"min: {state.x_adv.min():.5f}")
+    robust_acc = float(state.robust.mean())
+    say(f"robust accuracy: {robust_acc:.2%}")
+    return AutoAttackResult(
+        x_adv=state.x_adv, robust=state.robust.copy(), broken_by=state.broken_by.copy(),
+        attacks=names, clean_accuracy=state.clean_accuracy, robust_accuracy=robust_acc,
+        accuracy_after=dict(state.accuracy_after), seconds=dict(state.seconds))
