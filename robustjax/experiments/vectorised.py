@@ -75,7 +75,7 @@ class Static:
 
 
 def hyper_of(recipe: Recipe) -> Hyper:
-    f = lambda v: jnp.asarray(float(v), jnp.float32)  # noqa: E731
+    f = lambda v: np.float32(v)  # noqa: E731
     return Hyper(f(recipe.lr), f(recipe.weight_decay), f(recipe.eps), f(recipe.step_size),
                  f(recipe.beta), f(recipe.loss != "standard"), f(recipe.eps_ramp),
                  f(recipe.crop), f(recipe.flip), f(recipe.ema))
@@ -226,10 +226,12 @@ def _select_evaluated(state, hyper):
 
 
 def stack(trees):
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+    """Per-run pytrees -> one pytree with a leading run axis (on the host: no compilation)."""
+    return jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def unstack(tree, n):
+    tree = jax.device_get(tree)
     return [jax.tree_util.tree_map(lambda a: a[i], tree) for i in range(n)]
 
 
@@ -261,7 +263,7 @@ def train_group(apply_fn, params: Sequence, recipes: Sequence[Recipe], seeds: Se
                          f"({len(x)} examples)")
     total = spe * static.epochs
     hyper = stack([hyper_of(r) for r in recipes])
-    keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in seeds])
+    keys = stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in seeds])
     shared = len(set(seeds)) == 1
 
     def init(p, h):
