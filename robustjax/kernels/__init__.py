@@ -4,11 +4,13 @@ from robustjax.kernels.build import Status, status
 from robustjax.kernels.conv import (
     LAX_EQUIVALENTS,
     conv_backward_data_p,
+    conv_backward_weights_p,
     conv_general_dilated,
     conv_p,
     onednn_active,
     use_onednn,
 )
 
-__all__ = ["LAX_EQUIVALENTS", "Status", "conv_backward_data_p", "conv_general_dilated",
+__all__ = ["LAX_EQUIVALENTS", "Status", "conv_backward_data_p", "conv_backward_weights_p",
+           "conv_general_dilated",
            "conv_p", "onednn_active", "status", "use_onednn"]

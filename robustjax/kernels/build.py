@@ -32,7 +32,8 @@ from robustjax.cache import cache_dir
 SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 ENV_VAR = "ROBUSTJAX_ONEDNN"
 TARGETS = {"robustjax_conv_forward": "RobustjaxConvForward",
-           "robustjax_conv_backward_data": "RobustjaxConvBackwardData"}
+           "robustjax_conv_backward_data": "RobustjaxConvBackwardData",
+           "robustjax_conv_backward_weights": "RobustjaxConvBackwardWeights"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,15 +3,17 @@
 Two JAX primitives carry exactly the parameters of ``lax.conv_general_dilated_p``:
 
 * ``conv_p(x, w)``: the convolution;
-* ``conv_backward_data_p(dy, w)``: its transpose in ``x`` (the input gradient PGD needs).
+* ``conv_backward_data_p(dy, w)``: its transpose in ``x`` (the input gradient PGD needs);
+* ``conv_backward_weights_p(x, dy)``: its transpose in ``w`` (the weight gradient training
+  needs).
 
 On the CPU they lower to the FFI handlers of ``onednn_conv.cc``; on any other platform, or when
 the kernels are unavailable, to XLA's own convolution, so results never depend on where a
 program runs beyond float32 rounding. Both are bilinear (``ad.defbilinear``), so ``grad``,
-``jvp``, ``vjp``, ``linear_transpose`` and higher derivatives work; the weight gradient uses
-XLA's convolution. ``vmap`` over images folds the mapped axis into the batch (one kernel call);
-``vmap`` over weights (several models) runs one call per model on the CPU and XLA's grouped
-convolution elsewhere.
+``jvp``, ``vjp``, ``linear_transpose`` and higher derivatives work. ``vmap`` over images folds
+the mapped axis into the batch (one kernel call); ``vmap`` over weights (several models) runs
+one call per model on the CPU and XLA's grouped convolution elsewhere; a weight gradient under
+``vmap`` (per-model or per-example gradients) runs one kernel call per mapped element.
 
 Only float32 NHWC/HWIO/NHWC convolutions without input dilation take the oneDNN path (what
 every robustjax model uses); anything else goes to ``lax.conv_general_dilated`` unchanged.
@@ -37,6 +39,7 @@ from robustjax.kernels import build
 
 conv_p = jcore.Primitive("robustjax_conv")
 conv_backward_data_p = jcore.Primitive("robustjax_conv_backward_data")
+conv_backward_weights_p = jcore.Primitive("robustjax_conv_backward_weights")
 LAX_EQUIVALENTS = {conv_p: lax.conv_general_dilated_p}
 
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1),
@@ -93,6 +96,10 @@ def _lax_weight_gradient(x, dy, w_aval, **params):
 # ----------------------------------------------------------------- abstract eval, impl
 
 
+def _lax_backward_weights(x, dy, *, rhs_shape, **params):
+    return _lax_weight_gradient(x, dy, jax.core.ShapedArray(rhs_shape, x.dtype), **params)
+
+
 def _conv_abstract(x, w, **params):
     return jax.core.ShapedArray(_geometry(x.shape, w.shape, **params)[1], x.dtype)
 
@@ -112,7 +119,14 @@ def _impl(prim, *args, **params):
     return _jitted_bind(prim, tuple(sorted(params.items())))(*args)
 
 
+def _backward_weights_abstract(x, dy, *, rhs_shape, **params):
+    del dy, params
+    return jax.core.ShapedArray(rhs_shape, x.dtype)
+
+
 conv_p.def_abstract_eval(_conv_abstract)
+conv_backward_weights_p.def_abstract_eval(_backward_weights_abstract)
+conv_backward_weights_p.def_impl(functools.partial(_impl, conv_backward_weights_p))
 conv_backward_data_p.def_abstract_eval(_backward_data_abstract)
 conv_p.def_impl(functools.partial(_impl, conv_p))
 conv_backward_data_p.def_impl(functools.partial(_impl, conv_backward_data_p))
@@ -132,6 +146,16 @@ mlir.register_lowering(conv_backward_data_p,
                        mlir.lower_fun(_lax_backward_data, multiple_results=False))
 mlir.register_lowering(conv_p, functools.partial(_cpu_lowering, "robustjax_conv_forward"),
                        platform="cpu")
+
+
+def _cpu_weights_lowering(ctx, x, dy, *, rhs_shape, **params):
+    geo, _ = _geometry(ctx.avals_in[0].shape, rhs_shape, **params)
+    return jax.ffi.ffi_lowering("robustjax_conv_backward_weights")(ctx, x, dy, geo=geo)
+
+
+mlir.register_lowering(conv_backward_weights_p,
+                       mlir.lower_fun(_lax_backward_weights, multiple_results=False))
+mlir.register_lowering(conv_backward_weights_p, _cpu_weights_lowering, platform="cpu")
 mlir.register_lowering(conv_backward_data_p,
                        functools.partial(_cpu_lowering, "robustjax_conv_backward_data"),
                        platform="cpu")
@@ -198,8 +222,14 @@ def _conv_transpose_lhs(ct, x, w, **params):
     return conv_backward_data_p.bind(ct, w, lhs_shape=lhs_shape, **params)
 
 
+def _weight_gradient(x, dy, rhs_shape, **params):
+    if build.status().available:
+        return conv_backward_weights_p.bind(x, dy, rhs_shape=tuple(rhs_shape), **params)
+    return _lax_backward_weights(x, dy, rhs_shape=tuple(rhs_shape), **params)
+
+
 def _conv_transpose_rhs(ct, x, w, **params):
-    return _lax_weight_gradient(x, ct, w.aval, **params)
+    return _weight_gradient(x, ct, w.aval.shape, **params)
 
 
 def _backward_data_transpose_lhs(ct, dy, w, *, lhs_shape, **params):
@@ -210,11 +240,24 @@ def _backward_data_transpose_lhs(ct, dy, w, *, lhs_shape, **params):
 def _backward_data_transpose_rhs(ct, dy, w, *, lhs_shape, **params):
     # <ct, B(dy, w)> = <conv(ct, w), dy>, so the w-cotangent is conv's weight gradient at ct
     del lhs_shape
-    return _lax_weight_gradient(ct, dy, w.aval, **params)
+    return _weight_gradient(ct, dy, w.aval.shape, **params)
+
+
+def _backward_weights_transpose_x(ct, x, dy, *, rhs_shape, **params):
+    # <ct, Bw(x, dy)> = <conv(x, ct), dy>: the x-cotangent is conv's input gradient at dy
+    del rhs_shape
+    return _conv_transpose_lhs(dy, x, ct, **params)
+
+
+def _backward_weights_transpose_dy(ct, x, dy, *, rhs_shape, **params):
+    del dy, rhs_shape
+    return conv_p.bind(x, ct, **params)
 
 
 ad.defbilinear(conv_p, _conv_transpose_lhs, _conv_transpose_rhs)
 ad.defbilinear(conv_backward_data_p, _backward_data_transpose_lhs, _backward_data_transpose_rhs)
+ad.defbilinear(conv_backward_weights_p, _backward_weights_transpose_x,
+               _backward_weights_transpose_dy)
 
 
 # ---------------------------------------------------------------------------- vmap
@@ -257,6 +300,27 @@ def _batch_rule(prim, lax_fn, args, dims, **params):
 batching.primitive_batchers[conv_p] = functools.partial(_batch_rule, conv_p, _lax_conv)
 batching.primitive_batchers[conv_backward_data_p] = functools.partial(
     _batch_rule, conv_backward_data_p, _lax_backward_data)
+
+
+def _backward_weights_batch_rule(args, dims, *, rhs_shape, **params):
+    """Per-model or per-example weight gradients: one kernel call per mapped element on CPU."""
+    (x, dy), (bx, bd) = args, dims
+    size = x.shape[bx] if bx is not None else dy.shape[bd]
+    x = jnp.broadcast_to(x, (size,) + x.shape) if bx is None else jnp.moveaxis(x, bx, 0)
+    dy = jnp.broadcast_to(dy, (size,) + dy.shape) if bd is None else jnp.moveaxis(dy, bd, 0)
+
+    def cpu(x, dy):
+        return lax.map(lambda a: conv_backward_weights_p.bind(a[0], a[1], rhs_shape=rhs_shape,
+                                                              **params), (x, dy))
+
+    def other(x, dy):
+        return jax.vmap(functools.partial(_lax_backward_weights, rhs_shape=rhs_shape,
+                                          **params))(x, dy)
+
+    return lax.platform_dependent(x, dy, cpu=cpu, default=other), 0
+
+
+batching.primitive_batchers[conv_backward_weights_p] = _backward_weights_batch_rule
 
 
 # ------------------------------------------------------------------------ public entry

@@ -131,6 +131,58 @@ std::shared_ptr<Plan> GetPlan(const Geo& g, bool backward_data) {
   return plan;
 }
 
+// Backward weights: the weight gradient dW = sum over the batch of x (*) dy, written into the
+// user's HWIO buffer (through a reorder when oneDNN prefers a blocked layout).
+struct WeightsPlan {
+  dnnl::convolution_backward_weights prim;
+  memory::desc src, diff_wei, diff_dst, user_wei, scratchpad;
+  bool reorder_weights = false;
+  dnnl::reorder weight_reorder;
+};
+
+std::unordered_map<Geo, std::shared_ptr<WeightsPlan>, GeoHash> weights_plans;
+
+std::shared_ptr<WeightsPlan> GetWeightsPlan(const Geo& g) {
+  std::lock_guard<std::mutex> lock(cache_mutex);
+  auto it = weights_plans.find(g);
+  if (it != weights_plans.end()) return it->second;
+  Descs d = MakeDescs(g);
+  auto plan = std::make_shared<WeightsPlan>();
+  auto hint = ForwardPd(d, dnnl::prop_kind::forward_training);
+  dnnl::convolution_backward_weights::primitive_desc pd(
+      Engine(), dnnl::algorithm::convolution_direct, d.src, Any(d.wei), d.dst, d.strides,
+      d.dilation, d.pad_l, d.pad_r, hint, UserScratchpad());
+  plan->prim = dnnl::convolution_backward_weights(pd);
+  plan->src = pd.src_desc();
+  plan->diff_wei = pd.diff_weights_desc();
+  plan->diff_dst = pd.diff_dst_desc();
+  plan->user_wei = d.wei;
+  plan->scratchpad = pd.scratchpad_desc();
+  plan->reorder_weights = plan->diff_wei != d.wei;
+  if (plan->reorder_weights) {
+    plan->weight_reorder = dnnl::reorder(
+        dnnl::reorder::primitive_desc(Engine(), plan->diff_wei, Engine(), d.wei));
+  }
+  weights_plans.emplace(g, plan);
+  return plan;
+}
+
+ffi::Error RunWeights(const WeightsPlan& plan, void* src, void* diff_dst, void* diff_wei) {
+  dnnl::engine& eng = Engine();
+  dnnl::stream stream(eng);
+  memory src_m(plan.src, eng, src), dst_m(plan.diff_dst, eng, diff_dst);
+  memory user_w(plan.user_wei, eng, diff_wei);
+  memory w_m = plan.reorder_weights ? memory(plan.diff_wei, eng) : user_w;
+  memory scratch(plan.scratchpad, eng);
+  plan.prim.execute(stream, {{DNNL_ARG_SRC, src_m},
+                             {DNNL_ARG_DIFF_DST, dst_m},
+                             {DNNL_ARG_DIFF_WEIGHTS, w_m},
+                             {DNNL_ARG_SCRATCHPAD, scratch}});
+  if (plan.reorder_weights) plan.weight_reorder.execute(stream, w_m, user_w);
+  stream.wait();
+  return ffi::Error::Success();
+}
+
 ffi::Error CheckGeometry(ffi::Span<const int64_t> geo, const ffi::AnyBuffer::Dimensions& a,
                          const ffi::AnyBuffer::Dimensions& w, const ffi::AnyBuffer::Dimensions& b,
                          bool backward_data, Geo* g) {
@@ -201,7 +253,30 @@ ffi::Error BackwardDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
   return Handle(true, dy, w, dx, geo);
 }
 
+// Backward weights: x [N,H,W,C], dy [N,OH,OW,O] -> dw [KH,KW,I,O].
+ffi::Error BackwardWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
+                               ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> geo) {
+  Geo g;
+  if (auto err = CheckGeometry(geo, x.dimensions(), dw->dimensions(), dy.dimensions(), false,
+                               &g);
+      err.failure()) {
+    return err;
+  }
+  try {
+    return RunWeights(*GetWeightsPlan(g), x.typed_data(), dy.typed_data(), dw->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("oneDNN convolution: ") + e.what());
+  }
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RobustjaxConvBackwardWeights, BackwardWeightsImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("geo"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(RobustjaxConvForward, ForwardImpl,
                               ffi::Ffi::Bind()
