@@ -100,7 +100,14 @@ def check_dynamic(apply_fn, params, x) -> None:
         logits = apply_fn(params, z)
         return jnp.sum(_core.cross_entropy(logits, jnp.argmax(logits, -1)))
 
-    g = np.asarray(jax.grad(ce)(x)).reshape(x.shape[0], -1)
+    try:
+        g = np.asarray(jax.grad(ce)(x)).reshape(x.shape[0], -1)
+    except (ValueError, TypeError, NotImplementedError) as e:  # e.g. a dynamic while loop
+        _warn(f"JAX cannot differentiate the model ({type(e).__name__}: {str(e)[:120]}): the "
+              "gradient-based attacks will fail or see no gradient. Give its non-differentiable "
+              "parts a BPDA backward pass (robustjax.attacks.bpda) or a scan with static "
+              "length.", GradientMaskingWarning)
+        return
     n_zero = int(np.sum(np.abs(g).sum(-1) == 0))
     if n_zero:
         _warn(f"{n_zero} of {x.shape[0]} points have an all-zero input gradient: gradient-based "
