@@ -54,11 +54,9 @@ def _chunks(n, size):
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def make_evaluator(apply_fn, x, y, profile: Profile):
-    """-> ``evaluate(params, key) -> dict`` (see the module docstring)."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    spans = _chunks(len(x), profile.batch_size)
-    metrics = profile.metrics
+@functools.lru_cache(maxsize=16)
+def _programs(apply_fn, profile: Profile):
+    """Jitted predict, PGD, APGD and certifiers (cached per model function and profile)."""
     predict = jax.jit(lambda p, xb: jnp.argmax(apply_fn(p, xb), -1))
     step = profile.pgd_step_size or 2.5 * profile.eps / profile.pgd_steps
     pgd = jax.jit(functools.partial(attacks.pgd, apply_fn, config=attacks.PGDConfig(
@@ -67,7 +65,16 @@ def make_evaluator(apply_fn, x, y, profile: Profile):
         eps=profile.eps, steps=profile.apgd_steps)))
     certifiers = {m: jax.jit(functools.partial(certify.certify, apply_fn,
                                                eps=profile.certify_eps, method=m))
-                  for m in ("ibp", "crown") if m in metrics}
+                  for m in ("ibp", "crown") if m in profile.metrics}
+    return predict, pgd, apgd, certifiers
+
+
+def make_evaluator(apply_fn, x, y, profile: Profile):
+    """-> ``evaluate(params, key) -> dict`` (see the module docstring)."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    spans = _chunks(len(x), profile.batch_size)
+    metrics = profile.metrics
+    predict, pgd, apgd, certifiers = _programs(apply_fn, profile)
     # The corrupted and distorted test sets: computed once, shared by every run.
     corrupted, distorted = {}, {}
     if "corruption" in metrics:

@@ -20,6 +20,7 @@ that holds other files, or another experiment's results, is refused unless ``for
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -56,7 +57,8 @@ def write_atomic(path, text: str) -> None:
             os.remove(tmp)
 
 
-def _prepare_out(out: pathlib.Path, name: str, force: bool) -> None:
+def _check_out(out: pathlib.Path, name: str, force: bool) -> None:
+    """Refuse a folder that holds other files or another experiment (unless ``force``)."""
     marker = out / MARKER
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
@@ -72,6 +74,10 @@ def _prepare_out(out: pathlib.Path, name: str, force: bool) -> None:
                 raise FileExistsError(
                     f"{out} holds the results of experiment {previous!r}, not {name!r}; "
                     f"choose another --out or pass --force (force=True) to mix them")
+
+
+def _prepare_out(out: pathlib.Path, name: str) -> None:
+    marker = out / MARKER
     (out / "runs").mkdir(parents=True, exist_ok=True)
     write_atomic(marker, json.dumps({"format": FORMAT, "experiment": name}))
 
@@ -93,11 +99,18 @@ def _load_data(exp: Experiment):
 
 def _init(exp: Experiment, x, y, seed):
     try:
-        return models.create(exp.model.name, _num_classes(exp.data.dataset, y),
-                             key=jax.random.PRNGKey(seed), input_shape=tuple(x.shape[1:]),
-                             **dict(exp.model.options))
+        return _create(exp.model.name, tuple(sorted(exp.model.options.items())),
+                       _num_classes(exp.data.dataset, y), tuple(x.shape[1:]), seed)
     except TypeError as e:
         raise ValueError(f"[model] {e}") from None
+
+
+@functools.lru_cache(maxsize=32)
+def _create(name, options, num_classes, input_shape, seed):
+    # Cached: the same apply_fn for the same model, so compiled programs are reused when an
+    # ablation is resumed or rerun in one process.
+    return models.create(name, num_classes, key=jax.random.PRNGKey(seed),
+                         input_shape=input_shape, **dict(options))
 
 
 def _read(path: pathlib.Path):
@@ -129,6 +142,7 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
     log = log or (lambda msg: None)
     wrap = progress or (lambda it, **kw: it)
     out = pathlib.Path(out)
+    _check_out(out, exp.name, force)
     runs = expand(exp)
     names = [v.name for v in variants(exp)]
     x, y, xt, yt = _load_data(exp)
@@ -140,7 +154,7 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
     model = inits[exp.seeds[0]]
     apply_fn = model.apply_fn  # one apply_fn: every run compiles against the same function
     evaluation.check_applicable(apply_fn, model.params, xt, yt, exp.profile)
-    _prepare_out(out, exp.name, force)
+    _prepare_out(out, exp.name)
 
     ehash = eval_hash(exp)
     records, todo, reeval = {}, [], []

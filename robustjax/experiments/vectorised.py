@@ -261,23 +261,11 @@ def train_group(apply_fn, params: Sequence, recipes: Sequence[Recipe], seeds: Se
     if spe < 1:
         raise ValueError(f"batch_size {static.batch_size} is larger than the training set "
                          f"({len(x)} examples)")
-    total = spe * static.epochs
     hyper = stack([hyper_of(r) for r in recipes])
     keys = stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in seeds])
     shared = len(set(seeds)) == 1
-
-    def init(p, h):
-        return train.init_state(p, vector_optimizer(static, h, total))
-
-    def one_step(state, h, xb, yb, key):
-        step_key = jax.random.fold_in(key, state.step)
-        return train.train_step(state, xb, yb, step_key, apply_fn=apply_fn,
-                                optimizer=vector_optimizer(static, h, total),
-                                loss_fn=vector_loss(static, h, spe))
-
-    batch_axis = None if shared else 0
-    step = jax.jit(jax.vmap(one_step, in_axes=(0, 0, batch_axis, batch_axis, 0)))
-    state = jax.jit(jax.vmap(init))(stack(params), hyper)
+    init, step, select = _programs(apply_fn, static, spe, shared)
+    state = init(stack(params), hyper)
     history = {"loss": [[] for _ in range(n)], "seconds": []}
     start = time.perf_counter()
     epochs = range(static.epochs)
@@ -300,5 +288,25 @@ def train_group(apply_fn, params: Sequence, recipes: Sequence[Recipe], seeds: Se
         for i in range(n):
             history["loss"][i].append(float(mean[i]))
         history["seconds"].append(time.perf_counter() - start)
-    evaluated = jax.jit(jax.vmap(_select_evaluated))(state, hyper)
-    return unstack(evaluated, n), history
+    return unstack(select(state, hyper), n), history
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(apply_fn, static: Static, spe: int, shared: bool):
+    """The group's jitted (init, step, select): cached, so a rerun in the same process (a
+    resumed ablation, a notebook) does not compile again."""
+    total = spe * static.epochs
+
+    def init(p, h):
+        return train.init_state(p, vector_optimizer(static, h, total))
+
+    def one_step(state, h, xb, yb, key):
+        step_key = jax.random.fold_in(key, state.step)
+        return train.train_step(state, xb, yb, step_key, apply_fn=apply_fn,
+                                optimizer=vector_optimizer(static, h, total),
+                                loss_fn=vector_loss(static, h, spe))
+
+    batch_axis = None if shared else 0
+    return (jax.jit(jax.vmap(init)),
+            jax.jit(jax.vmap(one_step, in_axes=(0, 0, batch_axis, batch_axis, 0))),
+            jax.jit(jax.vmap(_select_evaluated)))

@@ -1,0 +1,151 @@
+"""ablate(): outputs, resume after a hard kill, skipping finished runs, changed configs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from robustjax import checkpoint, cli
+from robustjax import experiments as E
+
+TOML = """
+[experiment]
+name = "tiny"
+seeds = [0, 1]
+[model]
+name = "mlp"
+hidden = [16]
+[data]
+dataset = "digits"
+train_examples = 100
+test_examples = 50
+[recipe]
+loss = "pgd_at"
+eps = 0.2
+step_size = 0.1
+attack_steps = 1
+weight_decay = 1e-3
+lr = 3e-3
+epochs = 1
+batch_size = 25
+[components.adversarial_training]
+off = { loss = "standard" }
+alternatives = { trades = { loss = "trades", beta = 1.0 } }
+[components.weight_decay]
+off = { weight_decay = 0.0 }
+[evaluation]
+metrics = ["clean", "pgd"]
+eps = 0.2
+pgd_steps = 2
+"""
+
+# Kills the process (no clean-up, like a SIGKILL) right after the first group is saved.
+KILLER = textwrap.dedent("""
+    import os, sys
+    from robustjax import experiments
+    def log(msg):
+        if msg.startswith("saved "):
+            os._exit(17)
+    experiments.ablate(sys.argv[1], out=sys.argv[2], log=log)
+""")
+
+
+def _files(out):
+    return sorted(os.listdir(out / "runs"))
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TOML)
+    # uninterrupted
+    logs = []
+    full = E.ablate(path, out=tmp_path / "a", log=logs.append)
+    assert any("8 to train" in m for m in logs)
+    assert [r["variant"] for r in full["runs"]] == [
+        "full", "full", "-adversarial_training", "-adversarial_training",
+        "adversarial_training=trades", "adversarial_training=trades", "-weight_decay",
+        "-weight_decay"]
+    assert set(full["summary"]) == {"full", "-adversarial_training",
+                                    "adversarial_training=trades", "-weight_decay"}
+    s = full["summary"]["-weight_decay"]["clean"]
+    vals = [r["metrics"]["clean"] for r in full["runs"] if r["variant"] == "-weight_decay"]
+    assert s["mean"] == pytest.approx(np.mean(vals))
+    assert s["std"] == pytest.approx(np.std(vals, ddof=1))
+    assert s["delta"] == pytest.approx(s["mean"] - full["summary"]["full"]["clean"]["mean"])
+    for name in ("ablation.json", "ablation.md", "ablation.png"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    md = (tmp_path / "a" / "ablation.md").read_text()
+    assert "| -weight_decay |" in md and "± " in md
+
+    # interrupted after the first group, in a subprocess, then resumed here
+    b = tmp_path / "b"
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(path), str(b)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    saved = [f for f in _files(b) if f.endswith(".json")]
+    assert len(saved) == 6 and not (b / "ablation.md").exists()
+    assert not [f for f in _files(b) if "tmp" in f]  # no half-written files
+    logs = []
+    resumed = E.ablate(path, out=b, log=logs.append)
+    assert any("6 finished, 0 to re-evaluate, 2 to train" in m for m in logs)
+    assert [m for m in logs if m.startswith("training")] == [
+        "training 2 run(s) together: adversarial_training~trades__seed0, "
+        "adversarial_training~trades__seed1"]
+    assert resumed["summary"] == full["summary"]
+    assert (b / "ablation.md").read_text() == md
+    for f in _files(b):
+        if f.endswith(".npz"):
+            pa, _, _ = checkpoint.load(tmp_path / "a" / "runs" / f)
+            pb, _, _ = checkpoint.load(b / "runs" / f)
+            for k in checkpoint.flatten(pa):
+                np.testing.assert_allclose(checkpoint.flatten(pa)[k], checkpoint.flatten(pb)[k],
+                                           atol=1e-6)
+
+    # a rerun trains nothing and writes the same table
+    logs = []
+    again = E.ablate(path, out=b, log=logs.append)
+    assert any("8 finished, 0 to re-evaluate, 0 to train" in m for m in logs)
+    assert again["summary"] == full["summary"]
+
+    # a changed alternative retrains only its runs; a changed profile only re-evaluates
+    path.write_text(TOML.replace("beta = 1.0", "beta = 3.0").replace("pgd_steps = 2",
+                                                                     "pgd_steps = 3"))
+    logs = []
+    changed = E.ablate(path, out=b, log=logs.append)
+    assert any("0 finished, 6 to re-evaluate, 2 to train" in m for m in logs)
+    assert sum("recipe changed" in m for m in logs) == 2
+    assert changed["summary"]["full"]["clean"] == full["summary"]["full"]["clean"]
+    rec = json.loads((b / "runs" / "adversarial_training~trades__seed0.json").read_text())
+    assert rec["recipe"]["beta"] == 3.0
+
+
+def test_output_folder_is_never_overwritten_silently(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TOML)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a robustjax ablation folder"):
+        E.ablate(path, out=foreign)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / E.runner.MARKER).write_text(json.dumps({"experiment": "another"}))
+    with pytest.raises(FileExistsError, match="holds the results of experiment 'another'"):
+        E.ablate(path, out=other)
+    assert os.listdir(foreign) == ["notes.txt"]
+
+
+def test_cli_errors_before_training(tmp_path, capsys):
+    assert cli.main(["ablate", str(tmp_path / "nope.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TOML.replace('metrics = ["clean", "pgd"]', 'metrics = ["clean", "pgdd"]'))
+    assert cli.main(["ablate", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown metric 'pgdd'; valid: clean, pgd, apgd" in err
+    assert not (tmp_path / "o").exists()
