@@ -107,6 +107,61 @@ def _run_ablate(args) -> int:
     return 0
 
 
+def _add_autoattack(sub):
+    p = sub.add_parser("autoattack", help="AutoAttack robust accuracy (RobustBench-style entry)",
+                       description="Run AutoAttack (Croce & Hein 2020) on the embedded default "
+                       "model (or a robustjax checkpoint) and write a RobustBench-style JSON "
+                       "entry. Progress per attack goes to stderr; --state makes it resumable.")
+    p.add_argument("--eps", type=float, default=0.3, help="radius in pixel units (default 0.3)")
+    p.add_argument("--norm", default="linf", help="linf, l2 or l1 (default linf)")
+    p.add_argument("--version", default="standard", help="standard, plus, rand or custom")
+    p.add_argument("--attacks", default=None, help="comma list for --version custom")
+    p.add_argument("--dataset", default="mnist5k", help="evaluation dataset (default mnist5k)")
+    p.add_argument("--examples", type=int, default=500, help="first N test examples (500)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--model", default=None, help="architecture name (robustjax models) of "
+                   "--checkpoint (default: the embedded default model)")
+    p.add_argument("--checkpoint", default=None, help="weights for --model")
+    p.add_argument("--state", default=None, help="state file: resume an interrupted run")
+    p.add_argument("--out", default="autoattack.json", help="JSON entry (autoattack.json)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_autoattack)
+
+
+def _run_autoattack(args) -> int:
+    import json
+
+    import jax
+
+    from robustjax import data
+    from robustjax.attacks.autoattack import AutoAttackConfig
+    from robustjax.report.autoattack import run_autoattack
+
+    attacks = tuple(args.attacks.split(",")) if args.attacks else None
+    config = AutoAttackConfig(eps=args.eps, norm=args.norm, version=args.version,
+                              attacks=attacks, batch_size=args.batch_size)
+    if args.model:
+        from robustjax import models
+
+        if not args.checkpoint:
+            raise ValueError("--model needs --checkpoint (the weights to evaluate)")
+        model = models.load(args.model, args.checkpoint)
+    else:
+        from robustjax.models import embedded_default
+
+        model = embedded_default()
+    x, y = data.load(args.dataset, "test")
+    x, y = x[:args.examples], y[:args.examples]
+    entry = run_autoattack(model, x, y, config, key=jax.random.key(args.seed),
+                           state_path=args.state, name=args.model or "embedded default",
+                           dataset=args.dataset, log=lambda m: print(m, file=sys.stderr))
+    with open(args.out, "w") as fh:
+        json.dump(entry, fh, indent=2)
+    print(json.dumps({k: entry[k] for k in ("clean_acc", "autoattack_acc", "eps", "norm",
+                                            "version", "n_ex")}))
+    return 0
+
+
 def _add_port(sub):
     from robustjax import port
 
@@ -123,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     _add_port(sub)
     _add_ablate(sub)
+    _add_autoattack(sub)
     return parser
 
 

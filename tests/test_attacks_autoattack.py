@@ -4,6 +4,8 @@ made by benchmarks/autoattack_crosscheck.py --fixture with pyautoattack; no PyTo
 
 import copy
 import dataclasses
+import importlib
+import json
 import pathlib
 import warnings
 from typing import NamedTuple
@@ -14,8 +16,10 @@ import numpy as np
 import pytest
 
 from robustjax.attacks import _core
-from robustjax.attacks import autoattack as AA
 from robustjax.attacks import autoattack_checks as checks
+
+# the package re-exports the function ``autoattack``, which shadows the module attribute
+AA = importlib.import_module("robustjax.attacks.autoattack")
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "autoattack_reference.npz"
 
@@ -157,6 +161,41 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(ref):
     assert again.accuracy_after == full.accuracy_after
     with pytest.raises(ValueError, match="state was created"):
         _run(params, x, y, dataclasses.replace(cfg, eps=0.1), resume=saved[-1])
+
+
+def test_state_file_round_trip_and_robustbench_entry(ref, tmp_path):
+    from types import SimpleNamespace
+
+    from robustjax.cli import build_parser
+    from robustjax.report import autoattack as R
+
+    f, params = ref
+    x, y = f["x"][:24], f["y"][:24]
+    cfg = _custom(eps=0.08, attacks=("apgd-ce", "fab-t"), batch_size=8)
+    full = _run(params, x, y, cfg)
+    saved = []
+
+    def checkpoint(state):
+        saved.append(copy.deepcopy(state))
+        if state.current == 0 and state.batches_done == 2:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C inside APGD-CE
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(params, x, y, cfg, checkpoint=checkpoint)
+    path = tmp_path / "aa.state.npz"
+    R.save_state(path, saved[-1])
+    assert [p.name for p in tmp_path.iterdir()] == ["aa.state.npz"]  # no temporary left over
+    model = SimpleNamespace(apply_fn=mlp_apply, params=params)
+    with pytest.warns(checks.AutoAttackWarning):
+        entry = R.run_autoattack(model, x, y, cfg, state_path=path, name="tiny", dataset="digits")
+    assert entry["autoattack_acc"] == f"{100 * full.robust_accuracy:.2f}"
+    assert entry["clean_acc"] == f"{100 * full.clean_accuracy:.2f}"
+    assert (entry["eps"], entry["norm"], entry["version"], entry["n_ex"]) == (
+        "0.08", "linf", "custom", 24)
+    np.testing.assert_array_equal(R.load_state(path).broken_by, full.broken_by)
+    json.dumps(entry)
+    args = build_parser().parse_args(["autoattack", "--eps", "0.1", "--norm", "l2"])
+    assert args.func.__name__ == "_run_autoattack" and args.norm == "l2"
 
 
 # ------------------------------------------------------------------------------ checks

@@ -17,6 +17,12 @@ from robustjax.attacks._core import (  # noqa: F401
     success_mask,
 )
 from robustjax.attacks.apgd import APGDConfig, APGDTConfig, apgd, apgd_t  # noqa: F401
+from robustjax.attacks.autoattack import (  # noqa: F401
+    AutoAttackConfig,
+    AutoAttackResult,
+    autoattack,
+)
+from robustjax.attacks.autoattack_checks import AutoAttackWarning  # noqa: F401
 from robustjax.attacks.fab import FABConfig, fab  # noqa: F401
 from robustjax.attacks.cw import CWL2Config, CWLinfConfig, cw_l2, cw_linf  # noqa: F401
 from robustjax.attacks.deepfool import DeepFoolConfig, deepfool  # noqa: F401
