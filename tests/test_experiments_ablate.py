@@ -88,14 +88,16 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 17, proc.stderr[-2000:]
     saved = [f for f in _files(b) if f.endswith(".json")]
-    assert len(saved) == 6 and not (b / "ablation.md").exists()
+    assert len(saved) == 4 and not (b / "ablation.md").exists()  # the PGD-AT group
     assert not [f for f in _files(b) if "tmp" in f]  # no half-written files
     logs = []
     resumed = E.ablate(path, out=b, log=logs.append)
-    assert any("6 finished, 0 to re-evaluate, 2 to train" in m for m in logs)
+    assert any("4 finished, 0 to re-evaluate, 4 to train" in m for m in logs)
     assert [m for m in logs if m.startswith("training")] == [
         "training 2 run(s) together: adversarial_training~trades__seed0, "
-        "adversarial_training~trades__seed1"]
+        "adversarial_training~trades__seed1",
+        "training 2 run(s) together: no_adversarial_training__seed0, "
+        "no_adversarial_training__seed1"]
     assert resumed["summary"] == full["summary"]
     assert (b / "ablation.md").read_text() == md
     for f in _files(b):
@@ -149,3 +151,26 @@ def test_cli_errors_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown metric 'pgdd'; valid: clean, pgd, apgd" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_runs_that_differ_in_shape_train_one_after_another(tmp_path):
+    exp = E.Experiment(
+        "widths", model=E.ModelConfig("mlp", {"hidden": (16,)}),
+        data=E.DataConfig("digits", train_examples=50, test_examples=20),
+        recipe=E.Recipe(loss="standard", epochs=1, batch_size=25),
+        components=(E.Component("width", alternatives={"narrow": {"model": {"hidden": (4,)}}}),
+                    E.Component("ema", alternatives={"ema": {"ema": True}})),
+        profile=E.Profile(metrics=("clean",)))
+    assert [v.model_options for v in E.variants(exp)] == [
+        (("hidden", (16,)),), (("hidden", (4,)),), (("hidden", (16,)),)]
+    logs = []
+    result = E.ablate(exp, out=tmp_path / "w", log=logs.append)
+    assert [m for m in logs if m.startswith("training")] == [
+        "training 2 run(s) together: full__seed0, ema~ema__seed0",
+        "training 1 run(s) together: width~narrow__seed0"]
+    narrow, _, _ = checkpoint.load(tmp_path / "w" / "runs" / "width~narrow__seed0.npz")
+    assert narrow["params"]["dense0"]["kernel"].shape == (64, 4)
+    assert set(result["summary"]) == {"full", "width=narrow", "ema=ema"}
+    with pytest.raises(ValueError, match="does not exist in the base recipe"):
+        E.Experiment("x", model=E.ModelConfig("mlp", {"hidden": (16,)}), components=(
+            E.Component("width", off={"model": {"hidden": (16,)}}),))

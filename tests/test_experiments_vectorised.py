@@ -27,7 +27,7 @@ def _init(x, seed, arch):
 
 
 def _check_group(x, y, recipes, seeds, base_loss, arch):
-    groups = group_runs(recipes, base_loss)
+    groups = group_runs(recipes, base_loss, merge_standard=True)
     assert len(groups) == 1, groups
     static, idx = groups[0]
     assert idx == list(range(len(recipes)))
@@ -78,7 +78,13 @@ def test_grouping_by_static_settings():
                dataclasses.replace(base, loss="trades"), dataclasses.replace(base, epochs=3),
                dataclasses.replace(base, epochs=3, loss="standard"),
                dataclasses.replace(base, weight_decay=1e-3, crop=2, ema=True)]
-    groups = {(s.loss, s.epochs): idx for s, idx in group_runs(recipes, "pgd_at")}
+    groups = {(s.loss, s.epochs): idx
+              for s, idx in group_runs(recipes, "pgd_at", merge_standard=True)}
     assert groups == {("pgd_at", 2): [0, 1, 5], ("trades", 2): [2], ("pgd_at", 3): [3, 4]}
+    # not merged (the CPU default): standard runs skip the attack in their own groups
+    groups = [(s.loss, s.epochs, idx)
+              for s, idx in group_runs(recipes, "pgd_at", merge_standard=False)]
+    assert groups == [("pgd_at", 2, [0, 5]), ("trades", 2, [2]), (None, 2, [1]),
+                      ("pgd_at", 3, [3]), (None, 3, [4])]
     only_standard = group_runs([dataclasses.replace(base, loss="standard")] * 2, "pgd_at")
     assert [(s.loss, idx) for s, idx in only_standard] == [(None, [0, 1])]

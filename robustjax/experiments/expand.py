@@ -20,12 +20,14 @@ from robustjax.experiments.spec import Experiment, Recipe
 class Variant:
     """A named recipe: the base recipe with some components off or swapped.
 
-    ``choices``: ``((component, "on" | "off" | alternative), ...)`` for every component.
+    ``choices``: ``((component, "on" | "off" | alternative), ...)`` for every component;
+    ``model_options``: the model overrides of this variant (sorted ``(key, value)`` pairs).
     """
 
     name: str
     recipe: Recipe
     choices: tuple[tuple[str, str], ...]
+    model_options: tuple = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,20 +45,27 @@ class Run:
         return f"{'+'.join(parts)}__seed{self.seed}"
 
 
-def _apply(exp: Experiment, choice: Mapping[str, str]) -> Recipe:
+def _apply(exp: Experiment, choice: Mapping[str, str]) -> tuple[Recipe, tuple]:
     overrides: dict[str, Any] = {}
     owner: dict[str, str] = {}
     for c in exp.components:
         setting = choice.get(c.name, "on")
         if setting == "on":
             continue
-        for field, value in c.variants()[setting].items():
+        settings = dict(c.variants()[setting])
+        model = settings.pop("model", {})
+        settings.update({f"model.{k}": v for k, v in model.items()})
+        for field, value in settings.items():
             if field in overrides and overrides[field] != value:
                 raise ValueError(f"components {owner[field]!r} and {c.name!r} both set recipe."
                                  f"{field} (to {overrides[field]!r} and {value!r}) in one "
                                  f"grid run; give them separate fields or drop grid = true")
             overrides[field], owner[field] = value, c.name
-    return dataclasses.replace(exp.recipe, **overrides)
+    model = dict(exp.model.options)
+    model.update({k[6:]: v for k, v in overrides.items() if k.startswith("model.")})
+    recipe = dataclasses.replace(exp.recipe, **{k: v for k, v in overrides.items()
+                                                if not k.startswith("model.")})
+    return recipe, tuple(sorted(model.items()))
 
 
 def _name(choice: Mapping[str, str]) -> str:
@@ -77,7 +86,8 @@ def variants(exp: Experiment) -> list[Variant]:
             choice = dict(zip(names, combo))
             if choice not in choices:
                 choices.append(choice)
-    out = [Variant(_name(ch), _apply(exp, ch), tuple(ch.items())) for ch in choices]
+    out = [Variant(_name(ch), *_apply(exp, ch)[:1], tuple(ch.items()), _apply(exp, ch)[1])
+           for ch in choices]
     seen: dict[str, str] = {}
     for v in out:
         if v.name in seen:
@@ -98,7 +108,7 @@ def _digest(obj) -> str:
 
 def train_hash(exp: Experiment, run: Run) -> str:
     """Hash of everything that decides a run's trained parameters."""
-    return _digest({"model": [exp.model.name, dict(exp.model.options)],
+    return _digest({"model": [exp.model.name, dict(run.variant.model_options)],
                     "data": dataclasses.asdict(exp.data),
                     "recipe": dataclasses.asdict(run.variant.recipe), "seed": run.seed})
 

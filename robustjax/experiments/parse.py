@@ -68,6 +68,13 @@ def _tuples(d: Mapping) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
+def _variant(settings):
+    """A component's settings with model-override arrays as tuples."""
+    if isinstance(settings, Mapping) and isinstance(settings.get("model"), Mapping):
+        return {**settings, "model": _tuples(settings["model"])}
+    return settings
+
+
 def from_dict(doc: Mapping[str, Any], source: str = "experiment") -> Experiment:
     """Build an ``Experiment`` from the parsed TOML document (a nested dict)."""
     _check_keys(doc, TABLES, f"top level of {source}")
@@ -91,8 +98,12 @@ def from_dict(doc: Mapping[str, Any], source: str = "experiment") -> Experiment:
         raise TypeError("[components] must hold one table per component")
     for name, table in comps.items():
         _check_keys(table, ("off", "alternatives"), f"components.{name}")
-        components.append(Component(name, table.get("off"),
-                                    dict(table.get("alternatives", {}))))
+        alternatives = table.get("alternatives", {})
+        if not isinstance(alternatives, Mapping):
+            raise TypeError(f"[components.{name}] alternatives must be a table of named "
+                            f"settings, got {alternatives!r}")
+        components.append(Component(name, _variant(table.get("off")),
+                                    {k: _variant(v) for k, v in alternatives.items()}))
     return Experiment(name=top["name"], model=model_cfg, data=DataConfig(**data),
                       recipe=Recipe(**recipe), components=tuple(components),
                       profile=Profile(**_tuples(evaluation)),

@@ -97,12 +97,13 @@ def _load_data(exp: Experiment):
     return x, y, xt, yt
 
 
-def _init(exp: Experiment, x, y, seed):
+def _init(exp: Experiment, options: tuple, x, y, seed):
+    options = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in options)
     try:
-        return _create(exp.model.name, tuple(sorted(exp.model.options.items())),
-                       _num_classes(exp.data.dataset, y), tuple(x.shape[1:]), seed)
+        return _create(exp.model.name, options, _num_classes(exp.data.dataset, y),
+                       tuple(x.shape[1:]), seed)
     except TypeError as e:
-        raise ValueError(f"[model] {e}") from None
+        raise ValueError(f"[model] {e} (options {dict(options)})") from None
 
 
 @functools.lru_cache(maxsize=32)
@@ -150,10 +151,14 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
         if v.recipe.batch_size > len(x):
             raise ValueError(f"run {v.name!r}: batch_size {v.recipe.batch_size} is larger than "
                              f"the {len(x)} training examples")
-    inits = {s: _init(exp, x, y, s) for s in exp.seeds}
-    model = inits[exp.seeds[0]]
-    apply_fn = model.apply_fn  # one apply_fn: every run compiles against the same function
-    evaluation.check_applicable(apply_fn, model.params, xt, yt, exp.profile)
+    # One model per (model options, seed); every run of one architecture compiles against
+    # the apply_fn of its first seed's model.
+    configs = list(dict.fromkeys(v.model_options for v in variants(exp)))
+    inits = {(o, s): _init(exp, o, x, y, s) for o in configs for s in exp.seeds}
+    models_of = {o: inits[o, exp.seeds[0]] for o in configs}
+    for o in configs:
+        m = models_of[o]
+        evaluation.check_applicable(m.apply_fn, m.params, xt, yt, exp.profile)
     _prepare_out(out, exp.name)
 
     ehash = eval_hash(exp)
@@ -172,14 +177,16 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
         todo.append(run)
     log(f"{exp.name}: {len(runs)} runs, {len(records)} finished, {len(reeval)} to re-evaluate, "
         f"{len(todo)} to train")
-    evaluate = None
-    if todo or reeval:
-        evaluate = evaluation.make_evaluator(apply_fn, xt, yt, exp.profile)
+    evaluators = {}
 
     def finish(run, params, history, seconds, group_size):
+        o = run.variant.model_options
+        if o not in evaluators:
+            evaluators[o] = evaluation.make_evaluator(models_of[o].apply_fn, xt, yt,
+                                                      exp.profile)
         ckpt = out / "runs" / f"{run.id}.npz"
-        checkpoint.save(ckpt, params, model.spec, {"run": run.id}, overwrite=True)
-        metrics = evaluate(params, jax.random.fold_in(jax.random.PRNGKey(run.seed), 2))
+        checkpoint.save(ckpt, params, models_of[o].spec, {"run": run.id}, overwrite=True)
+        metrics = evaluators[o](params, jax.random.fold_in(jax.random.PRNGKey(run.seed), 2))
         rec = {"id": run.id, "variant": run.variant.name, "seed": run.seed,
                "choices": dict(run.variant.choices),
                "recipe": dataclasses.asdict(run.variant.recipe),
@@ -196,24 +203,31 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
                old["train_seconds"], old["group_size"])
 
     base_loss = exp.recipe.loss
-    if vectorise:
-        groups = [[todo[i] for i in idx] for _, idx in
-                  group_runs([r.variant.recipe for r in todo], base_loss)]
-        statics = [s for s, _ in group_runs([r.variant.recipe for r in todo], base_loss)]
-    else:
-        groups, statics = [[r] for r in todo], [None] * len(todo)
+    groups, statics = [], []
+    for o in configs:  # architectures one after another; runs of one architecture vmapped
+        mine = [r for r in todo if r.variant.model_options == o]
+        if not vectorise:
+            groups += [[r] for r in mine]
+            statics += [None] * len(mine)
+            continue
+        for static, idx in group_runs([r.variant.recipe for r in mine], base_loss):
+            groups.append([mine[i] for i in idx])
+            statics.append(static)
     for group, static in wrap(list(zip(groups, statics)), desc=f"{len(todo)} runs",
                               total=len(groups)):
         start = time.perf_counter()
         ids = ", ".join(r.id for r in group)
         log(f"training {len(group)} run(s) together: {ids}")
+        o = group[0].variant.model_options
+        apply_fn = models_of[o].apply_fn
         if static is None:
             run = group[0]
-            params, hist = train_reference(apply_fn, inits[run.seed].params, run.variant.recipe,
-                                           x, y, run.seed, progress=progress)
+            params, hist = train_reference(apply_fn, inits[o, run.seed].params,
+                                           run.variant.recipe, x, y, run.seed,
+                                           progress=progress)
             trained, losses = [params], [hist["loss"]]
         else:
-            trained, hist = train_group(apply_fn, [inits[r.seed].params for r in group],
+            trained, hist = train_group(apply_fn, [inits[o, r.seed].params for r in group],
                                         [r.variant.recipe for r in group],
                                         [r.seed for r in group], x, y, static,
                                         progress=progress)

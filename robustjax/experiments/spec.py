@@ -121,7 +121,10 @@ class Component:
     """A named technique of the base recipe: ``off`` removes it, ``alternatives`` swap it.
 
     ``off`` and every alternative are mappings from recipe field to the value it takes in that
-    variant (``{"weight_decay": 0.0}``); at least one of the two must be given.
+    variant (``{"weight_decay": 0.0}``); at least one of the two must be given. The key
+    ``"model"`` holds model overrides merged into the experiment's ``ModelConfig.options``
+    (``{"model": {"channels": (16, 32)}}``): runs whose parameter shapes differ are trained
+    one group after another.
     """
 
     name: str
@@ -144,11 +147,16 @@ class Component:
             if not isinstance(overrides, Mapping) or not overrides:
                 raise TypeError(f"component {self.name!r}, {variant!r}: expected a non-empty "
                                 f"table of recipe settings, got {overrides!r}")
-            unknown = sorted(set(overrides) - set(RECIPE_FIELDS))
+            unknown = sorted(set(overrides) - set(RECIPE_FIELDS) - {"model"})
             if unknown:
                 raise ValueError(f"component {self.name!r}, {variant!r}: unknown recipe "
                                  f"field(s) {', '.join(unknown)}; valid: "
-                                 f"{', '.join(RECIPE_FIELDS)}")
+                                 f"{', '.join(RECIPE_FIELDS)}, or model (model overrides)")
+            if "model" in overrides and (not isinstance(overrides["model"], Mapping)
+                                         or not overrides["model"]):
+                raise TypeError(f"component {self.name!r}, {variant!r}: 'model' must be a "
+                                f"non-empty table of model overrides, got "
+                                f"{overrides['model']!r}")
 
     def variants(self) -> dict[str, Mapping[str, Any]]:
         """``{"off": ..., alternative: ...}`` in declaration order."""
@@ -280,15 +288,20 @@ class Experiment:
         if dupes:
             raise ValueError(f"duplicate component name(s): {', '.join(dupes)}")
         base = dataclasses.asdict(self.recipe)
+        base_model = dict(self.model.options)
         for c in self.components:
             for variant, overrides in c.variants().items():
-                if all(base[k] == v for k, v in overrides.items()):
+                flat = {k: v for k, v in overrides.items() if k != "model"}
+                model = dict(overrides.get("model", {}))
+                if (all(base[k] == v for k, v in flat.items())
+                        and all(k in base_model and base_model[k] == v
+                                for k, v in model.items())):
                     raise ValueError(
                         f"component {c.name!r}, {variant!r}: every setting "
                         f"({', '.join(f'{k}={v!r}' for k, v in overrides.items())}) equals "
                         f"the base recipe, so the component does not exist in the base "
                         f"recipe; switch it on in [recipe] or fix the component")
                 try:
-                    dataclasses.replace(self.recipe, **overrides)
+                    dataclasses.replace(self.recipe, **flat)
                 except (TypeError, ValueError) as e:
                     raise type(e)(f"component {c.name!r}, {variant!r}: {e}") from None

@@ -88,13 +88,20 @@ def static_key(recipe: Recipe) -> tuple:
             recipe.ramp_epochs, recipe.ema_decay)
 
 
-def group_runs(recipes: Sequence[Recipe], base_loss: str) -> list[tuple[Static, list[int]]]:
+def group_runs(recipes: Sequence[Recipe], base_loss: str, merge_standard: Optional[bool] = None
+               ) -> list[tuple[Static, list[int]]]:
     """Partition run indices into groups that one vmapped program trains.
 
-    Runs group by ``static_key`` and adversarial family; ``standard`` runs join the group of
-    the base recipe's family when there is one (adversarial weight 0), else the first
-    adversarial group with their static key, else their own attack-free group.
+    Runs group by ``static_key`` and adversarial family. With ``merge_standard``, ``standard``
+    runs join the group of the base recipe's family when there is one (adversarial weight 0),
+    else the first adversarial group with their static key; otherwise (and when there is no
+    adversarial group) they form their own attack-free group. A merged standard run pays for
+    the attack it ignores (vmap computes every run's attack), which only pays off where the
+    group's program is not compute-bound: the default (``None``) merges on accelerators and
+    not on the CPU.
     """
+    if merge_standard is None:
+        merge_standard = jax.default_backend() != "cpu"
     by_key: dict[tuple, dict[Optional[str], list[int]]] = {}
     for i, r in enumerate(recipes):
         fam = None if r.loss == "standard" else r.loss
@@ -102,7 +109,7 @@ def group_runs(recipes: Sequence[Recipe], base_loss: str) -> list[tuple[Static, 
     out = []
     for key, families in by_key.items():
         standard = families.pop(None, [])
-        if standard and families:
+        if standard and families and merge_standard:
             target = base_loss if base_loss in families else next(iter(families))
             families[target] = sorted(families[target] + standard)
         elif standard:
