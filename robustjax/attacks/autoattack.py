@@ -16,9 +16,10 @@ fra31/auto-attack defines its versions (``set_version``; checked against its cod
 Cascade (as the reference): the clean accuracy first; then each attack runs only on the
 examples still robust, in batches of ``batch_size``; an example counts as broken when the
 returned point is misclassified (and inside the threat model); it then skips every later
-attack. Every attack is one compiled program for the batch shape: with ``schedule="compact"``
-(default, the reference's) the still-robust examples are gathered into full batches (the last
-one padded); with ``schedule="mask"`` the batches are the fixed slices of the data set and
+attack. Every attack is one compiled program for its batch shape: with ``schedule="compact"``
+(default, the reference's) the still-robust examples are gathered into equal batches of at most
+``batch_size`` (rounded up to a multiple of 8 and padded, so an attack that sees 173 examples
+runs one batch of 176, not 250); with ``schedule="mask"`` the batches are the fixed slices of the data set and
 slices without a robust example are skipped. ``benchmarks/results/autoattack.md`` compares them.
 
 This function runs on the host (a loop over attacks and batches, like the reference); each
@@ -336,14 +337,19 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
         if state.todo is None:
             state.todo, state.batches_done = np.nonzero(state.robust)[0], 0
         if config.schedule == "compact":
-            batches = _batches(state.todo, bs)
+            # equal batches just large enough (a multiple of 8): one shape for this attack
+            n_b = -(-len(state.todo) // bs)
+            per = -(-len(state.todo) // n_b)
+            bs_a = min(bs, (per + 7) // 8 * 8)
+            batches = _batches(state.todo, bs_a)
         else:
+            bs_a = bs
             batches = [b for b in _batches(np.arange(n), bs) if np.isin(b, state.todo).any()]
         run = _runner(apply_fn, fn, cfg, config.norm, float(config.eps))
         key_a = jax.random.fold_in(key, a)
         for bi in range(state.batches_done, len(batches)):
             idx = batches[bi]
-            padded = _pad(idx, bs)
+            padded = _pad(idx, bs_a)
             x_out, broken = run(params, jnp.asarray(x[padded]), jnp.asarray(y[padded]),
                                 jax.random.fold_in(key_a, bi))
             x_out, broken = np.asarray(x_out)[:len(idx)], np.asarray(broken)[:len(idx)]
