@@ -82,13 +82,17 @@ def _zoo_entries() -> dict[str, Entry]:
 MODELS: dict[str, Entry] = {**_small_entries(), **_zoo_entries()}
 
 
-def wrap(module: nn.Module, variables: Any, spec: ModelSpec) -> Model:
+def wrap(module: nn.Module, variables: Any, spec: ModelSpec, *,
+         accelerate: bool = True) -> Model:
     """Make a ``Model`` whose ``apply_fn`` takes [0, 1] pixels and normalises inside.
 
     ``module.__call__(x, features=False)`` must accept normalised NHWC input; with
     ``features=True`` it returns the penultimate features. A module whose ``__call__`` takes
     ``train`` and whose variables hold ``batch_stats`` also gets a ``train_apply_fn``
-    (BatchNorm on batch statistics, ``robustjax.train.modes``).
+    (BatchNorm on batch statistics, ``robustjax.train.modes``). With ``accelerate`` (default)
+    the model's plain ``flax.linen.Conv`` / ``lax`` convolutions run on robustjax's oneDNN
+    kernels (``robustjax.kernels.accelerate``; a no-op for modules built on
+    ``robustjax.models.layers.Conv`` and off the CPU).
     """
     from robustjax.train.modes import flax_train_apply, has_batch_stats
 
@@ -103,6 +107,11 @@ def wrap(module: nn.Module, variables: Any, spec: ModelSpec) -> Model:
     train_apply_fn = None
     if has_batch_stats(variables) and "train" in inspect.signature(module.__call__).parameters:
         train_apply_fn = flax_train_apply(module, mean, std)
+    if accelerate:
+        from robustjax.kernels import accelerate as _accelerate
+
+        apply_fn, embed_fn = _accelerate(apply_fn), _accelerate(embed_fn)
+        train_apply_fn = None if train_apply_fn is None else _accelerate(train_apply_fn)
     return Model(apply_fn, variables, spec, embed_fn, train_apply_fn)
 
 
