@@ -213,8 +213,9 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
         for static, idx in group_runs([r.variant.recipe for r in mine], base_loss):
             groups.append([mine[i] for i in idx])
             statics.append(static)
-    for group, static in wrap(list(zip(groups, statics)), desc=f"{len(todo)} runs",
-                              total=len(groups)):
+    # One bar over the runs (a group's runs finish together; the bar's rate gives the time
+    # left) and one over each group's epochs.
+    for group, static in _per_run(wrap, groups, statics):
         start = time.perf_counter()
         ids = ", ".join(r.id for r in group)
         log(f"training {len(group)} run(s) together: {ids}")
@@ -255,6 +256,14 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
     os.replace(tmp, out / "ablation.png")
     log(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'}")
     return result
+
+
+def _per_run(wrap, groups, statics):
+    """Yield each (group, static) once while the progress bar advances by runs."""
+    flat = [(i, j) for i, g in enumerate(groups) for j in range(len(g))]
+    for i, j in wrap(flat, desc="runs", total=len(flat)):
+        if j == 0:
+            yield groups[i], statics[i]
 
 
 def _describe(exp: Experiment) -> str:
