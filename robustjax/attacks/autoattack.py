@@ -5,7 +5,8 @@ fra31/auto-attack defines its versions (``set_version``; checked against its cod
 * ``standard``, Linf/L2: APGD-CE (1 run, 100 iterations), APGD-T (9 target classes, 1 run each),
   FAB-T (9 targets, 1 run each), Square (5,000 queries, p_init 0.8, schedule not rescaled).
   L1: APGD-CE with 5 restarts and APGD-T with 5 targets, both with the decreasing-eps schedule
-  (``use_largereps``), then FAB-T and Square.
+  (``use_largereps``), then FAB-T and Square (robustjax has no L1 Square: it is skipped, and
+  the log says so; ``attack_plan_notes``).
 * ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (untargeted, 5 restarts), Square,
   APGD-T (9 targets), FAB-T (9 targets; the reference forces 1 restart for FAB-T).
 * ``rand`` (randomized defenses): APGD-CE and APGD-DLR, 1 run each, gradients averaged over 20
