@@ -342,7 +342,7 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
             n_b = -(-len(state.todo) // bs)
             per = -(-len(state.todo) // n_b)
             bs_a = min(bs, (per + 7) // 8 * 8)
-            batches = _batches(state.todo, bs_a)
+            batches = _batches(state.todo, per)
         else:
             bs_a = bs
             batches = [b for b in _batches(np.arange(n), bs) if np.isin(b, state.todo).any()]
