@@ -174,3 +174,17 @@ def test_runs_that_differ_in_shape_train_one_after_another(tmp_path):
     with pytest.raises(ValueError, match="does not exist in the base recipe"):
         E.Experiment("x", model=E.ModelConfig("mlp", {"hidden": (16,)}), components=(
             E.Component("width", off={"model": {"hidden": (16,)}}),))
+
+
+def test_certified_metric_on_unsupported_model_fails_before_training(tmp_path, monkeypatch):
+    from robustjax import certify
+
+    def unsupported(*args, **kwargs):
+        raise certify.UnsupportedPrimitiveError("no IBP rule for primitive 'cumsum'")
+
+    monkeypatch.setattr(certify, "certify", unsupported)
+    path = tmp_path / "tiny.toml"
+    path.write_text(TOML.replace('metrics = ["clean", "pgd"]', 'metrics = ["clean", "ibp"]'))
+    with pytest.raises(ValueError, match="metric 'ibp' cannot run on this model: no IBP rule"):
+        E.ablate(path, out=tmp_path / "o")
+    assert not (tmp_path / "o").exists()

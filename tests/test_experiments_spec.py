@@ -166,3 +166,13 @@ def test_augmentation_is_a_zero_filled_shift_or_flip():
         key, x, jnp.array([0.0, 2.0]), jnp.array([0.0, 0.0]))
     np.testing.assert_array_equal(runs[0], x)
     assert not np.array_equal(runs[1], x)
+
+
+def test_model_components_in_toml(tmp_path):
+    exp = _load(tmp_path, BASE + '[components.width]\n'
+                'alternatives = { narrow = { model = { channels = [2, 4] } } }\n')
+    v = next(v for v in E.variants(exp) if v.name == "width=narrow")
+    assert v.model_options == (("channels", (2, 4)),) and v.recipe == exp.recipe
+    assert E.variants(exp)[0].model_options == (("channels", (4, 8)),)
+    with pytest.raises(TypeError, match="'model' must be a non-empty table"):
+        _load(tmp_path, BASE + '[components.width]\noff = { model = 3 }\n')

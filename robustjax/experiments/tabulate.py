@@ -43,6 +43,11 @@ def summarize(records: Sequence[Mapping], variant_names: Sequence[str],
     return out
 
 
+def _signed(v):
+    s = f"{100 * v:+.1f}"
+    return "0.0" if s in ("+0.0", "-0.0") else s
+
+
 def _pct(v):
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
@@ -63,7 +68,7 @@ def markdown(title: str, summary: Mapping, columns: Sequence[str], notes: Sequen
             s = summary[v][c]
             cell = f"{_pct(s['mean'])} ± {_pct(s['std'])}"
             if v != variants[0] and s["delta"] is not None:
-                cell += f" ({100 * s['delta']:+.1f})"
+                cell += f" ({_signed(s['delta'])})"
             cells.append(cell)
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines += ["", "Values in percent: mean ± sample std over seeds; (Δ) is the difference from "
@@ -78,7 +83,7 @@ def markdown(title: str, summary: Mapping, columns: Sequence[str], notes: Sequen
         lines.append("|---|" + "---|" * len(columns))
         for name, vals in contrib.items():
             lines.append(f"| {name} | " + " | ".join(
-                "–" if vals[c] is None else f"{100 * vals[c]:+.1f}" for c in columns) + " |")
+                "–" if vals[c] is None else _signed(vals[c]) for c in columns) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -8,13 +8,14 @@ so equal parameter shapes: the model is the experiment's) form a group; the grou
 ``robustjax.train.train_step`` is vmapped over a stacked ``TrainState``, stacked ``Hyper``s and
 per-run PRNG keys. On/off flags act by arithmetic that is exact for 0 and 1::
 
-    loss = a * adversarial_loss + (1 - a) * clean_ce        # a = 0: standard training
+    loss = a * adversarial_loss + (1 - a) * clean_ce        # a = 0: standard training (*)
     eps_t = where(ramp, eps_ramp(eps)(t), eps)
     x = random_crop_flip(key, x, crop, flip)                # crop = flip = 0: x unchanged
     evaluated = where(ema, ema_params, params)               # the chain always holds an EMA
 
-so a group run equals the same recipe trained alone by ``robustjax.train.fit`` with the
-ordinary loss and optax chain (``reference_loss`` / ``reference_optimizer``, what
+(* only in a group that holds standard runs, ``Static.mixed``; on the CPU standard runs get
+their own group, see ``group_runs``), so a group run equals the same recipe trained alone by
+``robustjax.train.fit`` with the ordinary loss and optax chain (``reference_loss`` / ``reference_optimizer``, what
 ``train_reference`` runs) to float32 rounding; ``tests/test_experiments_vectorised.py``
 checks it. Batches are shared when every run of a group has the same seed (the data order is
 ``shuffle_seed = seed + epoch``, as in ``fit``); otherwise each run gets its own.
@@ -72,6 +73,9 @@ class Static:
     ramp_warmup_epochs: float
     ramp_epochs: float
     ema_decay: float
+    # True when standard runs were merged into an adversarial group: the loss then mixes
+    # the clean CE in by the per-run weight (otherwise it would be a wasted pass)
+    mixed: bool = False
 
 
 def hyper_of(recipe: Recipe) -> Hyper:
@@ -115,8 +119,8 @@ def group_runs(recipes: Sequence[Recipe], base_loss: str, merge_standard: Option
         elif standard:
             families[None] = standard
         for fam, idx in families.items():
-            r = recipes[idx[0]]
-            out.append((Static(fam, *key), idx))
+            mixed = fam is not None and any(recipes[i].loss == "standard" for i in idx)
+            out.append((Static(fam, *key, mixed=mixed), idx))
     return out
 
 
@@ -204,11 +208,14 @@ def vector_loss(static: Static, hyper: Hyper, steps_per_epoch: int) -> train.Los
     def loss_fn(apply_fn, params, x, y, key, step):
         k_aug, k_adv = jax.random.split(key)
         x = random_crop_flip(k_aug, x, hyper.crop, hyper.flip)
-        clean = train.cross_entropy_loss(apply_fn, params, x, y, None, step)
         if adv is None:
-            return clean
+            return train.cross_entropy_loss(apply_fn, params, x, y, None, step)
+        robust = adv(apply_fn, params, x, y, k_adv, step)
+        if not static.mixed:  # every run of the group is adversarial (weight 1)
+            return robust
         a = hyper.adversarial
-        return a * adv(apply_fn, params, x, y, k_adv, step) + (1.0 - a) * clean
+        clean = train.cross_entropy_loss(apply_fn, params, x, y, None, step)
+        return a * robust + (1.0 - a) * clean
 
     return loss_fn
 
