@@ -15,8 +15,8 @@ per-run PRNG keys. On/off flags act by arithmetic that is exact for 0 and 1::
 
 (* only in a group that holds standard runs, ``Static.mixed``; on the CPU standard runs get
 their own group, see ``group_runs``), so a group run equals the same recipe trained alone by
-``robustjax.train.fit`` with the ordinary loss and optax chain (``reference_loss`` / ``reference_optimizer``, what
-``train_reference`` runs) to float32 rounding; ``tests/test_experiments_vectorised.py``
+``robustjax.train.fit`` with the ordinary loss and optax chain (``reference_loss`` /
+``reference_optimizer``, what ``train_reference`` runs) to float32 rounding; ``tests/test_experiments_vectorised.py``
 checks it. Batches are shared when every run of a group has the same seed (the data order is
 ``shuffle_seed = seed + epoch``, as in ``fit``); otherwise each run gets its own.
 
