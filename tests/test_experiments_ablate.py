@@ -34,7 +34,6 @@ epochs = 1
 batch_size = 25
 [components.adversarial_training]
 off = { loss = "standard" }
-alternatives = { trades = { loss = "trades", beta = 1.0 } }
 [components.weight_decay]
 off = { weight_decay = 0.0 }
 [evaluation]
@@ -64,13 +63,11 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     # uninterrupted
     logs = []
     full = E.ablate(path, out=tmp_path / "a", log=logs.append)
-    assert any("8 to train" in m for m in logs)
+    assert any("6 to train" in m for m in logs)
     assert [r["variant"] for r in full["runs"]] == [
-        "full", "full", "-adversarial_training", "-adversarial_training",
-        "adversarial_training=trades", "adversarial_training=trades", "-weight_decay",
+        "full", "full", "-adversarial_training", "-adversarial_training", "-weight_decay",
         "-weight_decay"]
-    assert set(full["summary"]) == {"full", "-adversarial_training",
-                                    "adversarial_training=trades", "-weight_decay"}
+    assert set(full["summary"]) == {"full", "-adversarial_training", "-weight_decay"}
     s = full["summary"]["-weight_decay"]["clean"]
     vals = [r["metrics"]["clean"] for r in full["runs"] if r["variant"] == "-weight_decay"]
     assert s["mean"] == pytest.approx(np.mean(vals))
@@ -92,10 +89,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     assert not [f for f in _files(b) if "tmp" in f]  # no half-written files
     logs = []
     resumed = E.ablate(path, out=b, log=logs.append)
-    assert any("4 finished, 0 to re-evaluate, 4 to train" in m for m in logs)
+    assert any("4 finished, 0 to re-evaluate, 2 to train" in m for m in logs)
     assert [m for m in logs if m.startswith("training")] == [
-        "training 2 run(s) together: adversarial_training~trades__seed0, "
-        "adversarial_training~trades__seed1",
         "training 2 run(s) together: no_adversarial_training__seed0, "
         "no_adversarial_training__seed1"]
     assert resumed["summary"] == full["summary"]
@@ -111,19 +106,21 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
     # a rerun trains nothing and writes the same table
     logs = []
     again = E.ablate(path, out=b, log=logs.append)
-    assert any("8 finished, 0 to re-evaluate, 0 to train" in m for m in logs)
+    assert any("6 finished, 0 to re-evaluate, 0 to train" in m for m in logs)
     assert again["summary"] == full["summary"]
 
-    # a changed alternative retrains only its runs; a changed profile only re-evaluates
-    path.write_text(TOML.replace("beta = 1.0", "beta = 3.0").replace("pgd_steps = 2",
-                                                                     "pgd_steps = 3"))
+    # a changed component retrains only its runs; a changed profile only re-evaluates
+    path.write_text(TOML.replace("weight_decay = 0.0", "weight_decay = 1e-4").replace(
+        "pgd_steps = 2", "pgd_steps = 3"))
     logs = []
     changed = E.ablate(path, out=b, log=logs.append)
-    assert any("0 finished, 6 to re-evaluate, 2 to train" in m for m in logs)
+    assert any("0 finished, 4 to re-evaluate, 2 to train" in m for m in logs)
     assert sum("recipe changed" in m for m in logs) == 2
+    assert [m for m in logs if m.startswith("training")] == [
+        "training 2 run(s) together: no_weight_decay__seed0, no_weight_decay__seed1"]
     assert changed["summary"]["full"]["clean"] == full["summary"]["full"]["clean"]
-    rec = json.loads((b / "runs" / "adversarial_training~trades__seed0.json").read_text())
-    assert rec["recipe"]["beta"] == 3.0
+    rec = json.loads((b / "runs" / "no_weight_decay__seed0.json").read_text())
+    assert rec["recipe"]["weight_decay"] == 1e-4
 
 
 def test_output_folder_is_never_overwritten_silently(tmp_path):
