@@ -20,8 +20,8 @@ returned point is misclassified (and inside the threat model); it then skips eve
 attack. Every attack is one compiled program for its batch shape: with ``schedule="compact"``
 (default, the reference's) the still-robust examples are gathered into equal batches of at most
 ``batch_size`` (rounded up to a multiple of 8 and padded, so an attack that sees 173 examples
-runs one batch of 176, not 250); with ``schedule="mask"`` the batches are the fixed slices of the data set and
-slices without a robust example are skipped. ``benchmarks/results/autoattack.md`` compares them.
+runs one batch of 176, not 250); with ``schedule="mask"`` the batches are the fixed slices of the
+data set and slices without a robust example are skipped. ``benchmarks/results/autoattack.md`` compares them.
 
 This function runs on the host (a loop over attacks and batches, like the reference); each
 batch is one call of a jitted attack. Logging, resume and files belong to the caller:

@@ -214,11 +214,11 @@ def fab_run(apply_fn, params, x, y, key, eps, steps, alpha_max, eta, beta, targe
 
 
 def fab(apply_fn, params, x, y, key, config: FABConfig = FABConfig()) -> AttackResult:
-    """FAB-T (default) or FAB, Linf / L2 / L1. ``x`` [b, H, W, C] in [0, 1], ``y`` int32 true labels.
+    """FAB-T (default) or FAB, Linf / L2 / L1. ``x`` [b, H, W, C] in [0, 1], ``y`` int32 labels.
 
     ``success``: clean misclassification, or an adversarial point within ``eps``; ``norm``: the
-    distance (in ``config.norm``) of the returned point (the smallest found; 0 where nothing was found, and
-    ``x_adv = x`` there); ``loss``: that minimal distance (``1e10`` where none was found);
+    distance (in ``config.norm``) of the returned point (the smallest found; 0 where nothing
+    was found, and ``x_adv = x`` there); ``loss``: that minimal distance (``1e10`` where none was found);
     ``queries``: gradient evaluations (each iteration also does one forward pass).
     """
     _core.check_attack_inputs(x, y, config.eps, apply_fn)
