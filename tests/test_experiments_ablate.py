@@ -185,3 +185,18 @@ def test_certified_metric_on_unsupported_model_fails_before_training(tmp_path, m
     with pytest.raises(ValueError, match="metric 'ibp' cannot run on this model: no IBP rule"):
         E.ablate(path, out=tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_autoattack_metric_is_a_column_and_no_higher_than_clean(tmp_path):
+    exp = E.Experiment(
+        "aa", model=E.ModelConfig("mlp", {"hidden": (16,)}),
+        data=E.DataConfig("digits", train_examples=100, test_examples=30),
+        recipe=E.Recipe(loss="standard", epochs=10, batch_size=25, lr=1e-2),
+        profile=E.Profile(metrics=("clean", "autoattack"), eps=0.3, batch_size=30))
+    result = E.ablate(exp, out=tmp_path / "aa", log=lambda m: None)
+    row = result["summary"]["full"]
+    assert 0.0 <= row["autoattack"]["mean"] <= row["clean"]["mean"]
+    assert row["clean"]["mean"] > 0.3  # a model that learned something was attacked
+    assert "AutoAttack acc" in (tmp_path / "aa" / "ablation.md").read_text()
+    with pytest.raises(ValueError, match="autoattack_version"):
+        E.Profile(metrics=("autoattack",), autoattack_version="fast")

@@ -8,6 +8,7 @@ fractions in [0, 1]):
 * ``clean``: top-1 accuracy;
 * ``pgd``: accuracy under Linf PGD at ``eps`` (random start from ``key``);
 * ``apgd``: accuracy under the per-example worst of APGD-CE and (when measured) PGD;
+* ``autoattack``: robust accuracy under AutoAttack (``attacks.autoattack``, Linf at ``eps``);
 * ``mce``: mean corruption error over ``corruptions`` x ``severities`` (lower is better) and
   ``retention``: mean corrupted accuracy / clean accuracy (survey eq. 4);
 * ``spatial``: mean accuracy over the spatial distortions x severities;
@@ -27,6 +28,7 @@ from robustjax.experiments.spec import Profile
 
 # metric -> the table columns it produces; LOWER_IS_BETTER marks error columns
 COLUMNS = {"clean": ("clean",), "pgd": ("pgd",), "apgd": ("apgd",),
+           "autoattack": ("autoattack",),
            "corruption": ("mce", "retention"), "spatial": ("spatial",), "ibp": ("ibp",),
            "crown": ("crown",)}
 LOWER_IS_BETTER = ("mce",)
@@ -118,6 +120,13 @@ def make_evaluator(apply_fn, x, y, profile: Profile):
                 if pgd_success is not None:
                     success = success | pgd_success
                 out["apgd"] = 1.0 - float(np.mean(success))
+        if "autoattack" in metrics:
+            result = attacks.autoattack(
+                apply_fn, params, x, y, jax.random.fold_in(key, 2),
+                attacks.AutoAttackConfig(eps=profile.eps, norm="linf",
+                                         version=profile.autoattack_version,
+                                         batch_size=profile.batch_size))
+            out["autoattack"] = float(result.robust_accuracy)
         if "corruption" in metrics:
             errors = {name: [1.0 - accuracy(params, corrupted[name, s])
                              for s in profile.severities] for name in profile.corruptions}

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 LOSSES = ("standard", "pgd_at", "trades", "mart")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
-METRICS = ("clean", "pgd", "apgd", "corruption", "spatial", "ibp", "crown")
+METRICS = ("clean", "pgd", "apgd", "autoattack", "corruption", "spatial", "ibp", "crown")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -206,6 +206,9 @@ class Profile:
     * ``clean``: accuracy; ``pgd``: accuracy under Linf PGD (``pgd_steps``, ``pgd_step_size``
       default ``2.5 eps / steps``, random start) at ``eps``; ``apgd``: under APGD-CE
       (``apgd_steps``) or the PGD attack, whichever succeeds (a per-example worst case);
+    * ``autoattack``: robust accuracy under AutoAttack (Croce & Hein 2020;
+      ``robustjax.attacks.autoattack``, Linf at ``eps``, ``autoattack_version`` "standard",
+      "plus" or "rand", the reference's settings);
     * ``corruption``: mean corruption error over ``corruptions`` x ``severities``
       (``robustjax.corruptions``; unnormalised, there is no AlexNet baseline on MNIST) and the
       retention rate (survey eq. 4: corrupted accuracy / clean accuracy);
@@ -219,6 +222,7 @@ class Profile:
     pgd_steps: int = 40
     pgd_step_size: Optional[float] = None
     apgd_steps: int = 100
+    autoattack_version: str = "standard"
     corruptions: tuple[str, ...] = ("gaussian_noise", "shot_noise", "impulse_noise",
                                     "defocus_blur", "brightness", "contrast")
     severities: tuple[int, ...] = (1, 3, 5)
@@ -237,6 +241,7 @@ class Profile:
             _choice(m, METRICS, "metric")
         if len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"evaluation.metrics lists a metric twice: {self.metrics}")
+        _choice(self.autoattack_version, ("standard", "plus", "rand"), "autoattack_version")
         for c in self.corruptions:
             _choice(c, tuple(CORRUPTIONS), "corruption")
         for s in self.spatial:

@@ -17,7 +17,7 @@ import numpy as np
 
 from robustjax.experiments.evaluate import LOWER_IS_BETTER
 
-LABELS = {"clean": "clean acc", "pgd": "PGD acc", "apgd": "APGD-CE acc",
+LABELS = {"clean": "clean acc", "pgd": "PGD acc", "apgd": "APGD-CE acc", "autoattack": "AutoAttack acc",
           "mce": "mean corruption err", "retention": "retention", "spatial": "spatial acc",
           "ibp": "IBP verified", "crown": "CROWN verified"}
 
