@@ -71,7 +71,7 @@ def test_shipped_example_loads():
 @pytest.mark.parametrize("old, new, message", [
     ("[data]", "[datas]", "unknown key(s) in [top level"),
     ("crop = 2\n", "crop = 2\nlearning_rate = 1\n", "unknown key(s) in [recipe]: learning_rate"),
-    ('"corruption"]', '"corruption", "autoattack"]', "unknown metric 'autoattack'; valid: clean"),
+    ('"corruption"]', '"corruption", "autoatack"]', "unknown metric 'autoatack'; valid: clean"),
     ('name = "cnn"', 'name = "cnnn"', "unknown model 'cnnn'; valid:"),
     ('dataset = "digits"', 'dataset = "cifar11"', "unknown dataset 'cifar11'; valid"),
     ('{ crop = 0 }', '{ cropping = 0 }', "unknown recipe field(s) cropping; valid: loss"),

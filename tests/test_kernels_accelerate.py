@@ -83,12 +83,13 @@ def test_other_convolutions_and_switched_off_stay_on_lax():
 def test_zoo_model_is_left_as_it_was():
     model = models.create("cnn", num_classes=10)
     x = jnp.zeros((2,) + model.spec.input_shape, jnp.float32)
-    raw = model.apply_fn.__wrapped__
-    j_raw = jax.make_jaxpr(raw)(model.params, x)
-    j_acc = jax.make_jaxpr(model.apply_fn)(model.params, x)
+    assert not getattr(model.apply_fn, "_robustjax_accelerated", False)  # nothing to rewrite
+    j_raw = jax.make_jaxpr(model.apply_fn)(model.params, x)
+    fast = accelerate(model.apply_fn)
+    j_acc = jax.make_jaxpr(fast)(model.params, x)
     assert len(j_acc.jaxpr.eqns) == len(j_raw.jaxpr.eqns)
     assert count_convolutions(j_acc) == count_convolutions(j_raw) == {"xla": 0, "onednn": 2}
-    assert accelerate(model.apply_fn) is model.apply_fn
+    assert accelerate(fast) is fast
 
 
 def test_wrapped_user_model_trains_and_is_attacked_on_onednn():
@@ -96,6 +97,7 @@ def test_wrapped_user_model_trains_and_is_attacked_on_onednn():
     spec = ModelSpec("plain", (16, 16, 3), 10, (0.5,) * 3, (0.25,) * 3)
     fast = models.wrap(module, v, spec)
     slow = models.wrap(module, v, spec, accelerate=False)
+    assert getattr(fast.apply_fn, "_robustjax_accelerated", False)
     assert count_convolutions(jax.make_jaxpr(fast.apply_fn)(v, x))["xla"] == 0
     assert count_convolutions(jax.make_jaxpr(slow.apply_fn)(v, x))["onednn"] == 0
     y = jnp.arange(8) % 10

@@ -148,7 +148,9 @@ def accelerate(fn: Callable[..., Any]) -> Callable[..., Any]:
     ``fn`` has nothing to rewrite (no eligible ``lax`` convolution: a model written with
     ``robustjax.models.layers.Conv``, an MLP) the accelerated function traces to ``fn``'s own
     jaxpr; the check runs once per input signature. Accelerating an accelerated function
-    returns it unchanged.
+    returns it unchanged. It is not jitted: jit it (attacks and training do), as you would
+    ``fn``; Python side effects of ``fn`` (flax interceptors, prints) run once per trace, plus
+    once more the first time a signature is seen.
     """
     if getattr(fn, "_robustjax_accelerated", False):
         return fn
@@ -174,18 +176,10 @@ def accelerate(fn: Callable[..., Any]) -> Callable[..., Any]:
         out = _eval(closed.jaxpr, closed.consts, leaves)
         return jax.tree.unflatten(jax.tree.structure(out_shape), out)
 
-    compiled = jax.jit(accelerated)
+    accelerated._robustjax_accelerated = True
+    return accelerated
 
-    @functools.wraps(fn)
-    def entry(*args):
-        # eager calls run as one compiled program: evaluated op by op, every rewritten inner
-        # jaxpr would be a new program to compile on every call
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
-            return accelerated(*args)
-        try:
-            return compiled(*args)
-        except TypeError:  # arguments jit cannot take (not arrays)
-            return accelerated(*args)
 
-    entry._robustjax_accelerated = True
-    return entry
+def needs_acceleration(fn: Callable[..., Any], *args) -> bool:
+    """True if ``fn(*args)`` traces to at least one eligible ``lax`` convolution."""
+    return _has_eligible(jax.make_jaxpr(fn)(*args).jaxpr)

@@ -107,12 +107,31 @@ def wrap(module: nn.Module, variables: Any, spec: ModelSpec, *,
     train_apply_fn = None
     if has_batch_stats(variables) and "train" in inspect.signature(module.__call__).parameters:
         train_apply_fn = flax_train_apply(module, mean, std)
-    if accelerate:
+    if accelerate and _has_lax_convolutions(module, apply_fn, variables, spec):
         from robustjax.kernels import accelerate as _accelerate
 
         apply_fn, embed_fn = _accelerate(apply_fn), _accelerate(embed_fn)
         train_apply_fn = None if train_apply_fn is None else _accelerate(train_apply_fn)
     return Model(apply_fn, variables, spec, embed_fn, train_apply_fn)
+
+
+def _has_lax_convolutions(module, apply_fn, variables, spec) -> bool:
+    """Whether ``kernels.accelerate`` has anything to do for this module (checked once, here).
+
+    robustjax's own architectures are built on ``models.layers.Conv`` and are left as they
+    are; a user's module is traced once on one image of the spec's shape.
+    """
+    if type(module).__module__.startswith("robustjax.models"):
+        return False
+    from robustjax.kernels import needs_acceleration, onednn_active
+
+    if not onednn_active():
+        return True  # decided per call (the kernels may be switched on later)
+    try:
+        return needs_acceleration(apply_fn, variables,
+                                       jnp.zeros((1,) + tuple(spec.input_shape), jnp.float32))
+    except Exception:  # noqa: BLE001 - a module that cannot take this probe: decide per call
+        return True
 
 
 def create(name: str, num_classes: Optional[int] = None, *, key: Optional[jax.Array] = None,
