@@ -102,8 +102,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--skip", nargs="*", default=[],
-                    help="leave out variants whose name contains one of these words")
+    ap.add_argument("--no-xla", action="store_true",
+                    help="leave out robustjax on XLA's own convolutions (the slowest variants)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -134,9 +134,8 @@ def main():
         "standard robustjax (XLA conv)": robustjax_step(model, train.cross_entropy_loss, False),
         "standard torch": lambda a, b: torch_step(tmodel, topt, xt, yt, None),
     }
-    variants = {k: v for k, v in variants.items()
-                if not any(word in k for word in args.skip) or k.endswith("(oneDNN)")
-                or k.endswith("torch")}
+    if args.no_xla:
+        variants = {k: v for k, v in variants.items() if "(XLA conv)" not in k}
     warm, times = {}, {k: [] for k in variants}
     for name, fn in variants.items():
         t0 = time.perf_counter()

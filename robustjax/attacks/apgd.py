@@ -147,6 +147,20 @@ def _bcast(v, x):
     return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
+def track_best(c, x, x_new, v, g, fooled_now):
+    """APGD's bookkeeping after a step (L-inf/L2 and L1 alike).
+
+    -> ``(x_best_adv, x_best, grad_best, loss_best)``: the latest misclassified point, and the
+    highest-loss point with its gradient and loss.
+    """
+    x_best_adv = jnp.where(_bcast(fooled_now, x), x_new, c["x_best_adv"])
+    better = v > c["loss_best"]
+    x_best = jnp.where(_bcast(better, x), x_new, c["x_best"])
+    grad_best = jnp.where(_bcast(better, x), g, c["grad_best"])
+    loss_best = jnp.where(better, v, c["loss_best"])
+    return x_best_adv, x_best, grad_best, loss_best
+
+
 def _direction(g, norm):
     return _core.steepest_direction(g, norm)
 
@@ -194,11 +208,7 @@ def apgd_run(apply_fn, params, x, y, key, eps, norm, steps, rho, alpha, loss_fn,
         z = proj(x_cur + step * _direction(c["grad"], norm))
         x_new = proj(x_cur + (z - x_cur) * a + (x_cur - c["x_old"]) * (1.0 - a))
         v, g, fooled_now = value_grad(x_new)
-        x_best_adv = jnp.where(_bcast(fooled_now, x), x_new, c["x_best_adv"])
-        better = v > c["loss_best"]
-        x_best = jnp.where(_bcast(better, x), x_new, c["x_best"])
-        grad_best = jnp.where(_bcast(better, x), g, c["grad_best"])
-        loss_best = jnp.where(better, v, c["loss_best"])
+        x_best_adv, x_best, grad_best, loss_best = track_best(c, x, x_new, v, g, fooled_now)
         loss_steps = c["loss_steps"].at[i].set(v)
 
         # Checkpoint: condition 1 (oscillation) over the last k steps, condition 2 (no halving

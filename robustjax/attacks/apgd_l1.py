@@ -29,10 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.attacks import _core
-
-
-def _bcast(v, x):
-    return v.reshape((-1,) + (1,) * (x.ndim - 1))
+from robustjax.attacks.apgd import _bcast, track_best
 
 
 def l0(delta):
@@ -81,11 +78,7 @@ def _run(apply_fn, params, x, y, key, eps, steps, loss_fn, loop, eot_iter, x_ini
         x_new = proj(c["x_adv"] + _bcast(c["step"], x) * sparse_l1_direction(c["grad"],
                                                                               c["topk"]))
         v, g, fooled_now = value_grad(x_new)
-        x_best_adv = jnp.where(_bcast(fooled_now, x), x_new, c["x_best_adv"])
-        better = v > c["loss_best"]
-        x_best = jnp.where(_bcast(better, x), x_new, c["x_best"])
-        grad_best = jnp.where(_bcast(better, x), g, c["grad_best"])
-        loss_best = jnp.where(better, v, c["loss_best"])
+        x_best_adv, x_best, grad_best, loss_best = track_best(c, x, x_new, v, g, fooled_now)
 
         check = (i + 1) % k == 0
         sp_curr = l0(x_best - x)

@@ -154,7 +154,7 @@ def accelerate(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
     if getattr(fn, "_robustjax_accelerated", False):
         return fn
-    plain: dict = {}  # input signature -> True where fn has no eligible convolution
+    plain: set = set()  # input signatures for which fn has no eligible convolution
 
     @functools.wraps(fn)
     def accelerated(*args):
@@ -166,12 +166,12 @@ def accelerate(fn: Callable[..., Any]) -> Callable[..., Any]:
             hash(signature)
         except TypeError:  # not arrays: nothing to trace
             return fn(*args)
-        if plain.get(signature):
+        if signature in plain:
             return fn(*args)
         closed, out_shape = jax.make_jaxpr(
             lambda *flat: fn(*jax.tree.unflatten(tree, flat)), return_shape=True)(*leaves)
         if not _has_eligible(closed.jaxpr):
-            plain[signature] = True
+            plain.add(signature)
             return fn(*args)
         out = _eval(closed.jaxpr, closed.consts, leaves)
         return jax.tree.unflatten(jax.tree.structure(out_shape), out)
