@@ -57,7 +57,7 @@ thead th[aria-sort=ascending]::after{content:" \\2191";color:#1b1f24}
 thead th[aria-sort=descending]::after{content:" \\2193";color:#1b1f24}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
 figcaption{color:#57606a;font-size:.9em}.meta{color:#57606a}.missing{color:#cf222e}
-code{background:#f6f8fa;padding:0 .25em;border-radius:3px}
+div.wide{overflow-x:auto}code{background:#f6f8fa;padding:0 .25em;border-radius:3px}
 """
 
 # Click a header to sort its table by that column; a second click reverses. Cells sort by their
@@ -130,8 +130,8 @@ def _cell(v: Any) -> str:
 def _table(header: list, rows: list[list]) -> str:
     head = "".join(f'<th scope="col">{_esc(h)}</th>' for h in header)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
-    return (f'<table class="sortable"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table>")
+    return (f'<div class="wide"><table class="sortable"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _union_keys(records) -> list:
