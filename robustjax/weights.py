@@ -36,8 +36,16 @@ import numpy as np
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl")
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-# Wrappers that training scripts put around a state dict (facebookresearch ConvNeXt: "model").
-WRAPPER_KEYS = ("state_dict", "model", "module")
+# Wrappers that training scripts put around a state dict (facebookresearch ConvNeXt: "model";
+# RobustBench-era CIFAR training scripts: "state_dict", "model_state_dict").
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
+# Prefixes every key gets from a wrapper module: ``nn.DataParallel`` ("module."), a model held
+# as an attribute ("model.", RobustBench's ``normalize_model`` / ``rm_substr_from_state_dict``).
+WRAPPER_PREFIXES = ("module.", "model.")
+# Names of the per-channel normalisation buffers a model may carry inside (RobustBench:
+# ``ImageNormalizer`` as ``normalize.mean`` / ``normalize.std``, Wong 2020's ``mu``/``sigma``,
+# DeepMind's ``mean``/``std``).
+NORMALIZATION_NAMES = (("mean", "std"), ("mu", "sigma"))
 
 
 class CheckpointError(ValueError):
@@ -365,9 +373,58 @@ def flatten_state_dict(obj: Any, where: str = "checkpoint", key: Optional[str] =
     walk(obj, "")
     if not out:
         raise CheckpointError(f"{where}: no tensors found (got a {type(obj).__name__})")
-    if all(k.startswith("module.") for k in out):  # saved from nn.DataParallel
-        out = {k[len("module."):]: v for k, v in out.items()}
+    return strip_wrapper_prefixes(out)
+
+
+def strip_wrapper_prefixes(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop ``module.`` / ``model.`` prefixes (in any nesting) while EVERY key carries one.
+
+    ``{"module.model.conv1.weight": w}`` -> ``{"conv1.weight": w}``; a prefix only some keys
+    have is a real submodule name and is kept.
+    """
+    out = dict(sd)
+    while out:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in out)), None)
+        if prefix is None:
+            return out
+        out = {k[len(prefix):]: v for k, v in out.items()}
     return out
+
+
+def split_normalization(sd: Mapping[str, Any]) -> tuple[dict[str, Any], Optional[tuple]]:
+    """Take per-channel normalisation buffers out of a state dict.
+
+    Finds ``<p>mean`` + ``<p>std`` (or ``<p>mu`` + ``<p>sigma``) where ``<p>`` is empty (buffers
+    of the model itself) or one module name that holds nothing else (``normalize.``, or ``0.``
+    of an ``nn.Sequential(Normalize, net)``); each buffer must hold one value per channel
+    (shape ``(C,)``, ``(C, 1, 1)`` or ``(1, C, 1, 1)``). Returns the rest of the state dict, with
+    the wrapper's prefixes (``model.``, the Sequential's ``1.``) stripped, and
+    ``(mean, std)`` as tuples of floats, or ``None`` when there are no such buffers.
+
+    Example: ``{"normalize.mean": m, "normalize.std": s, "model.fc.weight": w}`` ->
+    ``({"fc.weight": w}, (tuple(m.ravel()), tuple(s.ravel())))``.
+    """
+    sd = dict(sd)
+    for a, b in NORMALIZATION_NAMES:
+        for key in sorted(k for k in sd if k.rsplit(".", 1)[-1] == a):
+            prefix = key[: -len(a)]
+            if prefix.count(".") > 1 or f"{prefix}{b}" not in sd:
+                continue
+            if prefix and any(k.startswith(prefix) for k in sd
+                              if k not in (f"{prefix}{a}", f"{prefix}{b}")):
+                continue  # a module with other tensors (not a normalisation layer)
+            mean, std = np.asarray(sd[f"{prefix}{a}"]), np.asarray(sd[f"{prefix}{b}"])
+            if not all(np.squeeze(v).ndim <= 1 and v.ndim <= 4 for v in (mean, std)):
+                continue
+            rest = {k: v for k, v in sd.items() if k not in (f"{prefix}{a}", f"{prefix}{b}")}
+            if prefix[:-1].isdigit():  # nn.Sequential(Normalize, net): the net is the next index
+                nxt = f"{int(prefix[:-1]) + 1}."
+                if rest and all(k.startswith(nxt) for k in rest):
+                    rest = {k[len(nxt):]: v for k, v in rest.items()}
+            norm = (tuple(float(v) for v in mean.astype(np.float64).ravel()),
+                    tuple(float(v) for v in std.astype(np.float64).ravel()))
+            return strip_wrapper_prefixes(rest), norm
+    return sd, None
 
 
 def read_state_dict(path, key: Optional[str] = None) -> dict[str, np.ndarray]:

@@ -5,7 +5,9 @@ torchvision and efficientnet-lite-pytorch with ``pretrained=False``) lists each 
 names and shapes. Each key gets a zero-stride ``np.broadcast_to`` array of its shape (no memory),
 the family converter maps it, and ``loading.convert`` compares the result with
 ``jax.eval_shape(module.init)``: no missing, unexpected or wrongly shaped keys, no model variable
-left unconverted.
+left unconverted. RobustBench's CIFAR-10 architectures have their own manifest in the same format
+(``tests/fixtures/robustbench/manifest.json``, made by ``scripts/make_robustbench_fixtures.py``
+from robustbench 1.1.1's model definitions).
 """
 
 import json
@@ -18,7 +20,9 @@ from robustjax.models import loading
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "tests" / "fixtures" / "zoo" / "manifest.json"
-MODELS = json.loads(MANIFEST.read_text())["models"]
+ROBUSTBENCH_MANIFEST = ROOT / "tests" / "fixtures" / "robustbench" / "manifest.json"
+MODELS = {**json.loads(MANIFEST.read_text())["models"],
+          **json.loads(ROBUSTBENCH_MANIFEST.read_text())["models"]}
 LOADABLE = sorted(k for k, v in MODELS.items() if v["loadable"])
 _ZERO = np.zeros((), np.float32)
 
@@ -36,6 +40,9 @@ def test_manifest_covers_the_zoo():
                  for p in (16, 32)}
     expected |= {f"resnet{d}" for d in (18, 34, 50, 101, 152)}
     expected |= {"inception_v3", "efficientnet_lite0"}
+    expected |= {"wrn_28_10", "wrn_34_10", "wrn_34_20", "wrn_70_16", "dm_wrn_28_10",
+                 "dm_wrn_34_20", "dm_wrn_70_16", "dm_wrn_106_16", "preact_resnet18",
+                 "dm_preact_resnet18"}
     covered = {v["model"] for v in MODELS.values() if v["loadable"]}
     assert expected <= covered, expected - covered
     assert set(loading.loadable_names()) <= covered, set(loading.loadable_names()) - covered

@@ -296,9 +296,14 @@ def load_variables(name: str, checkpoint: Union[str, os.PathLike, Mapping[str, n
     """Like :func:`load` but returns ``(module, variables, spec, report)``."""
     if isinstance(checkpoint, Mapping):
         sd, source = dict(checkpoint), "state dict"
+        if any(isinstance(v, Mapping) for v in sd.values()):  # {"state_dict": {...}, ...}
+            sd = weights.flatten_state_dict(sd, source)
     else:
         sd, source = weights.read_state_dict(checkpoint), os.fspath(checkpoint)
     own = _read_robustjax_params(sd)
+    norm = None
+    if own is None:  # RobustBench-style wrappers: module./model. prefixes, a Normalize layer
+        sd, norm = weights.split_normalization(weights.strip_wrapper_prefixes(sd))
     if own is not None:  # a ported file remembers its architecture and spec
         header = own[1]
         if header["model"] != name:
@@ -312,6 +317,8 @@ def load_variables(name: str, checkpoint: Union[str, os.PathLike, Mapping[str, n
     module, spec = _build(name, num_classes, input_shape, overrides)
     if own is not None:
         spec = ModelSpec.from_dict(header["spec"])
+    if norm is not None:  # the checkpoint's own normalisation replaces the entry's default
+        spec = dataclasses.replace(spec, mean=norm[0], std=norm[1])
     produced, report, expected = convert(name, sd, module, spec)
     if not report.ok:
         msg = (f"checkpoint {source} does not fit model {name!r} "
@@ -344,8 +351,13 @@ def load(name: str, checkpoint: Union[str, os.PathLike, Mapping[str, np.ndarray]
 
     Args:
       name: a zoo name (``robustjax.models.loading.loadable_names()``), e.g. ``"resnet101"``.
-      checkpoint: a ``.pth``/``.pt``/``.safetensors``/``.npz`` path (timm, torchvision or
-        facebookresearch key names; a file from ``robustjax port``), or a flat state dict.
+      checkpoint: a ``.pth``/``.pt``/``.safetensors``/``.npz`` path (timm, torchvision,
+        facebookresearch or RobustBench key names; a file from ``robustjax port``), or a state
+        dict. Training-script wrappers are undone: a nested ``{"state_dict": ...}`` /
+        ``{"model_state_dict": ...}`` dict, ``module.`` (``nn.DataParallel``) and ``model.``
+        prefixes on every key, and normalisation buffers inside the model (RobustBench's
+        ``normalize.mean``/``normalize.std``, ``mu``/``sigma``, ``mean``/``std``, an
+        ``nn.Sequential(Normalize, net)``): these become the spec's ``mean``/``std``.
       strict: raise :class:`StateDictMismatchError` listing every missing, unexpected or
         wrongly shaped key; ``False`` warns and keeps initial values for what does not fit.
       num_classes, input_shape, **overrides: as in ``robustjax.models.create`` (e.g. reduced

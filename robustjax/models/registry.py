@@ -59,7 +59,8 @@ def _small_entries() -> dict[str, Entry]:
 
 
 # The model-zoo families (robustjax.models.loading.FAMILIES); each module exposes ENTRIES.
-ZOO_FAMILIES = ("efficientnet", "resnet", "convnext", "vit", "inception")
+ZOO_FAMILIES = ("efficientnet", "resnet", "convnext", "vit", "inception", "wide_resnet",
+                "preact_resnet")
 
 
 def _zoo_entries() -> dict[str, Entry]:
