@@ -7,6 +7,7 @@ the one tfds reader; ``robustjax.corruptions.load_corrupted`` maps corruption na
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 import numpy as np
@@ -50,15 +51,23 @@ def _to_arrays(examples, size: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
     for image, label in examples:
         img = np.asarray(image)
         if size is not None and img.shape[:2] != (size, size):
-            from robustjax.data import resize_center_crop
+            from robustjax.data import resize_center_crop_uint8
 
-            img = (resize_center_crop(img, size, int(round(size / 0.875))) * 255).astype(np.uint8)
+            img = resize_center_crop_uint8(img, size, int(round(size / 0.875)))
         xs.append(img)
         ys.append(int(label))
     if not xs:
         return np.zeros((0, 0, 0, 3), np.float32), np.zeros((0,), np.int32)
     x = np.stack(xs).astype(np.float32) / 255.0
     return x, np.asarray(ys, np.int32)
+
+
+def _varies_in_size(builder) -> bool:
+    """Whether the builder's images have no fixed height and width (ImageNet, Imagenette)."""
+    info = builder.info
+    key = info.supervised_keys[0] if info.supervised_keys else "image"
+    shape = getattr(info.features[key], "shape", (None,))
+    return None in tuple(shape)[:2]
 
 
 def load(name: str, split: Optional[str] = None, *, data_dir: Optional[str] = None,
@@ -72,8 +81,8 @@ def load(name: str, split: Optional[str] = None, *, data_dir: Optional[str] = No
       split: a tfds split string; ``"test"`` maps to the dataset's evaluation split.
       data_dir: tfds data directory (default: tfds's own, ``~/tensorflow_datasets``).
       config: builder config, e.g. ``"gaussian_noise_3"`` for the corrupted datasets.
-      size: resize (short side to size/0.875, bicubic) and center-crop to ``size`` x ``size``;
-        needed for ImageNet, whose images differ in size.
+      size: resize (short side to size/0.875, bicubic) and center-crop to ``size`` x ``size``.
+        Datasets whose images differ in size (ImageNet, Imagenette) default to 224.
       limit: read at most this many examples.
       download: let tfds download and prepare the data if it is missing (never by default).
     """
@@ -85,18 +94,26 @@ def load(name: str, split: Optional[str] = None, *, data_dir: Optional[str] = No
     if name.endswith("_corrupted") and config is None:
         raise ValueError(f"{name} needs config='<corruption>_<severity>', "
                          f"e.g. config='gaussian_noise_3'")
-    if name.startswith("imagenet2012") and size is None:
-        size = 224
     tfds = _import_tfds()
     full = f"{tfds_name}/{config}" if config else tfds_name
     if limit is not None:
         split = f"{split}[:{int(limit)}]"
     builder = tfds.builder(full, data_dir=data_dir)
+    if size is None and _varies_in_size(builder):
+        size = 224
     if download:
         builder.download_and_prepare()
-    elif not builder.is_prepared():
+    # Whether the data is there is asked of as_dataset, not is_prepared(): the answer is the
+    # same on disk, and tfds.testing.mock_data (which patches reading, not is_prepared) works.
+    try:
+        ds = builder.as_dataset(split=split, as_supervised=True)
+    except AssertionError as e:  # tfds: "Dataset ...: could not find data in <data_dir>"
+        if "could not find data" not in str(e):
+            raise
         raise FileNotFoundError(
             f"tfds dataset {full!r} is not prepared in tfds data_dir "
-            f"{data_dir or '~/tensorflow_datasets'}. How to get it: {how}")
-    ds = builder.as_dataset(split=split, as_supervised=True)
-    return _to_arrays(tfds.as_numpy(ds), size)
+            f"{data_dir or '~/tensorflow_datasets'}. How to get it: {how}") from None
+    examples = tfds.as_numpy(ds)
+    if limit is not None:  # also where a split slice is ignored (tfds.testing.mock_data)
+        examples = itertools.islice(examples, int(limit))
+    return _to_arrays(examples, size)

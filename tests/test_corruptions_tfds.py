@@ -1,5 +1,6 @@
-"""The TFDS readers: error paths (tensorflow-datasets is not installed here) and, with a stand-in
-module, the name mapping and the conversion to float32 [0, 1] images."""
+"""The TFDS readers with a stand-in module: the name mapping, a missing tensorflow-datasets and
+the conversion to float32 [0, 1] images. The real builders under ``tfds.testing.mock_data``
+are tested in test_datasets_tfds_real.py."""
 
 import sys
 import types
@@ -30,14 +31,16 @@ def test_missing_tfds_says_how_to_install(monkeypatch):
 
 
 class _Builder:
+    info = types.SimpleNamespace(supervised_keys=("image", "label"), features={
+        "image": types.SimpleNamespace(shape=(32, 32, 3))})
+
     def __init__(self, name, prepared):
         self.name, self.prepared = name, prepared
 
-    def is_prepared(self):
-        return self.prepared
-
     def as_dataset(self, split, as_supervised):
         assert as_supervised
+        if not self.prepared:  # tfds' message
+            raise AssertionError("Dataset x: could not find data in /nowhere.")
         self.split = split
         rng = np.random.default_rng(0)
         return [(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), i % 10) for i in range(3)]
