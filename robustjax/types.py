@@ -68,6 +68,20 @@ class ModelSpec:
                 f"{self.num_classes}"
             )
 
+    def __repr__(self) -> str:
+        """A constructor-like line with the class names summarised (not all 1,000 of them)."""
+        parts = [f"name={self.name!r}", f"input_shape={tuple(self.input_shape)}",
+                 f"num_classes={self.num_classes}"]
+        if self.class_names is not None:
+            parts.append(f"class_names={summarize_names(self.class_names)}")
+        parts += [f"mean={tuple(self.mean)}", f"std={tuple(self.std)}",
+                  f"source={self.source!r}"]
+        if self.crop_pct is not None:
+            parts.append(f"crop_pct={self.crop_pct}")
+        if self.crop_pct is not None or self.interpolation != "bilinear":
+            parts.append(f"interpolation={self.interpolation!r}")
+        return f"ModelSpec({', '.join(parts)})"
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -100,6 +114,64 @@ class Model:
 
     def __call__(self, x: Array) -> Array:
         return self.apply_fn(self.params, x)
+
+    def __repr__(self) -> str:
+        """One line: name, input, classes (the first few names), normalisation, sizes."""
+        s = self.spec
+        classes = f"{s.num_classes} classes"
+        if s.class_names is not None:
+            classes += f" {summarize_names(s.class_names)}"
+        parts = [f"{s.name!r}", "x {}x{}x{} in [0, 1] -> {}".format(*s.input_shape, classes),
+                 f"mean={tuple(s.mean)}", f"std={tuple(s.std)}", count_parameters(self.params),
+                 f"source={s.source!r}"]
+        extra = [n for n in ("embed_fn", "train_apply_fn") if getattr(self, n) is not None]
+        if extra:
+            parts.append("with " + ", ".join(extra))
+        return f"Model({', '.join(parts)})"
+
+
+def summarize_names(names, first: int = 3) -> str:
+    """``('tench', 'goldfish', 'great white shark', ... +997 more)``; short tuples in full.
+
+    Of a long tuple, the first few names are shown up to their first comma (ImageNet's
+    ``'tench, Tinca tinca'`` -> ``'tench'``).
+    """
+    names = tuple(names)
+    if len(names) <= first + 2:
+        return repr(names)
+    shown = (str(n).split(",")[0] for n in names[:first])
+    return "(" + ", ".join(map(repr, shown)) + f", ... +{len(names) - first} more)"
+
+
+def _format_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def count_parameters(params: Params) -> str:
+    """``"28,589,128 parameters (109.1 MiB float32) + 13,632 batch statistics"``."""
+    def size(tree):
+        leaves = jax.tree.leaves(tree)
+        n = sum(int(np.prod(np.shape(x))) for x in leaves)
+        nbytes = sum(int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32))
+                     .itemsize for x in leaves)
+        dtypes = sorted({str(np.dtype(getattr(x, "dtype", np.float32))) for x in leaves})
+        return n, nbytes, dtypes
+
+    if isinstance(params, dict) and "params" in params:
+        trainable = params["params"]
+        others = {k: v for k, v in params.items() if k != "params"}
+    else:
+        trainable, others = params, {}
+    n, nbytes, dtypes = size(trainable)
+    out = f"{n:,} parameters ({_format_bytes(nbytes)} {'/'.join(dtypes) or 'float32'})"
+    for name, tree in others.items():
+        k = size(tree)[0]
+        if k:
+            out += f" + {k:,} {name.replace('_', ' ').replace('stats', 'statistics')}"
+    return out
 
 
 def normalize(x: Array, mean, std) -> Array:
