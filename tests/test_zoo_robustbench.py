@@ -7,6 +7,7 @@ regenerated here from the manifest's key shapes by the zoo script's numpy-only
 ``seeded_state_dict``; ``wrn_normalized.pth`` is a real ``torch.save`` file.
 """
 
+import functools
 import json
 import pathlib
 
@@ -145,18 +146,20 @@ def test_bad_architecture_arguments():
 
 def test_pgd_on_a_tiny_wrn():
     """Attacks run on the zoo's WRN: inside the eps ball, in [0, 1], robust <= clean."""
-    model = create("dm_wrn_28_10", depth=10, width=1, key=jax.random.PRNGKey(1))
+    info = PARITY["dm_wrn_relu"]
+    model = load(info["model"], _state_dict("dm_wrn_relu"), **_overrides(info))
     assert model.train_apply_fn is not None and model.spec.class_names[0] == "airplane"
+    fwd = jax.jit(model.apply_fn)
     x = jnp.asarray(REF["x"])
-    y = jnp.argmax(model.apply_fn(model.params, x), -1)  # correctly classified by definition
+    y = jnp.argmax(fwd(model.params, x), -1)  # correctly classified by definition
     cfg = attacks.PGDConfig(eps=8 / 255, step_size=2 / 255, steps=5)
-    res = attacks.pgd(model.apply_fn, model.params, x, y, jax.random.PRNGKey(0), cfg)
+    attack = jax.jit(functools.partial(attacks.pgd, model.apply_fn, config=cfg))
+    res = attack(model.params, x, y, jax.random.PRNGKey(0))
     delta = np.asarray(res.x_adv - x)
     assert np.abs(delta).max() <= 8 / 255 + 1e-6
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
-    logits_adv = model.apply_fn(model.params, res.x_adv)
     ce = lambda lg: -jax.nn.log_softmax(lg)[jnp.arange(3), y]  # noqa: E731
-    assert float(ce(logits_adv).mean()) > float(ce(model.apply_fn(model.params, x)).mean())
+    assert float(ce(fwd(model.params, res.x_adv)).mean()) > float(ce(fwd(model.params, x)).mean())
 
 
 # Parameter counts of RobustBench's own modules (the manifest's keys, less BatchNorm running
