@@ -22,6 +22,8 @@ What it writes:
   format of tests/fixtures/zoo/manifest.json, for tests/test_zoo_manifest.py.
 * ``reference.npz``: ``x`` [3, 32, 32, 3] float32 pixels in [0, 1] (NHWC) and, per tag,
   ``<tag>/logits`` [3, 10] and ``<tag>/features`` computed by PyTorch in float64, eval mode.
+  ``<tag>/input_grad`` [3, 32, 32, 3] for ``GRAD_TAGS``: d/dx of the summed cross-entropy
+  at labels ``GRAD_LABELS``.
   ``wrn/logits_normalized``: the ``wrn`` weights behind RobustBench's ``normalize_model``
   (``NORM_MEAN``/``NORM_STD``), for the checkpoint-format tests.
 * ``wrn_normalized.pth``: a real ``torch.save`` file as RobustBench-era training scripts
@@ -54,6 +56,9 @@ SEED = 20261206
 NORM_MEAN = (0.4914, 0.4822, 0.4465)
 NORM_STD = (0.2471, 0.2435, 0.2616)
 CIFAR_MEAN, CIFAR_STD = NORM_MEAN, NORM_STD
+# input gradients of the cross-entropy (what every gradient attack uses) for these tags: the
+# classic and the DeepMind padding of strided convolutions
+GRAD_TAGS, GRAD_LABELS = ("wrn", "dm_wrn"), (1, 4, 7)
 
 
 def _arch(rb: pathlib.Path, name: str):
@@ -147,6 +152,15 @@ def _forward(model, x_nhwc, mean=None, std=None):
     return logits.numpy(), feats[0].numpy()
 
 
+def _input_grad(model, x_nhwc):
+    """d/dx of the summed cross-entropy at labels ``GRAD_LABELS``, NHWC, float64."""
+    xt = torch.from_numpy(x_nhwc.astype(np.float64)).requires_grad_(True)
+    logits = model.double()(xt.permute(0, 3, 1, 2))
+    torch.nn.functional.cross_entropy(logits, torch.tensor(GRAD_LABELS), reduction="sum"
+                                      ).backward()
+    return xt.grad.numpy()
+
+
 def make(rb: pathlib.Path):
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
@@ -168,6 +182,8 @@ def make(rb: pathlib.Path):
                        "seed": seed, "keys": _keys(model)}
         print(f"{tag}: {sum(np.prod(s) for _, s in parity[tag]['keys']):,} values; "
               f"logits[0, :3] {logits[0, :3]}; |logits| max {np.abs(logits).max():.3g}")
+        if tag in GRAD_TAGS:
+            arrays[f"{tag}/input_grad"] = _input_grad(model, x)
         if tag == "wrn":
             ua = _arch(rb, "utils_architectures")
             wrapped = ua.normalize_model(model.float(), NORM_MEAN, NORM_STD).eval()

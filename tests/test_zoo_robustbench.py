@@ -54,6 +54,25 @@ def test_matches_robustbench(tag):
     assert np.abs(want[0] - want[1]).max() > 0.5 and np.ptp(want[0]) > 1.0
 
 
+@pytest.mark.parametrize("tag", ["wrn", "dm_wrn"])
+def test_input_gradients_match_robustbench(tag):
+    """What gradient attacks use: d CE / dx, through both paddings of strided convolutions."""
+    info = PARITY[tag]
+    model = load(info["model"], _state_dict(tag), **_overrides(info))
+    y = jnp.asarray([1, 4, 7])
+
+    def loss(x):
+        logits = model.apply_fn(model.params, x)
+        return -jnp.sum(jax.nn.log_softmax(logits)[jnp.arange(3), y])
+
+    with jax.default_matmul_precision("highest"):
+        grad = np.asarray(jax.jit(jax.grad(loss))(jnp.asarray(REF["x"])))
+    want = REF[f"{tag}/input_grad"]
+    scale = np.abs(want).max()
+    assert scale > 1e-3
+    assert np.abs(grad - want).max() <= 1e-4 * max(1.0, scale)
+
+
 def _params_equal(a, b):
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
