@@ -112,9 +112,8 @@ def _compact(v: Any, depth: int = 0) -> str:
     """Any JSON value as one short line of text (for a table cell)."""
     if _is_scalar(v):
         return _fmt(v)
-    if isinstance(v, list):
-        return ", ".join(_compact(e, depth + 1) for e in v) if depth == 0 else \
-            " ".join(_compact(e, depth + 1) for e in v)
+    if isinstance(v, list):  # outer items by commas, inner ones (e.g. [class, prob]) by spaces
+        return (", " if depth == 0 else " ").join(_compact(e, depth + 1) for e in v)
     if isinstance(v, dict):
         return "; ".join(f"{k}: {_compact(e, depth + 1)}" for k, e in v.items())
     return str(v)
