@@ -20,6 +20,7 @@ What it writes:
   keys by ``make_zoo_fixtures.seeded_state_dict`` (numpy only), which the test calls too.
   ``"models"``: the full-size models' keys and shapes (meta device, nothing allocated), in the
   format of tests/fixtures/zoo/manifest.json, for tests/test_zoo_manifest.py.
+  ``"dm_constants"``: the CIFAR-10/100 mean and std of ``dm_wide_resnet.py``.
 * ``reference.npz``: ``x`` [3, 32, 32, 3] float32 pixels in [0, 1] (NHWC) and, per tag,
   ``<tag>/logits`` [3, 10] and ``<tag>/features`` computed by PyTorch in float64, eval mode.
   ``<tag>/input_grad`` [3, 32, 32, 3] for ``GRAD_TAGS``: d/dx of the summed cross-entropy
@@ -59,6 +60,7 @@ CIFAR_MEAN, CIFAR_STD = NORM_MEAN, NORM_STD
 # input gradients of the cross-entropy (what every gradient attack uses) for these tags: the
 # classic and the DeepMind padding of strided convolutions
 GRAD_TAGS, GRAD_LABELS = ("wrn", "dm_wrn"), (1, 4, 7)
+HEADS = ("fc", "logits", "linear")
 
 
 def _arch(rb: pathlib.Path, name: str):
@@ -119,11 +121,27 @@ def full_configs(rb):
         out[f"dm_wrn_{d}_{w}"] = (lambda d=d, w=w: dm.DMWideResNet(
             num_classes=10, depth=d, width=w, activation_fn=dm.Swish),
             f"dm_wide_resnet.DMWideResNet(depth={d}, width={w}, activation_fn=Swish)")
+    for d, w in ((28, 10), (70, 16)):
+        out[f"dm_wrn_{d}_{w}_cifar100"] = (lambda d=d, w=w: dm.DMWideResNet(
+            num_classes=100, depth=d, width=w, activation_fn=dm.Swish, mean=dm.CIFAR100_MEAN,
+            std=dm.CIFAR100_STD),
+            f"dm_wide_resnet.DMWideResNet(num_classes=100, depth={d}, width={w}, "
+            f"activation_fn=Swish, mean=CIFAR100_MEAN, std=CIFAR100_STD)")
+    out["dm_preact_resnet18_cifar100"] = (
+        lambda: dm.DMPreActResNet(num_classes=100, depth=18, activation_fn=dm.Swish,
+                                  mean=dm.CIFAR100_MEAN, std=dm.CIFAR100_STD),
+        "dm_wide_resnet.DMPreActResNet(num_classes=100, depth=18, activation_fn=Swish, "
+        "mean=CIFAR100_MEAN, std=CIFAR100_STD)")
     out["preact_resnet18"] = (res.PreActResNet18, "resnet.PreActResNet18()")
     out["dm_preact_resnet18"] = (lambda: dm.DMPreActResNet(num_classes=10, depth=18,
                                                            activation_fn=dm.Swish),
                                  "dm_wide_resnet.DMPreActResNet(depth=18, activation_fn=Swish)")
     return out
+
+
+def _head(model) -> str:
+    return next(k for k in model.state_dict() if k.rsplit(".", 2)[-2] in HEADS
+                and k.endswith(".weight"))
 
 
 def _keys(model) -> list:
@@ -142,8 +160,7 @@ def _forward(model, x_nhwc, mean=None, std=None):
     if mean is not None:
         xt = (xt - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)) / torch.tensor(
             std, dtype=torch.float64).view(1, 3, 1, 1)
-    head = next(m for n, m in model.named_modules()
-                if n.rsplit(".", 1)[-1] in ("fc", "logits", "linear"))
+    head = next(m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in HEADS)
     feats = []
     hook = head.register_forward_hook(lambda m, i, o: feats.append(i[0]))
     with torch.no_grad():
@@ -207,10 +224,15 @@ def make(rb: pathlib.Path):
         for name, (ctor, call) in full_configs(rb).items():
             m = ctor()
             models[name] = {"model": name, "source": f"robustbench 1.1.1 {call}",
-                            "num_classes": 10, "loadable": True, "keys": _keys(m)}
+                            "num_classes": m.state_dict()[_head(m)].shape[0],
+                            "loadable": True, "keys": _keys(m)}
+    dm = _arch(rb, "dm_wide_resnet")
+    constants = {k: getattr(dm, k) for k in ("CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN",
+                                             "CIFAR100_STD")}
     manifest = {"generator": "scripts/make_robustbench_fixtures.py",
                 "torch_version": torch.__version__, "norm_mean": NORM_MEAN,
-                "norm_std": NORM_STD, "parity": parity, "models": models}
+                "norm_std": NORM_STD, "dm_constants": constants, "parity": parity,
+                "models": models}
     (OUT / "manifest.json").write_text(json.dumps(manifest) + "\n")
     print("manifest:", len(parity), "parity configs,", len(models), "full-size models")
 

@@ -42,7 +42,8 @@ def test_manifest_covers_the_zoo():
     expected |= {"inception_v3", "efficientnet_lite0"}
     expected |= {"wrn_28_10", "wrn_34_10", "wrn_34_20", "wrn_70_16", "dm_wrn_28_10",
                  "dm_wrn_34_20", "dm_wrn_70_16", "dm_wrn_106_16", "preact_resnet18",
-                 "dm_preact_resnet18"}
+                 "dm_preact_resnet18", "dm_wrn_28_10_cifar100", "dm_wrn_70_16_cifar100",
+                 "dm_preact_resnet18_cifar100"}
     covered = {v["model"] for v in MODELS.values() if v["loadable"]}
     assert expected <= covered, expected - covered
     assert set(loading.loadable_names()) <= covered, set(loading.loadable_names()) - covered

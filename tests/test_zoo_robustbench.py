@@ -156,6 +156,24 @@ def test_mismatched_checkpoint_lists_the_keys():
     assert any(k.startswith("sub_block1.") for k in sd)
 
 
+@pytest.mark.parametrize("name", sorted(n for n in MODELS if n.startswith(("dm_", "wrn_",
+                                                                           "preact_"))))
+def test_specs_follow_robustbench(name):
+    """DeepMind models normalise with their file's constants; the classic WRN takes pixels."""
+    spec, c = MODELS[name].spec, MANIFEST["dm_constants"]
+    assert name in MANIFEST["models"] and spec.input_shape == (32, 32, 3)
+    assert spec.num_classes == MANIFEST["models"][name]["num_classes"] == len(spec.class_names)
+    if name.startswith("dm_"):
+        which = "CIFAR100" if name.endswith("_cifar100") else "CIFAR10"
+        assert spec.mean == tuple(c[f"{which}_MEAN"]) and spec.std == tuple(c[f"{which}_STD"])
+    elif name.startswith("wrn_"):
+        assert spec.mean == (0.0,) and spec.std == (1.0,)
+    names = spec.class_names
+    assert (names[0], names[-1]) == (("apple", "worm") if spec.num_classes == 100 else
+                                     ("airplane", "truck"))
+    assert list(names) == sorted(names)  # both label sets are in alphabetical order
+
+
 def test_bad_architecture_arguments():
     with pytest.raises(ValueError, match="6n \\+ 4"):
         create("wrn_28_10", depth=12, width=1)

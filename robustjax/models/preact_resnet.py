@@ -28,7 +28,8 @@ import numpy as np
 from robustjax.models.layers import Conv
 from robustjax.models.loading import batch_norm, conv, dense
 from robustjax.models.registry import CIFAR_MEAN, CIFAR_SHAPE, CIFAR_STD, Entry
-from robustjax.models.wide_resnet import ACTIVATIONS, CIFAR10_CLASSES
+from robustjax.models.wide_resnet import (
+    ACTIVATIONS, CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_CLASSES)
 from robustjax.types import ModelSpec
 
 _SAME = ((1, 1), (1, 1))
@@ -165,12 +166,12 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], module) -> dict:
     return {"params": params, "batch_stats": stats}
 
 
-def _entry(name: str, cls, mean, std, **fields) -> tuple[str, Entry]:
-    def make(num_classes: int = 10, **overrides):
-        return cls(num_classes=num_classes, **{**fields, **overrides})
+def _entry(name: str, cls, mean, std, classes=CIFAR10_CLASSES) -> tuple[str, Entry]:
+    def make(num_classes: int = len(classes), **overrides):
+        return cls(num_classes=num_classes, **overrides)
 
-    return name, Entry(make, ModelSpec(name, CIFAR_SHAPE, 10, mean, std,
-                                       class_names=CIFAR10_CLASSES))
+    return name, Entry(make, ModelSpec(name, CIFAR_SHAPE, len(classes), mean, std,
+                                       class_names=classes))
 
 
 ENTRIES: dict[str, Entry] = dict([
@@ -178,4 +179,6 @@ ENTRIES: dict[str, Entry] = dict([
     # buffers; ``models.load`` takes them from the checkpoint.
     _entry("preact_resnet18", PreActResNet, CIFAR_MEAN, CIFAR_STD),
     _entry("dm_preact_resnet18", DMPreActResNet, CIFAR_MEAN, CIFAR_STD),
+    _entry("dm_preact_resnet18_cifar100", DMPreActResNet, CIFAR100_MEAN, CIFAR100_STD,
+           CIFAR100_CLASSES),
 ])

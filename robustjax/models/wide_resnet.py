@@ -12,7 +12,8 @@ Two variants, as RobustBench ships them (``robustbench/model_zoo/architectures``
   the same blocks with Swish (RobustBench's entries) or ReLU, strided convolutions padded
   ``(0, 1)`` (TensorFlow's "SAME"), the shortcut wherever channels change, a head with bias,
   and the CIFAR-10 mean/std inside the model (non-persistent buffers, so not in checkpoints;
-  here they are the spec's normalisation).
+  here they are the spec's normalisation). ``*_cifar100`` entries: 100 classes and
+  DeepMind's CIFAR-100 mean/std.
 
 BatchNorm: eps 1e-5, inference statistics unless ``train=True``. Input: *normalised* NHWC
 float32 (``robustjax.models.wrap`` normalises); ``features=True`` returns the pooled
@@ -182,22 +183,42 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], module) -> dict:
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
+# CIFAR-100's fine labels in index order (alphabetical), and the mean/std DeepMind's CIFAR-100
+# models normalise with (``dm_wide_resnet.CIFAR100_MEAN`` / ``CIFAR100_STD``).
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+    "bottle", "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle",
+    "caterpillar", "cattle", "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch",
+    "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox",
+    "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom",
+    "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road",
+    "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake",
+    "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
+    "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm")
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
 
-def _entry(cls, depth: int, width: int) -> tuple[str, Entry]:
+def _entry(cls, depth: int, width: int, cifar100: bool = False) -> tuple[str, Entry]:
     dm = cls is DMWideResNet
-    name = f"{'dm_' if dm else ''}wrn_{depth}_{width}"
-    mean, std = (CIFAR_MEAN, CIFAR_STD) if dm else _IDENTITY
+    name = f"{'dm_' if dm else ''}wrn_{depth}_{width}{'_cifar100' if cifar100 else ''}"
+    classes = CIFAR100_CLASSES if cifar100 else CIFAR10_CLASSES
+    mean, std = ((CIFAR100_MEAN, CIFAR100_STD) if cifar100 else (CIFAR_MEAN, CIFAR_STD)) if dm \
+        else _IDENTITY
 
-    def make(num_classes: int = 10, **overrides):
+    def make(num_classes: int = len(classes), **overrides):
         return cls(num_classes=num_classes, **{"depth": depth, "width": width, **overrides})
 
-    return name, Entry(make, ModelSpec(name, CIFAR_SHAPE, 10, mean, std,
-                                       class_names=CIFAR10_CLASSES))
+    return name, Entry(make, ModelSpec(name, CIFAR_SHAPE, len(classes), mean, std,
+                                       class_names=classes))
 
 
-# The sizes RobustBench's CIFAR-10 leaderboard uses; any other 6n+4 depth and width is an
-# override (``create("wrn_28_10", depth=16, width=4)``).
+# The sizes RobustBench's CIFAR-10 and CIFAR-100 leaderboards use; any other 6n+4 depth and
+# width is an override (``create("wrn_28_10", depth=16, width=4)``).
 ENTRIES: dict[str, Entry] = dict(
     [_entry(WideResNet, d, w) for d, w in ((28, 10), (34, 10), (34, 20), (70, 16))]
-    + [_entry(DMWideResNet, d, w) for d, w in ((28, 10), (34, 20), (70, 16), (106, 16))])
+    + [_entry(DMWideResNet, d, w) for d, w in ((28, 10), (34, 20), (70, 16), (106, 16))]
+    + [_entry(DMWideResNet, d, w, cifar100=True) for d, w in ((28, 10), (70, 16))])
