@@ -1,4 +1,4 @@
-"""Encoder attacks: PGD on an embedding distance (away from the clean embedding / toward a target)."""
+"""Encoder attacks: PGD on an embedding distance (away from the clean or toward a target)."""
 
 import functools
 
