@@ -1,15 +1,21 @@
 """AutoAttack: robustjax vs the reference implementation (pyautoattack 0.2.0, Croce & Hein's
 packaged fra31/auto-attack) and torchattacks 3.5.1's port, on the same weights.
 
-Models: the embedded default CNN (MNIST, ``robustjax.models.embedded_default``; its PyTorch twin
-from ``benchmarks/attacks_pgd_speed.torch_twin``) and, for the test fixture, a tiny MLP on the
-8x8 digits. Both libraries see the same N test images (a class-mixed subset of mnist5k's test
-split) and the same eps; each reports its per-attack robust-accuracy sequence (the reference's
-``robust accuracy after ...`` log lines, captured from its logger), the final robust accuracy
-and time per stage. The per-example robust flags are compared too.
+Models (``--model``): the embedded default CNN (MNIST, ``robustjax.models.embedded_default``;
+its PyTorch twin from ``benchmarks/attacks_pgd_speed.torch_twin``), ``resnet18``: the CIFAR
+ResNet-18 (``resnet18_cifar``, random weights from ``PRNGKey(0)``, the same twin function) on
+32x32 crops of the natural photos labelled with its own predictions, and, for the test
+fixtures, a tiny MLP on the 8x8 digits. Both libraries see the same N test images (for the CNN
+a class-mixed subset of mnist5k's test split) and the same eps; each reports its per-attack
+robust-accuracy sequence (the reference's ``robust accuracy after ...`` log lines, captured
+from its logger), the final robust accuracy and time per stage (robustjax: also the seconds
+JAX spent compiling, from its jax.monitoring events). The per-example robust flags are
+compared too.
 
     PYTHONPATH=. python benchmarks/autoattack_crosscheck.py --runs linf-standard --n 500
+    PYTHONPATH=. python benchmarks/autoattack_crosscheck.py --model resnet18 --eps 0.0313725 --n 100
     PYTHONPATH=. python benchmarks/autoattack_crosscheck.py --fixture   # tests/fixtures npz
+    PYTHONPATH=. python benchmarks/autoattack_crosscheck.py --square-fixture  # L1 Square npz
 
 Results: benchmarks/results/autoattack.md (the table is printed; paste it there).
 """
@@ -41,6 +47,27 @@ RUNS = {  # name: (norm, eps, version)
     "linf-rand": ("linf", 0.1, "rand"),
 }
 REF_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                  "/jax/core/compile/backend_compile_duration")
+
+
+class _CompileClock:
+    """Seconds JAX has spent tracing, lowering and compiling (its jax.monitoring events)."""
+
+    def __init__(self):
+        self.total = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._on)
+
+    def _on(self, event, secs, **kwargs):
+        del kwargs
+        if event in COMPILE_EVENTS:
+            self.total += secs
+
+
+CLOCK = _CompileClock()
 
 
 class _Capture(logging.Handler):
@@ -101,16 +128,37 @@ def test_subset(n, seed=0):
     return x[pick].astype(np.float32), y[pick].astype(np.int32)
 
 
+def natural_crops(n, seed=0):
+    """CIFAR-sized images: random 64x64 crops of the six natural photos (224 px), 2x2-averaged
+    to 32x32, float32 in [0, 1]."""
+    x, _ = data.load("natural", "test")
+    rng = np.random.default_rng(seed)
+    which, corner = rng.integers(0, len(x), n), rng.integers(0, 224 - 64, (n, 2))
+    crops = np.stack([x[k, a:a + 64, b:b + 64] for k, (a, b) in zip(which, corner)])
+    return crops.reshape(n, 32, 2, 32, 2, 3).mean((2, 4)).astype(np.float32)
+
+
 def compare(name, apply_fn, params, net, x, y, norm, eps, version, bs, with_ta):
     cfg = AutoAttackConfig(eps=eps, norm=norm, version=version, batch_size=bs)
+    compile_at, c0 = {}, CLOCK.total
+
+    def log(line):
+        print("  [robustjax]", line, flush=True)
+        m = re.match(r"robust accuracy after (\S+):", line)
+        if m:  # compile seconds up to the end of this stage
+            compile_at[m.group(1).lower()] = CLOCK.total - c0
+
     t = time.perf_counter()
-    res = autoattack(apply_fn, params, x, y, jax.random.key(0), cfg,
-                     log=lambda m: print("  [robustjax]", m, flush=True))
+    res = autoattack(apply_fn, params, x, y, jax.random.key(0), cfg, log=log)
     t_rj = time.perf_counter() - t
+    prev, rj_compile = 0.0, {}
+    for k, v in compile_at.items():
+        rj_compile[k], prev = v - prev, v
     r_ref, acc_ref, t_ref, _ = reference_autoattack(net, x, y, norm, eps, version, bs)
     print("  [reference]", acc_ref, f"{t_ref:.1f} s", flush=True)
     row = dict(name=name, n=len(y), norm=norm, eps=eps, version=version,
                rj=res.accuracy_after, rj_s=res.seconds, rj_total=t_rj, ref=acc_ref,
+               rj_compile=rj_compile, rj_compile_total=CLOCK.total - c0,
                ref_total=t_ref, disagree=int(np.sum(res.robust != r_ref)),
                rj_robust=int(res.robust.sum()), ref_robust=int(r_ref.sum()))
     if with_ta:
@@ -127,8 +175,10 @@ def table(rows):
         for k, v in r["rj"].items():
             ref = r["ref"].get(k)
             ref_t = r["ref"].get(k + "_time", "")
+            comp = r.get("rj_compile", {}).get(k)
+            comp = "" if comp is None else f", compile {comp:.1f}"
             out.append(f"| {r['name']} | {r['n']} | {k} | {100 * v:.1f}% "
-                       f"({r['rj_s'].get(k, 0):.1f}) | "
+                       f"({r['rj_s'].get(k, 0):.1f}{comp}) | "
                        f"{'' if ref is None else f'{100 * ref:.1f}%'} ({ref_t}) |")
         ta = f", torchattacks {r['ta_robust']} ({r['ta_total']:.0f} s)" if "ta" in r else ""
         out.append(f"| {r['name']} | | **robust examples** | **{r['rj_robust']}** "
@@ -209,6 +259,43 @@ def make_fixture(path, n=100):
     print("wrote", path)
 
 
+def make_square_fixture(path, eps=2.0, n_queries=1000, seeds=5):
+    """The reference's L1 Square: its bump ``eta(s)`` for a few sides and its robust count
+    over ``seeds`` seeds on the tiny MLP and digits of ``autoattack_reference.npz``."""
+    import torch
+    from pyautoattack.square import SquareAttack
+
+    torch.set_num_threads(2)
+    f = np.load(ROOT / "tests" / "fixtures" / "autoattack_reference.npz")
+    p = {k: f[k] for k in ("w1", "b1", "w2", "b2")}
+    x, y = f["x"], f["y"]
+    net = torch_mlp(p)
+    xt, yt = torch.tensor(x).permute(0, 3, 1, 2).contiguous(), torch.tensor(y).long()
+    out = dict(p, x=x, y=y, eps=np.float32(eps), n_queries=np.int32(n_queries))
+    sizes = [1, 2, 3, 4, 5, 7, 9, 16, 29]
+    sa = SquareAttack(net, norm="L1", eps=eps, n_queries=n_queries, p_init=0.8,
+                      resc_schedule=False, device="cpu")
+    sa.init_hyperparam(xt)
+    for s in sizes:
+        torch.manual_seed(s)
+        transposed = bool(torch.rand([1]) > 0.5)  # the draw eta makes last
+        torch.manual_seed(s)
+        out[f"eta_{s}"] = sa.eta(s).numpy()
+        out[f"eta_{s}_transposed"] = np.bool_(transposed)
+    out["eta_sizes"] = np.array(sizes)
+    counts = []
+    for seed in range(seeds):
+        sa.seed = seed
+        t = time.perf_counter()
+        with torch.no_grad():
+            counts.append(int((net(sa.perturb(xt, yt)).argmax(1).numpy() == y).sum()))
+        print(f"reference L1 Square seed {seed}: {counts[-1]} robust of {len(y)} "
+              f"({time.perf_counter() - t:.1f} s)", flush=True)
+    out["ref_robust_counts"] = np.array(counts)
+    np.savez_compressed(path, **out)
+    print("wrote", path)
+
+
 def seed_spread(n, seeds, eps=0.1):
     """How much APGD-CE (1 run, random start) moves with the seed, in each library."""
     import warnings
@@ -268,9 +355,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="linf-standard", help=f"comma list of {', '.join(RUNS)}")
     ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--model", default="cnn", choices=("cnn", "resnet18"))
+    ap.add_argument("--eps", type=float, default=None, help="overrides the run's eps")
     ap.add_argument("--bs", type=int, default=250)
     ap.add_argument("--torchattacks", action="store_true")
     ap.add_argument("--fixture", action="store_true")
+    ap.add_argument("--square-fixture", action="store_true",
+                    help="tests/fixtures/square_l1_reference.npz (the reference's L1 Square)")
     ap.add_argument("--schedules", action="store_true",
                     help="time compact vs mask on APGD-CE + APGD-T (robustjax only)")
     ap.add_argument("--seeds", type=int, default=0,
@@ -285,19 +376,34 @@ def main():
     if args.fixture:
         make_fixture(ROOT / "tests" / "fixtures" / "autoattack_reference.npz")
         return
+    if args.square_fixture:
+        make_square_fixture(ROOT / "tests" / "fixtures" / "square_l1_reference.npz")
+        return
     import torch
 
     from attacks_pgd_speed import torch_twin
     from robustjax.models import embedded_default
 
     torch.set_num_threads(2)
-    m = embedded_default()
-    net = torch_twin("cnn", m.params, m.spec)
+    if args.model == "cnn":
+        m = embedded_default()
+        net = torch_twin("cnn", m.params, m.spec)
+    else:
+        from robustjax.models import create
+
+        m = create("resnet18_cifar", input_shape=(32, 32, 3), key=jax.random.PRNGKey(0))
+        net = torch_twin("resnet18_cifar", m.params, m.spec)
     rows = []
     for name in args.runs.split(","):
         norm, eps, version = RUNS[name]
+        eps = eps if args.eps is None else args.eps
         n = args.n if version != "rand" else min(args.n, 100)
-        x, y = test_subset(n)
+        if args.model == "cnn":
+            x, y = test_subset(n)
+        else:  # random weights: label each crop with the network's own prediction
+            x = natural_crops(n)
+            y = np.asarray(jnp.argmax(m.apply_fn(m.params, x), -1)).astype(np.int32)
+        name = f"{args.model} {name} eps {eps:g}"
         with torch.no_grad():
             err = np.abs(net(torch.tensor(x).permute(0, 3, 1, 2)).numpy()
                          - np.asarray(m.apply_fn(m.params, x))).max()

@@ -82,6 +82,8 @@ def test_versions_are_the_references():
     p = plan(version="standard", norm="l1", eps=12.0)
     assert (p["apgd-ce"].restarts, p["apgd-ce"].use_largereps) == (5, True)
     assert (p["apgd-t"].num_targets, p["apgd-t"].use_largereps) == (5, True)
+    assert list(p) == ["apgd-ce", "apgd-t", "fab-t", "square"]  # L1 Square too, as the reference
+    assert (p["square"].norm, p["square"].n_queries, p["fab-t"].norm) == ("l1", 5000, "l1")
     p = plan(version="plus")
     assert list(p) == ["apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"]
     assert p["apgd-ce"].restarts == p["apgd-dlr"].restarts == p["fab"].restarts == 5
@@ -262,10 +264,10 @@ def test_autoattack_runs_the_checks(ref):
 # ----------------------------------------------------------------- against the reference
 
 
-@pytest.mark.parametrize("run", ["linf", "l2"])
+@pytest.mark.parametrize("run", ["linf", "l2", "l1"])
 def test_standard_matches_the_reference_implementation(ref, run):
     """The exact standard version on the fixture's 100 digits: the robust accuracy after every
-    stage within 1 example of pyautoattack's (different random draws)."""
+    stage within 1 example of pyautoattack's (different random draws); L1 includes Square."""
     f, params = ref
     eps = float(f[f"{run}_eps"])
     r = AA.autoattack(mlp_apply, params, f["x"], f["y"], jax.random.key(0),

@@ -5,8 +5,8 @@ fra31/auto-attack defines its versions (``set_version``; checked against its cod
 * ``standard``, Linf/L2: APGD-CE (1 run, 100 iterations), APGD-T (9 target classes, 1 run each),
   FAB-T (9 targets, 1 run each), Square (5,000 queries, p_init 0.8, schedule not rescaled).
   L1: APGD-CE with 5 restarts and APGD-T with 5 targets, both with the decreasing-eps schedule
-  (``use_largereps``), then FAB-T and Square (robustjax has no L1 Square: it is skipped, and
-  the log says so; ``attack_plan_notes``).
+  (``use_largereps``), then FAB-T (9 targets) and Square (5,000 queries, the L1 proposals of
+  the reference's ``square.py``).
 * ``plus``: APGD-CE and APGD-DLR (5 restarts each), FAB (untargeted, 5 restarts), Square,
   APGD-T (9 targets), FAB-T (9 targets; the reference forces 1 restart for FAB-T).
 * ``rand`` (randomized defenses): APGD-CE and APGD-DLR, 1 run each, gradients averaged over 20
@@ -21,7 +21,8 @@ attack. Every attack is one compiled program for its batch shape: with ``schedul
 (default, the reference's) the still-robust examples are gathered into equal batches of at most
 ``batch_size`` (rounded up to a multiple of 8 and padded, so an attack that sees 173 examples
 runs one batch of 176, not 250); with ``schedule="mask"`` the batches are the fixed slices of the
-data set and slices without a robust example are skipped. ``benchmarks/results/autoattack.md`` compares them.
+data set and slices without a robust example are skipped.
+``benchmarks/results/autoattack.md`` compares them.
 
 This function runs on the host (a loop over attacks and batches, like the reference); each
 batch is one call of a jitted attack. Logging, resume and files belong to the caller:
@@ -160,20 +161,13 @@ def attack_plan(config: AutoAttackConfig) -> list:
         "square": lambda: (square, SquareConfig(eps=e, norm=n, n_queries=queries, p_init=0.8,
                                                 rescale_schedule=False)),
     }
-    plan = []
-    for name in attack_names(config):
-        if name == "square" and n == "l1":
-            continue  # robustjax's Square has no L1 version (see attack_plan_notes)
-        fn, cfg = make[name]()
-        plan.append((name, fn, cfg))
-    return plan
+    return [(name, *make[name]()) for name in attack_names(config)]
 
 
 def attack_plan_notes(config: AutoAttackConfig) -> list:
-    """Where this plan departs from the reference (empty when it does not)."""
-    if config.norm == "l1" and "square" in attack_names(config):
-        return ["Square has no L1 version in robustjax: the reference's L1 Square is skipped, "
-                "so the robust accuracy may be higher than the reference's"]
+    """Where this plan departs from the reference (empty when it does not: every version and
+    norm is the reference's today; the log prints any note first)."""
+    del config
     return []
 
 

@@ -1,4 +1,4 @@
-"""Square attack (Andriushchenko et al. 2020), a score-based black-box attack, Linf and L2.
+"""Square attack (Andriushchenko et al. 2020), a score-based black-box attack, Linf, L2, L1.
 
 "Square Attack: a query-efficient black-box adversarial attack via random search", ECCV 2020,
 Algorithm 1 (Linf, Sec. 3.1) and Algorithm 3 (L2, Sec. 3.2), following the authors' reference
@@ -8,12 +8,23 @@ vertical-stripe initialisation for Linf, a grid of "meta pseudo-Gaussian" bumps 
 margin loss ``z_y - max_{j != y} z_j`` (targeted: cross-entropy to the target); an update is
 kept only when it lowers the loss.
 
+L1 has no section in the paper; it follows AutoAttack's ``square.py`` (``norm='L1'``, checked
+against pyautoattack 0.2.0): the bumps weigh ring ``k`` by ``1 / (k + 1)^4`` and have unit L1
+norm; the start is the grid of bumps (side ``h // 5``, random sign per channel, not rescaled)
+projected onto the L1 ball of radius ``eps (1 - 1e-6)`` intersected with the [0, 1] box; each
+proposal puts a new bump plus the old window's content (each normalised to unit L1 norm per
+channel) into window 1, scaled per channel to L1 norm
+``c * ((eps - ||delta||_1)^+ / c + ||delta over windows 1 and 2||_1)``, zeroes window 2, and
+projects the result onto the same set (``projections.project_l1_box``). The side is odd,
+``>= 3`` and at most ``min(H, W)``.
+
 The model is used only through forward passes ``apply_fn(params, x)`` (scores, never
 gradients). ``queries`` counts them per example exactly: 1 for the initial point plus 1 per
 iteration while the example is not yet adversarial; an example stops as soon as it is, and no
-example ever exceeds ``n_queries``. Differences from the reference code: the square's position
-(L2 too) is drawn per example rather than once per batch, and Linf's "redraw until the window
-changes" loop is capped at 16 redraws.
+example ever exceeds ``n_queries`` (the reference's loop runs ``n_queries`` iterations after
+the initial query). Differences from the reference code: the square's position (L2 and L1 too)
+and the bump's orientation are drawn per example rather than once per batch, and Linf's
+"redraw until the window changes" loop is capped at 16 redraws.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from robustjax.attacks._core import (
     margin,
     success_mask,
 )
+from robustjax.attacks.projections import project_l1_box
 
 Array = jax.Array
 # Iterations (on the reference 10,000-query scale) after which p halves (p_selection).
@@ -45,8 +57,9 @@ class SquareConfig:
     """Square attack settings; defaults from Andriushchenko et al. 2020 (Sec. 4, App. A).
 
     Attributes:
-      eps: radius of the threat model in pixel units (Linf default 8/255, as for CIFAR-10).
-      norm: ``"linf"`` or ``"l2"``.
+      eps: radius of the threat model in pixel units (Linf default 8/255, as for CIFAR-10;
+        AutoAttack's L1 evaluations use 12 on CIFAR-10).
+      norm: ``"linf"``, ``"l2"`` or ``"l1"``.
       n_queries: query budget per example, the initial query included (paper: 10,000;
         AutoAttack's standard version uses 5,000, the default here).
       p_init: initial fraction of pixels changed (paper: 0.05 Linf / 0.1 L2 for CIFAR/ImageNet
@@ -70,8 +83,8 @@ class SquareConfig:
     rescale_schedule: bool = True
 
     def __post_init__(self):
-        if self.norm not in ("linf", "l2"):
-            raise ValueError(f"Square supports norm 'linf' or 'l2', got {self.norm!r}")
+        if self.norm not in ("linf", "l2", "l1"):
+            raise ValueError(f"Square supports norm 'linf', 'l2' or 'l1', got {self.norm!r}")
         if self.n_queries < 1:
             raise ValueError(f"n_queries must be >= 1, got {self.n_queries}")
         if not 0.0 < self.p_init <= 1.0:
@@ -182,6 +195,74 @@ def _l2_tables(h, w, c, p_init, dtype):
             jnp.asarray(np.stack(tab_t), dtype))
 
 
+# ----------------------------------------------------------------------- L1 bump templates
+
+
+def _l1_rect(x: int, y: int) -> np.ndarray:
+    """AutoAttack's L1 ``eta_rectangles``: nested rings weighted 1 / (ring + 1)^4, unit L1."""
+    delta = np.zeros([x, y])
+    c0, c1 = x // 2, y // 2
+    for counter in range(max(x // 2 + 1, y // 2 + 1)):
+        delta[max(c0, 0):min(c0 + 2 * counter + 1, x),
+              max(0, c1):min(c1 + 2 * counter + 1, y)] += 1.0 / (counter + 1) ** 4
+        c0 -= 1
+        c1 -= 1
+    n = np.sum(np.abs(delta))
+    return delta / n if n > 0 else delta
+
+
+def l1_bump(s: int) -> np.ndarray:
+    """The L1 update shape [s, s]: two halves of opposite sign, unit L1 norm (AutoAttack)."""
+    delta = np.zeros([s, s])
+    delta[: s // 2] = _l1_rect(s // 2, s)
+    delta[s // 2:] = -_l1_rect(s - s // 2, s)
+    return delta / np.sum(np.abs(delta))
+
+
+def _l1_init(key, x, eps):
+    """Grid of unit-L1 bumps (side h // 5) with random signs per channel, projected onto
+    ``{||d||_1 <= eps (1 - 1e-6)} ∩ box`` (the reference does not rescale before projecting)."""
+    b, h, w, c = x.shape
+    s = max(h // 5, 1)
+    start = (h - s * 5) // 2
+    bump = l1_bump(s)
+    pats, pats_t = [], []
+    for i in range(h // s):
+        for j in range(w // s):
+            top, left = start + i * s, start + j * s
+            full, full_t = np.zeros((h + s, w + s)), np.zeros((h + s, w + s))
+            full[top:top + s, left:left + s] = bump
+            full_t[top:top + s, left:left + s] = bump.T
+            pats.append(full[:h, :w])
+            pats_t.append(full_t[:h, :w])
+    pats, pats_t = jnp.asarray(np.stack(pats), x.dtype), jnp.asarray(np.stack(pats_t), x.dtype)
+    k_sign, k_t = jax.random.split(key)
+    sign = jax.random.choice(k_sign, jnp.array([-1.0, 1.0], x.dtype), (b, len(pats), 1, 1, c))
+    transpose = jax.random.bernoulli(k_t, 0.5, (b, len(pats), 1, 1, 1))
+    blocks = jnp.where(transpose, pats_t[None, ..., None], pats[None, ..., None])
+    delta = jnp.sum(blocks * sign, axis=1)
+    return jnp.clip(x + project_l1_box(delta, x, eps * (1.0 - 1e-6)), 0.0, 1.0)
+
+
+def _l1_tables(h, w, c, p_init, dtype):
+    """Per schedule level: the side s (odd, >= 3, <= min(h, w)) and the L1 bump at the
+    top-left (normal, transposed)."""
+    n = h * w * c
+    sides, tab, tab_t = [], [], []
+    for k in range(len(P_SCHEDULE) + 1):
+        s = max(int(round(math.sqrt(p_init / 2 ** k * n / c))), 3)
+        s = s + 1 if s % 2 == 0 else s
+        s = min(s, min(h, w))
+        t, t_t = np.zeros((h, w)), np.zeros((h, w))
+        t[:s, :s] = l1_bump(s)
+        t_t[:s, :s] = l1_bump(s).T
+        sides.append(s)
+        tab.append(t)
+        tab_t.append(t_t)
+    return (jnp.asarray(sides, jnp.int32), jnp.asarray(np.stack(tab), dtype),
+            jnp.asarray(np.stack(tab_t), dtype))
+
+
 # -------------------------------------------------------------------------------- attack
 
 
@@ -217,9 +298,12 @@ def square(apply_fn, params, x: Array, y: Array, key: Array,
     if cfg.norm == "linf":
         stripes = jax.random.choice(k_init, jnp.array([-1.0, 1.0], x.dtype), (b, 1, w, c))
         x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
-    else:
+    elif cfg.norm == "l2":
         x_best = _l2_init(k_init, x, eps)
         sides, tab, tab_t = _l2_tables(h, w, c, cfg.p_init, x.dtype)
+    else:
+        x_best = _l1_init(k_init, x, eps)
+        sides, tab, tab_t = _l1_tables(h, w, c, cfg.p_init, x.dtype)
     loss_min, margin_min, succ = evaluate(x_best)
     queries = jnp.ones((b,), jnp.int32)
 
@@ -274,7 +358,30 @@ def square(apply_fn, params, x: Array, y: Array, key: Array,
         d = d / jnp.maximum(sq(d, (1, 2, 3)), 1e-12) * eps
         return jnp.clip(x + d, 0.0, 1.0)
 
-    candidate = linf_candidate if cfg.norm == "linf" else l2_candidate
+    def l1_candidate(k, i, x_best):
+        lv = _level(i, n_iters, cfg.rescale_schedule)
+        s = sides[lv]
+        k_w1, k_w2, k_sign, k_t = jax.random.split(k, 4)
+        mask1, top, left = _window_mask(k_w1, b, h, w, s)
+        mask2, _, _ = _window_mask(k_w2, b, h, w, s)
+        delta = x_best - x
+        l1 = lambda v, axes: jnp.sum(jnp.abs(v), axis=axes, keepdims=True)
+        norm_win1 = l1(delta * mask1, (1, 2))                    # [b, 1, 1, c]
+        norm_img = l1(delta, (1, 2, 3))                          # [b, 1, 1, 1]
+        norm_wins = l1(delta * (mask1 | mask2), (1, 2))          # [b, 1, 1, c]
+        transpose = jax.random.bernoulli(k_t, 0.5, (b,))
+        pat = jnp.where(transpose[:, None, None], tab_t[lv][None], tab[lv][None])
+        pat = jax.vmap(lambda p, t, l: jnp.roll(p, (t, l), axis=(0, 1)))(pat, top, left)
+        signs = jax.random.choice(k_sign, jnp.array([-1.0, 1.0], x.dtype), (b, 1, 1, c))
+        new = pat[..., None] * signs + delta * mask1 / (1e-12 + norm_win1)
+        # the reference's budget: the room left in the ball, shared over the channels, plus
+        # the mass of both windows, times c (the projection below restores the budget)
+        budget = (jnp.maximum(eps - norm_img, 0.0) / c + norm_wins) * c
+        new = new / (1e-12 + l1(new, (1, 2))) * budget
+        d = jnp.where(mask1, new, jnp.where(mask2, 0.0, delta))
+        return jnp.clip(x + project_l1_box(d, x, eps * (1.0 - 1e-6)), 0.0, 1.0)
+
+    candidate = {"linf": linf_candidate, "l2": l2_candidate, "l1": l1_candidate}[cfg.norm]
 
     def cond(st):
         i, _, _, margin_min, _, _ = st
