@@ -24,6 +24,12 @@ def test_section_quick(tmp_path, default_model):
     assert rows[pgd][0] <= rows[sq][0] + 1 / d["n"]
     assert rows[pgd][0] < 0.5  # the default model is not robust at eps 0.3
     assert 1 <= d["median_queries"][sq][0] <= 50
+    hsj = [k for k in rows if k.startswith("HopSkipJump")]
+    if hsj:  # decision-based: no stronger than white-box PGD at the same eps, budget kept
+        assert rows[pgd][0] <= rows[hsj[0]][0] + 1 / d["n"]
+        assert d["median_queries"][hsj[0]][0] <= 50
+    else:
+        assert any("HopSkipJump: not available" in n for n in d["notes"])
     t = d["transfer"]
     assert list(t["rate"]) == ["FGSM", "PGD-3", "MI-FGSM-3", "DI-MI-FGSM-3", "TI-DI-MI-FGSM-3"]
     for name, vals in t["rate"].items():
