@@ -1,5 +1,11 @@
 """PGD-10 on one ResNet-18 written three ways: plain flax, robustjax layers, plain + accelerate.
 
+Four calls: the plain-flax model's raw ``apply_fn`` passed straight to ``attacks.pgd`` with the
+entry points' automatic acceleration switched off (``entry.auto_accelerate(False)``: XLA's
+convolutions, the issue's baseline) and on (the default: ``robustjax.entry`` accelerates it);
+the same weights on robustjax's layers; and the plain model accelerated by hand
+(``kernels.accelerate``, what ``models.wrap`` does).
+
 Issue 18, item 1: a model written with plain ``flax.linen.Conv`` calls ``lax`` convolutions,
 which XLA:CPU runs on its own kernels. ``robustjax.kernels.accelerate`` rewrites the traced
 function so they run on robustjax's oneDNN kernels; ``models.wrap`` applies it by default.
@@ -29,7 +35,7 @@ import numpy as np
 import torch
 import torchattacks
 
-from robustjax import attacks, kernels, models
+from robustjax import attacks, entry, kernels, models
 from robustjax.models import small
 
 from attacks_pgd_speed import torch_twin  # noqa: E402  (same folder; run with PYTHONPATH=.)
@@ -71,18 +77,26 @@ def bench(batch, reps):
     plain, accelerated = plain_model(ref, False), plain_model(ref, True)
     x0 = jnp.zeros((2, 32, 32, 3), jnp.float32)
     counts = {name: kernels.count_convolutions(jax.make_jaxpr(m.apply_fn)(ref.params, x0))
-              for name, m in (("plain flax", plain), ("robustjax layers", ref),
+              for name, m in (("plain flax, auto_accelerate off", plain),
+                              ("robustjax layers", ref),
                               ("plain flax + accelerate", accelerated))}
+    counts["plain flax, raw apply_fn (default)"] = kernels.count_convolutions(
+        jax.make_jaxpr(entry.model_function(plain.apply_fn))(ref.params, x0))
     rng = np.random.default_rng(0)
     x_np = rng.uniform(0, 1, (batch, 32, 32, 3)).astype(np.float32)
     x, key = jnp.asarray(x_np), jax.random.PRNGKey(1)
     y = jnp.argmax(ref.apply_fn(ref.params, x), -1).astype(jnp.int32)
     cfg = attacks.PGDConfig(eps=EPS, step_size=ALPHA, steps=STEPS)
     calls = {}
-    for name, m in (("plain flax", plain), ("robustjax layers", ref),
-                    ("plain flax + accelerate", accelerated)):
-        calls[name] = (lambda m=m: jax.block_until_ready(
-            attacks.pgd(m.apply_fn, m.params, x, y, key, cfg).x_adv))
+
+    def run(m, auto=True):
+        with entry.auto_accelerate(auto):
+            return jax.block_until_ready(attacks.pgd(m.apply_fn, m.params, x, y, key, cfg).x_adv)
+
+    calls["plain flax, auto_accelerate off"] = lambda: run(plain, auto=False)
+    calls["plain flax, raw apply_fn (default)"] = lambda: run(plain)
+    for name, m in (("robustjax layers", ref), ("plain flax + accelerate", accelerated)):
+        calls[name] = (lambda m=m: run(m))
     net = torch_twin("resnet18_cifar", ref.params, ref.spec)
     xt = torch.tensor(np.transpose(x_np, (0, 3, 1, 2)))
     yt = torch.tensor(np.asarray(y)).long()
@@ -91,8 +105,9 @@ def bench(batch, reps):
         calls[f"torchattacks {n} thr"] = (lambda n=n: (torch.set_num_threads(n), atk(xt, yt)))
     # same adversarial examples from the three JAX forms (float32 rounding apart)
     adv = {k: np.asarray(attacks.pgd(m.apply_fn, m.params, x, y, key, cfg).x_adv)
-           for k, m in (("acc", accelerated), ("ref", ref))}
+           for k, m in (("acc", accelerated), ("ref", ref), ("raw", plain))}
     agree = float(np.mean(np.abs(adv["acc"] - adv["ref"]) < 1e-4))
+    agree_raw = float(np.mean(np.abs(adv["raw"] - adv["ref"]) < 1e-4))
     warm = {}
     for k, c in calls.items():
         t0 = time.perf_counter()
@@ -107,7 +122,8 @@ def bench(batch, reps):
     ips = {k: batch / statistics.median(v) for k, v in times.items()}
     best_torch = max(v for k, v in ips.items() if k.startswith("torch"))
     lines = [f"### PGD-10 Linf, ResNet-18 (CIFAR), batch {batch}, {reps} reps; pixels of the "
-             f"accelerated vs robustjax-layers x_adv within 1e-4: {100 * agree:.2f}%",
+             f"accelerated (by hand / by the entry point) vs robustjax-layers x_adv within 1e-4: "
+             f"{100 * agree:.2f}% / {100 * agree_raw:.2f}%",
              "| variant | convolutions (xla / onednn) | images/s | vs robustjax layers | "
              "vs best torchattacks | warm-up s |", "|---|---|---|---|---|---|"]
     for k in calls:

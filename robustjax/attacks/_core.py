@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robustjax import kernels
+from robustjax import entry, kernels
 from robustjax.types import check_batch
 
 # losses and projections live in their own modules; re-exported here for the attacks
@@ -216,8 +216,11 @@ def check_attack_inputs(x, y, eps=None, apply_fn=None) -> None:
     Concrete inputs go through ``robustjax.types.check_batch``; under ``jit`` only shapes and
     dtypes can be checked (``check_batch`` converts to numpy, which tracers refuse). Gradient-
     based attacks pass their ``apply_fn``: a non-differentiable one warns
-    (``warn_if_not_differentiable``).
+    (``warn_if_not_differentiable``). Inside an entry point (``robustjax.entry``) the inputs
+    were already checked, on concrete values, by ``robustjax.validation``: nothing to do.
     """
+    if entry.current_loop_hint() is not None:
+        return
     if apply_fn is not None:
         warn_if_not_differentiable(apply_fn)
     try:
@@ -300,7 +303,12 @@ def unroll_is_faster() -> bool:
 
     PGD-10 measured 3-6x slower in ``lax.fori_loop`` than unrolled with XLA's convolutions, and
     as fast (CNN, ResNet-18, batch 16 and 128) with the oneDNN kernels, which compile faster.
+    Inside an entry point (``robustjax.entry``) the answer comes from the convolutions the
+    traced model actually runs; elsewhere from whether the kernels are switched on.
     """
+    hint = entry.current_loop_hint()
+    if hint is not None:
+        return hint.unroll_is_faster
     return jax.default_backend() == "cpu" and not kernels.onednn_active()
 
 

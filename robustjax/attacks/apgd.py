@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult
 from robustjax.attacks.gradient import config_class
+from robustjax.entry import attack_entry
 
 
 @config_class("eps")
@@ -283,6 +284,7 @@ def _runs(apply_fn, params, x, y, key, cfg, loss_of, n_losses):
     return state[:3], state[3] * (cfg.steps + 1) * cfg.eot_iter
 
 
+@attack_entry
 def apgd(apply_fn, params, x, y, key, config: APGDConfig = APGDConfig()) -> AttackResult:
     """APGD-CE / APGD-DLR (untargeted). ``x`` [b, H, W, C] in [0, 1], ``y`` int32 true labels.
 
@@ -295,6 +297,7 @@ def apgd(apply_fn, params, x, y, key, config: APGDConfig = APGDConfig()) -> Atta
     return _core.finish(apply_fn, params, x, x_adv, y, best, config.norm, queries)
 
 
+@attack_entry
 def apgd_t(apply_fn, params, x, y, key, config: APGDTConfig = APGDTConfig()) -> AttackResult:
     """APGD-T: targeted runs towards the 2nd ... (num_targets + 1)-th most likely clean class.
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult, check_attack_inputs, margin
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -137,6 +138,7 @@ def binary_search(one_round, apply_fn, params, x, y, cfg, norm: str) -> AttackRe
                         cfg.targeted)
 
 
+@attack_entry
 def cw_l2(apply_fn, params, x: Array, y: Array, key: Array,
           config: CWL2Config = CWL2Config()) -> AttackResult:
     """C&W L2: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult (``key`` unused).
@@ -227,6 +229,7 @@ class CWLinfConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
 
 
+@attack_entry
 def cw_linf(apply_fn, params, x: Array, y: Array, key: Array,
             config: CWLinfConfig = CWLinfConfig()) -> AttackResult:
     """C&W Linf (PGD on the capped margin): x [b, H, W, C] in [0, 1] -> AttackResult.

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult, check_attack_inputs, check_norm
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -52,6 +53,7 @@ class DeepFoolConfig:
                              f"{self.steps}, {self.candidates}, {self.overshoot}")
 
 
+@attack_entry
 def deepfool(apply_fn, params, x: Array, y: Array, key: Array,
              config: DeepFoolConfig = DeepFoolConfig()) -> AttackResult:
     """DeepFool: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult (``key`` unused).

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from robustjax.attacks._core import AttackResult, check_attack_inputs, margin
 from robustjax.attacks.cw import binary_search, kappa_success, track_step, update_const
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -66,6 +67,7 @@ def shrink(z: Array, x: Array, beta) -> Array:
                      jnp.where(d < -beta, jnp.maximum(z + beta, 0.0), x))
 
 
+@attack_entry
 def ead(apply_fn, params, x: Array, y: Array, key: Array,
         config: EADConfig = EADConfig()) -> AttackResult:
     """EAD: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult (``key`` unused).

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult
 from robustjax.attacks.gradient import config_class
+from robustjax.entry import attack_entry
 
 BIG = 1e10
 
@@ -213,6 +214,7 @@ def fab_run(apply_fn, params, x, y, key, eps, steps, alpha_max, eta, beta, targe
     return adv.reshape(x.shape), res
 
 
+@attack_entry
 def fab(apply_fn, params, x, y, key, config: FABConfig = FABConfig()) -> AttackResult:
     """FAB-T (default) or FAB, Linf / L2 / L1. ``x`` [b, H, W, C] in [0, 1], ``y`` int32 labels.
 

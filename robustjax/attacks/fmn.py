@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult, check_attack_inputs, margin, success_mask
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 FMN_NORMS = ("l0", "l1", "l2", "linf")
@@ -91,6 +92,7 @@ def _project(delta, eps, norm):
     return _core.project_linf(delta, eps)
 
 
+@attack_entry
 def fmn(apply_fn, params, x: Array, y: Array, key: Array,
         config: FMNConfig = FMNConfig()) -> AttackResult:
     """FMN from ``x`` itself: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Optional
 
 import jax
@@ -24,6 +23,7 @@ import optax
 
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult
+from robustjax.entry import attack_entry
 
 
 def _check(cfg, allowed_norms=_core.NORMS):
@@ -179,6 +179,7 @@ def fgsm_from_gradient(x, grad, eps, norm: str, l1_sparsity: float = 1.0):
     return _core.project(x + _core._per_example(eps, x) * d, x, eps, norm)
 
 
+@attack_entry
 def fgsm(apply_fn, params, x, y, key, config: FGSMConfig = FGSMConfig()) -> AttackResult:
     """FGSM / FGM: one steepest-ascent step of size eps. ``key`` is unused (deterministic)."""
     del key
@@ -225,18 +226,10 @@ def _python_loop(cfg) -> bool:
     return cfg.loop == "python" or (cfg.loop == "auto" and _core.unroll_is_faster())
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted(attack):
-    return jax.jit(attack, static_argnums=0)
-
-
-def _compiled_if_eager(attack, apply_fn, params, x, y, key, cfg) -> Optional[AttackResult]:
-    """An eager call (values already checked) runs ``attack`` as one cached compiled program,
-    unless the loop is a Python loop of compiled steps; None when traced or looping in Python.
-    """
-    if _python_loop(cfg) or _is_traced(params, x, y, key, cfg):
-        return None
-    return _jitted(attack)(apply_fn, params, x, y, key, cfg)
+def _eager_loop(cfg, hint) -> bool:
+    """An eager call loops in Python over compiled steps (``entry.attack_entry``'s
+    ``eager_loop``): asked for, or ``"auto"`` on a model that runs XLA:CPU's convolutions."""
+    return cfg.loop == "python" or (cfg.loop == "auto" and hint.unroll_is_faster)
 
 
 def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False):
@@ -246,7 +239,7 @@ def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False
     ``_core.loop_steps``. Called eagerly with ``loop="python"`` (or ``"auto"`` where
     ``_core.unroll_is_faster()``: XLA:CPU's own convolutions) each step is one compiled call
     from a Python loop, the fastest structure measured there; otherwise the attacks compile
-    themselves whole when called eagerly (``_compiled_if_eager``,
+    themselves whole when called eagerly (``robustjax.entry.attack_entry``,
     benchmarks/results/attacks_speed.md).
     """
     init = (x0, make_step(x, cfg).init(x0), jnp.zeros((x.shape[0],), bool))
@@ -279,15 +272,13 @@ def _mi_step(x, c):
                        _core.project_onto_threat(x, c.eps, c.norm))
 
 
+@attack_entry(eager_loop=_eager_loop)
 def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackResult:
     """PGD (Madry et al. 2018) in Linf, L2 or L1 (sparse L1 descent) around ``x``.
 
     ``x`` float32 [b, H, W, C] in [0, 1]; ``y`` int32 [b] (targets if ``config.targeted``).
     """
     _core.check_attack_inputs(x, y, config.eps, apply_fn)
-    compiled = _compiled_if_eager(pgd, apply_fn, params, x, y, key, config)
-    if compiled is not None:
-        return compiled
     c = config
     if not c.random_start:
         x0 = x
@@ -298,21 +289,17 @@ def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackR
     return _iterate(apply_fn, params, x, y, x0, _pgd_step, c.steps, c, c.early_stop)
 
 
+@attack_entry(eager_loop=_eager_loop)
 def bim(apply_fn, params, x, y, key, config: BIMConfig = BIMConfig()) -> AttackResult:
     """BIM / I-FGSM (Kurakin et al. 2017): PGD without random start."""
     _core.check_attack_inputs(x, y, config.eps, apply_fn)
-    compiled = _compiled_if_eager(bim, apply_fn, params, x, y, key, config)
-    if compiled is not None:
-        return compiled
     del key
     return _iterate(apply_fn, params, x, y, x, _bim_step, config.steps, config)
 
 
+@attack_entry(eager_loop=_eager_loop)
 def mifgsm(apply_fn, params, x, y, key, config: MIFGSMConfig = MIFGSMConfig()) -> AttackResult:
     """MI-FGSM (Dong et al. 2018): momentum on L1-normalised gradients, step eps / steps."""
     _core.check_attack_inputs(x, y, config.eps, apply_fn)
-    compiled = _compiled_if_eager(mifgsm, apply_fn, params, x, y, key, config)
-    if compiled is not None:
-        return compiled
     del key
     return _iterate(apply_fn, params, x, y, x, _mi_step, config.steps, config)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import entry
 from robustjax.attacks import _core, gradient
 from robustjax.attacks._core import AttackResult
 
@@ -117,8 +118,12 @@ def fgsm_sweep(apply_fn, params, x, y, config, eps_values) -> AttackResult:
     return jax.vmap(at)(eps_values)
 
 
-def auto_strategy(attack) -> str:
-    """The measured-fastest way to sweep (benchmarks/results/attacks_speed.md)."""
+def auto_strategy(attack, hint=None) -> str:
+    """The measured-fastest way to sweep (benchmarks/results/attacks_speed.md).
+
+    ``hint`` (``robustjax.entry.loop_hint``): the convolutions the model runs; without it, the
+    kernels' global switch decides.
+    """
     if _is_shareable_fgsm(attack):
         return "shared"
     # XLA:CPU's own convolutions (2 cores, CNN, PGD-10, 8 eps): one compiled attack called per
@@ -127,7 +132,8 @@ def auto_strategy(attack) -> str:
     # kernels vmap folds the eps axis into each convolution's batch and was fastest in three
     # runs (1.20-1.33x the separate calls; loop 0.91-1.05x). On accelerators vmap fills the
     # device.
-    return "loop" if _core.unroll_is_faster() else "vmap"
+    unroll = hint.unroll_is_faster if hint is not None else _core.unroll_is_faster()
+    return "loop" if unroll else "vmap"
 
 
 def _traced(*trees) -> bool:
@@ -147,7 +153,8 @@ def eps_sweep(attack, apply_fn, params, x, y, key, config, eps_values,
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     if strategy == "auto":
-        strategy = auto_strategy(attack)
+        strategy = auto_strategy(attack, entry.loop_hint(entry.model_function(apply_fn),
+                                                         params, x))
     eps_values = jnp.asarray(eps_values, jnp.float32)
     if strategy == "shared":
         if not _is_shareable_fgsm(attack):

@@ -34,6 +34,7 @@ from robustjax.attacks._core import (
     project_linf,
     success_mask,
 )
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -80,6 +81,7 @@ class SPSAConfig:
         return min(self.iterations, (self.max_queries - 1) // self.queries_per_step)
 
 
+@attack_entry(gradient=False)
 def spsa(apply_fn, params, x: Array, y: Array, key: Array,
          config: SPSAConfig = SPSAConfig()) -> AttackResult:
     """SPSA under Linf: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

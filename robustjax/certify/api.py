@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import entry
 from robustjax.certify import crown
 from robustjax.certify.crown import AlphaCrownConfig, InputSet
 from robustjax.certify.ibp import input_interval
@@ -63,6 +64,8 @@ def _one(graph, params_leaves, x1, spec, eps, method, norm, alpha_config, upper)
     return lower, (up if upper else jnp.full_like(lower, jnp.inf))
 
 
+@entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config", "upper"),
+                   accelerate=False)
 def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str = "linf",
            spec: Optional[jax.Array] = None, chunk_size: int = 16,
            alpha_config: AlphaCrownConfig = AlphaCrownConfig(), upper: bool = True):
@@ -128,6 +131,8 @@ def margin_condition(margin_lower: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.all(masked > 0, axis=-1)
 
 
+@entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config"), labels="y",
+                   accelerate=False)
 def certify(apply_fn, params, x: jax.Array, y: jax.Array, eps, method: str = "crown",
             norm: str = "linf", chunk_size: int = 16,
             alpha_config: AlphaCrownConfig = AlphaCrownConfig()) -> jax.Array:

@@ -12,6 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from robustjax import validation
 from robustjax.corruptions import _ops
 from robustjax.corruptions.blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
 from robustjax.corruptions.digital import (
@@ -97,6 +98,7 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
     x = jnp.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"expected a batch [B, H, W, C], got shape {x.shape}")
+    validation.check_image_batch(x)  # NHWC floats, non-empty; concrete: finite, in [0, 1]
     if key is None:
         key = jax.random.key(0) if name in _DETERMINISTIC else None
         if key is None:

@@ -1,0 +1,252 @@
+"""One mechanism behind every public entry point that takes a model: check, accelerate, compile.
+
+``@attack_entry`` turns an attack body ``body(apply_fn, params, x, y, key, config)``, which
+holds only the algorithm, into the public attack. A call
+
+1. checks the inputs once, on concrete values (``robustjax.validation``: NHWC float images in
+   [0, 1] without NaN, a non-empty batch, integer labels inside the number of classes the
+   model's logits show, a model that takes this image shape). Under a caller's ``jit`` only
+   shapes and dtypes are checked, which costs nothing at run time;
+2. runs the model's eligible ``lax`` convolutions on robustjax's oneDNN kernels
+   (``robustjax.kernels.accelerate``; switch off with ``auto_accelerate(False)`` or
+   ``ROBUSTJAX_AUTO_ACCELERATE=0``);
+3. chooses the loop structure from the convolutions the (accelerated) model actually runs
+   (``loop_hint``; ``attacks._core.loop_steps``'s ``"auto"`` reads it);
+4. called eagerly, runs the whole attack as one compiled program, cached by ``jax.jit`` on the
+   body, the model function, the config's static fields and the shapes and dtypes. New data of
+   the same shape reuses it, so an eager call costs what the jitted call costs. Inside a
+   caller's ``jit``/``vmap``/``grad`` the body is traced inline.
+
+``compiled_call(fn, static_argnums)`` is the same compile-and-cache step for entry points that
+take no model (corruptions, bound rules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import threading
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+
+from robustjax import validation
+
+_state = threading.local()
+
+
+def _auto_accelerate_default() -> bool:
+    return os.environ.get("ROBUSTJAX_AUTO_ACCELERATE", "1").strip().lower() not in (
+        "0", "false", "no", "off")
+
+
+def auto_accelerate_enabled() -> bool:
+    """Whether entry points run a model's ``lax`` convolutions on robustjax's kernels now."""
+    value = getattr(_state, "accelerate", None)
+    return _auto_accelerate_default() if value is None else value
+
+
+@contextlib.contextmanager
+def auto_accelerate(enabled: bool):
+    """Within the block, entry points accelerate models (True, the default) or run them as
+    given (False): ``with auto_accelerate(False): attacks.pgd(...)`` keeps XLA's convolutions.
+    """
+    previous = getattr(_state, "accelerate", None)
+    _state.accelerate = bool(enabled)
+    try:
+        yield
+    finally:
+        _state.accelerate = previous
+
+
+def is_traced(*trees) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
+
+
+@functools.lru_cache(maxsize=256)
+def _accelerated_cached(apply_fn):
+    from robustjax.kernels import accelerate
+
+    return accelerate(apply_fn)
+
+
+def model_function(apply_fn: Callable) -> Callable:
+    """``apply_fn`` as the entry points run it: accelerated unless switched off.
+
+    The accelerated function is cached per ``apply_fn`` so that ``jit``'s cache, keyed on it,
+    is hit by every later call with the same model.
+    """
+    if not auto_accelerate_enabled() or getattr(apply_fn, "_robustjax_accelerated", False):
+        return apply_fn
+    try:
+        return _accelerated_cached(apply_fn)
+    except TypeError:  # unhashable callable: accelerate without caching
+        from robustjax.kernels import accelerate
+
+        return accelerate(apply_fn)
+
+
+# ---------------------------------------------------------------------------- loop hint
+
+
+class LoopHint(NamedTuple):
+    """What the traced model runs, for choosing loop structures (``attacks._core``)."""
+
+    xla_convolutions: int
+    onednn_convolutions: int
+
+    @property
+    def unroll_is_faster(self) -> bool:
+        """XLA:CPU's own convolutions lose their fast layout inside a while loop (PGD-10 3-6x
+        slower in ``fori`` than unrolled); robustjax's kernels keep their speed in loops."""
+        return jax.default_backend() == "cpu" and self.xla_convolutions > 0
+
+
+def current_loop_hint() -> Optional[LoopHint]:
+    """The hint of the entry point being run or traced now (None outside one)."""
+    return getattr(_state, "hint", None)
+
+
+@contextlib.contextmanager
+def _hinting(hint: Optional[LoopHint]):
+    previous = getattr(_state, "hint", None)
+    _state.hint = hint
+    try:
+        yield
+    finally:
+        _state.hint = previous
+
+
+def loop_hint(apply_fn: Callable, params, x) -> LoopHint:
+    """The convolutions ``apply_fn(params, x)`` runs (traced once per function and shapes)."""
+    probe = validation.probe_model(apply_fn, params, x)
+    return LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
+
+
+# ------------------------------------------------------------------------------ attacks
+
+
+@contextlib.contextmanager
+def _checked(finish_checks):
+    """Run the block (which dispatches the computation), then complete the input checks: the
+    checks' round trip overlaps with the computation, and a bad input is reported in place of
+    whatever the block raised or returned."""
+    try:
+        yield
+    except Exception:
+        finish_checks()
+        raise
+    finish_checks()
+
+
+def _static_config(config) -> bool:
+    # a frozen dataclass that is not a pytree node is one leaf: pass it to jit as static
+    leaves = jax.tree_util.tree_leaves(config)
+    return len(leaves) == 1 and leaves[0] is config
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(body, static_config: bool):
+    return jax.jit(body, static_argnums=(0, 5) if static_config else (0,))
+
+
+def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
+                 eager_loop: Optional[Callable[[Any, LoopHint], bool]] = None):
+    """Decorator: the public attack ``attack(apply_fn, params, x, y, key, config)`` from its
+    body (see the module docstring).
+
+    ``gradient``: the attack differentiates the model (warns on a non-differentiable one).
+    ``eager_loop(config, hint)``: True when an eager call should run the body as Python (its
+    own loop of compiled steps, fastest for XLA:CPU's convolutions) instead of compiling it
+    whole.
+    """
+    if body is None:
+        return functools.partial(attack_entry, gradient=gradient, eager_loop=eager_loop)
+    signature = inspect.signature(body)
+
+    @functools.wraps(body)
+    def attack(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        apply_fn, params, x, y, key, config = bound.args
+        traced = is_traced(params, x, y, key, config)
+        fn = model_function(apply_fn)
+        probe, finish_checks = validation.check_attack_call(apply_fn, fn, params, x, y, config,
+                                                            gradient=gradient)
+        hint = LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
+        with _checked(finish_checks), _hinting(hint):
+            if traced or (eager_loop is not None and eager_loop(config, hint)):
+                return body(fn, params, x, y, key, config)
+            return _jitted(body, _static_config(config))(fn, params, x, y, key, config)
+
+    attack.body = body
+    return attack
+
+
+# ------------------------------------------------------------------ other model entry points
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_named(body, static: tuple):
+    return jax.jit(body, static_argnames=static)
+
+
+def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: Optional[str] = None,
+                accelerate: bool = True, compile: bool = True):
+    """Decorator for an entry point ``body(apply_fn, params, x, ...)`` that is not an attack
+    (certifiers, metrics): the same checks, acceleration and compile-once caching.
+
+    ``static``: the names of the arguments that change the program (method names, loop
+    counts, configs that are not pytrees). ``labels``: the name of the labels argument, checked
+    against the model's classes. ``accelerate=False`` keeps the model's ``lax`` convolutions
+    (bound propagation interprets them). ``compile=False`` for bodies with host-side steps (they
+    still get the checks and the accelerated model; their own jitted pieces are cached).
+    """
+    if body is None:
+        return functools.partial(model_entry, static=static, labels=labels,
+                                 accelerate=accelerate, compile=compile)
+    signature = inspect.signature(body)
+    static = tuple(static)
+
+    @functools.wraps(body)
+    def call(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        apply_fn, params, x = arguments["apply_fn"], arguments["params"], arguments["x"]
+        y = arguments.get(labels) if labels else None
+        fn = model_function(apply_fn) if accelerate else apply_fn
+        validation.check_shapes(x, y)
+        probe = validation.probe_model(fn, params, x)
+        if "eps" in arguments:
+            validation.check_eps(arguments["eps"], x.shape[0])
+        finish_checks = validation.start_value_checks(x, y, probe.num_classes)
+        arguments["apply_fn"] = fn
+        dynamic = [v for k, v in arguments.items() if k not in static and k != "apply_fn"]
+        with _checked(finish_checks), \
+                _hinting(LoopHint(probe.xla_convolutions, probe.onednn_convolutions)):
+            if not compile or is_traced(dynamic):
+                return body(**arguments)
+            return _jitted_named(body, ("apply_fn",) + static)(**arguments)
+
+    call.body = body
+    return call
+
+
+# ---------------------------------------------------------------------- model-free calls
+
+
+def compiled_call(fn: Callable, static_argnums=()) -> Callable:
+    """``fn`` compiled once per static arguments, shapes and dtypes; traced inline under a
+    caller's transformation."""
+    jitted = jax.jit(fn, static_argnums=static_argnums)
+    static_set = set(static_argnums)
+
+    @functools.wraps(fn)
+    def call(*args):
+        dynamic = [a for i, a in enumerate(args) if i not in static_set]
+        return fn(*args) if is_traced(dynamic) else jitted(*args)
+
+    return call
