@@ -14,8 +14,8 @@ with c = ``--const``, ``--iters`` iterations, no early abort, no resizing, no im
 Success rate and median L2 norm of the successful examples, mean +- std over seeds; queries per
 example counted by a wrapper around the model (ART) or reported (robustjax, exact); throughput
 = images scored per second of wall time (robustjax compiled, timed after a warm-up call). The
-``jax`` stage also measures NES's gradient estimate against ``jax.grad`` of the cross-entropy
-of the logit margin on the CNN (cosine similarity, per sample count). Writes ``benchmarks/results/attacks_score.md``.
+``jax`` stage also measures NES's gradient estimate against ``jax.grad`` of the logit margin
+on the CNN (cosine similarity, per sample count). Writes ``benchmarks/results/attacks_score.md``.
 """
 
 from __future__ import annotations
