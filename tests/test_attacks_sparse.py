@@ -105,10 +105,10 @@ def test_one_pixel_invariants_and_exact_queries(digits_mlp):
     np.testing.assert_allclose(np.asarray(res.loss), prob, rtol=1e-5, atol=1e-6)
 
 
-def test_one_pixel_targeted(digits_mlp):
+def test_one_pixel_targeted_best1(digits_mlp):
     apply_fn, params, x, y = digits_mlp
     t = (y + 1) % 10
-    cfg = OnePixelConfig(pixels=5, popsize=8, max_iter=6, targeted=True)
+    cfg = OnePixelConfig(pixels=5, popsize=8, max_iter=6, targeted=True, strategy="best1")
     res = one_pixel(apply_fn, params, x, t, jax.random.key(1), cfg)
     check_common(res, apply_fn, params, x, t, targeted=True)
     assert np.asarray(res.success).any()

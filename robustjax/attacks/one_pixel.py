@@ -42,6 +42,9 @@ class OnePixelConfig:
       max_iter: generations of differential evolution (paper: 100).
       F: the scale of the difference vector (paper: 0.5).
       targeted: if True ``y`` holds target classes.
+      strategy: ``"rand1"`` (the paper's DE/rand/1) or ``"best1"`` (DE/best/1: ``child_i =
+        best + F (parent_r1 - parent_r2)``, the greedier variant scipy's and torchattacks'
+        ``best1bin`` use, here without crossover as torchattacks' recombination=1 has it).
     """
 
     pixels: int = 1
@@ -49,6 +52,7 @@ class OnePixelConfig:
     max_iter: int = 100
     F: float = 0.5
     targeted: bool = False
+    strategy: str = "rand1"
 
     def __post_init__(self):
         if self.pixels < 1:
@@ -60,6 +64,8 @@ class OnePixelConfig:
             raise ValueError(f"max_iter must be >= 0, got {self.max_iter}")
         if not self.F > 0:
             raise ValueError(f"F must be > 0, got {self.F}")
+        if self.strategy not in ("rand1", "best1"):
+            raise ValueError(f"strategy must be 'rand1' or 'best1', got {self.strategy!r}")
 
 
 def perturb(x: Array, cand: Array) -> Array:
@@ -145,7 +151,11 @@ def one_pixel(apply_fn, params, x: Array, y: Array, key: Array,
         active = ~jnp.any(succ, axis=1)                                    # [b]
         r = _distinct_others(jax.random.fold_in(k_loop, g), b, p)        # [3, b, P]
         pick = lambda ri: jnp.take_along_axis(pop, ri[..., None, None], axis=1)  # noqa: E731
-        child = jnp.clip(pick(r[0]) + cfg.F * (pick(r[1]) - pick(r[2])), lo, hi)
+        if cfg.strategy == "rand1":
+            base = pick(r[0])
+        else:  # the current best of each example's population
+            base = jnp.take_along_axis(pop, jnp.argmax(fit, axis=1)[:, None, None, None], 1)
+        child = jnp.clip(base + cfg.F * (pick(r[1]) - pick(r[2])), lo, hi)
         cfit, csucc = evaluate(child)
         # better fitness, or adversarial where the parent is not (fitness is a probability,
         # success an argmax: a child can fool the model with a higher true-class probability)

@@ -123,7 +123,7 @@ def sparse_rs(apply_fn, params, x: Array, y: Array, key: Array,
     """
     check_attack_inputs(x, y)
     cfg = config
-    b, h, w, c = x.shape
+    b = x.shape[0]
     alpha0 = cfg.alpha_init if cfg.alpha_init is not None else _DEFAULT_ALPHA[cfg.norm]
     alpha = lambda it: alpha_schedule(alpha0, it, cfg.n_queries, cfg.norm,  # noqa: E731
                                       cfg.rescale_schedule)
