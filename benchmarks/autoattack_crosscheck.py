@@ -4,7 +4,10 @@ packaged fra31/auto-attack) and torchattacks 3.5.1's port, on the same weights.
 Models (``--model``): the embedded default CNN (MNIST, ``robustjax.models.embedded_default``;
 its PyTorch twin from ``benchmarks/attacks_pgd_speed.torch_twin``), ``resnet18``: the CIFAR
 ResNet-18 (``resnet18_cifar``, random weights from ``PRNGKey(0)``, the same twin function) on
-32x32 crops of the natural photos labelled with its own predictions, and, for the test
+32x32 crops of the natural photos labelled with its own predictions, ``lite0``: the ImageNet
+EfficientNet-Lite0 (real weights) with a 10-class head (its logits of ``LITE0_CLASSES``) on the
+six natural photos (their ImageNet labels; PyTorch side: PyPI efficientnet-lite-pytorch, on
+``--effnet-path`` or installed), and, for the test
 fixtures, a tiny MLP on the 8x8 digits. Both libraries see the same N test images (for the CNN
 a class-mixed subset of mnist5k's test split) and the same eps; each reports its per-attack
 robust-accuracy sequence (the reference's ``robust accuracy after ...`` log lines, captured
@@ -138,7 +141,42 @@ def natural_crops(n, seed=0):
     return crops.reshape(n, 32, 2, 32, 2, 3).mean((2, 4)).astype(np.float32)
 
 
-def compare(name, apply_fn, params, net, x, y, norm, eps, version, bs, with_ta):
+# the six photos' ImageNet labels, tiger cat (EfficientNet-Lite0's answer for chelsea) and three
+# neighbours: Egyptian cat, cup, projectile
+LITE0_CLASSES = (281, 967, 657, 665, 698, 985, 282, 285, 968, 744)
+
+
+def lite0_pair(effnet_path=None):
+    """(robustjax Model, apply_fn of the 10-class head, PyTorch twin of the head)."""
+    import torch
+
+    if effnet_path:
+        sys.path.insert(0, effnet_path)
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from robustjax.models import efficientnet, load
+
+    model = load("efficientnet_lite0", efficientnet.pretrained_path())
+    cls = np.array(LITE0_CLASSES)
+
+    def apply10(p, x):
+        return model.apply_fn(p, x)[:, cls]
+
+    full = EfficientNet.from_pretrained("efficientnet-lite0",
+                                        weights_path=str(efficientnet.pretrained_path())).eval()
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.full = full
+
+        def forward(self, x):  # x NCHW in [0, 1]; the weights expect mean = std = 0.5
+            return self.full((x - 0.5) / 0.5)[:, torch.tensor(cls)]
+
+    return model, apply10, Head().eval()
+
+
+def compare(name, apply_fn, params, net, x, y, norm, eps, version, bs, with_ta, seed=0):
     cfg = AutoAttackConfig(eps=eps, norm=norm, version=version, batch_size=bs)
     compile_at, c0 = {}, CLOCK.total
 
@@ -149,12 +187,12 @@ def compare(name, apply_fn, params, net, x, y, norm, eps, version, bs, with_ta):
             compile_at[m.group(1).lower()] = CLOCK.total - c0
 
     t = time.perf_counter()
-    res = autoattack(apply_fn, params, x, y, jax.random.key(0), cfg, log=log)
+    res = autoattack(apply_fn, params, x, y, jax.random.key(seed), cfg, log=log)
     t_rj = time.perf_counter() - t
     prev, rj_compile = 0.0, {}
     for k, v in compile_at.items():
         rj_compile[k], prev = v - prev, v
-    r_ref, acc_ref, t_ref, _ = reference_autoattack(net, x, y, norm, eps, version, bs)
+    r_ref, acc_ref, t_ref, _ = reference_autoattack(net, x, y, norm, eps, version, bs, seed)
     print("  [reference]", acc_ref, f"{t_ref:.1f} s", flush=True)
     row = dict(name=name, n=len(y), norm=norm, eps=eps, version=version,
                rj=res.accuracy_after, rj_s=res.seconds, rj_total=t_rj, ref=acc_ref,
@@ -355,8 +393,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", default="linf-standard", help=f"comma list of {', '.join(RUNS)}")
     ap.add_argument("--n", type=int, default=500)
-    ap.add_argument("--model", default="cnn", choices=("cnn", "resnet18"))
+    ap.add_argument("--model", default="cnn", choices=("cnn", "resnet18", "lite0"))
+    ap.add_argument("--effnet-path", default=None,
+                    help="folder holding efficientnet_lite_pytorch (pip install --target)")
     ap.add_argument("--eps", type=float, default=None, help="overrides the run's eps")
+    ap.add_argument("--seed", type=int, default=0, help="robustjax key and reference seed")
     ap.add_argument("--bs", type=int, default=250)
     ap.add_argument("--torchattacks", action="store_true")
     ap.add_argument("--fixture", action="store_true")
@@ -385,9 +426,12 @@ def main():
     from robustjax.models import embedded_default
 
     torch.set_num_threads(2)
+    apply_fn = None
     if args.model == "cnn":
         m = embedded_default()
         net = torch_twin("cnn", m.params, m.spec)
+    elif args.model == "lite0":
+        m, apply_fn, net = lite0_pair(args.effnet_path)
     else:
         from robustjax.models import create
 
@@ -400,16 +444,20 @@ def main():
         n = args.n if version != "rand" else min(args.n, 100)
         if args.model == "cnn":
             x, y = test_subset(n)
+        elif args.model == "lite0":
+            x, labels = data.load("natural", "test")
+            y = np.array([LITE0_CLASSES.index(int(k)) for k in labels], np.int32)
         else:  # random weights: label each crop with the network's own prediction
             x = natural_crops(n)
             y = np.asarray(jnp.argmax(m.apply_fn(m.params, x), -1)).astype(np.int32)
         name = f"{args.model} {name} eps {eps:g}"
+        fn = apply_fn or m.apply_fn
         with torch.no_grad():
             err = np.abs(net(torch.tensor(x).permute(0, 3, 1, 2)).numpy()
-                         - np.asarray(m.apply_fn(m.params, x))).max()
+                         - np.asarray(fn(m.params, x))).max()
         print(f"{name}: max |logit difference| {err:.2e}", flush=True)
-        rows.append(compare(name, m.apply_fn, m.params, net, x, y, norm, eps, version,
-                            args.bs, args.torchattacks and version == "standard"))
+        rows.append(compare(name, fn, m.params, net, x, y, norm, eps, version,
+                            args.bs, args.torchattacks and version == "standard", args.seed))
         print(table(rows), flush=True)
 
 
