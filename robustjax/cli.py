@@ -7,21 +7,56 @@ import sys
 from typing import Optional, Sequence
 
 
+def _eps_list(text: str) -> tuple[float, ...]:
+    """``"0.1,0.3"`` or ``"2/255,8/255"`` -> floats."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            num, _, den = part.partition("/")
+            out.append(float(num) / (float(den) if den else 1.0))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bad eps {part!r}: give comma-separated numbers or fractions, e.g. "
+                "0.1,0.3 or 2/255,8/255") from None
+    return tuple(out)
+
+
 def _add_report(sub):
     from robustjax.report.run import SECTIONS
 
     p = sub.add_parser("report", help="run the robustness report (the main job)",
                        description="Evaluate a model (default: the embedded MNIST CNN, trained "
-                       "and cached on first use) and write report.json and report.md.")
+                       "and cached on first use; or any registry architecture with a checkpoint, "
+                       "or your own Model factory) and write report.json and report.md. "
+                       "Finished sections and batches are stored in OUT/store: rerunning an "
+                       "interrupted report resumes it.")
     p.add_argument("--out", default="robustjax-report", help="output folder "
                    "(default: ./robustjax-report)")
-    p.add_argument("--dataset", default="mnist5k", help="evaluation dataset (default: mnist5k)")
+    p.add_argument("--model", default=None,
+                   help="architecture name (see `robustjax models`), or module:function / "
+                   "path/to/file.py:function returning a robustjax Model (default: the "
+                   "embedded MNIST CNN)")
+    p.add_argument("--checkpoint", default=None,
+                   help="weights for --model (.pth/.safetensors/.npz; a factory gets the path "
+                   "as its argument)")
+    p.add_argument("--dataset", default="mnist5k", help="evaluation dataset (default: mnist5k; "
+                   "see `robustjax datasets`)")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
     p.add_argument("--examples", type=int, default=None,
                    help="evaluate on the first N test examples (default: all; --quick: 64)")
+    p.add_argument("--eps", type=_eps_list, default=None,
+                   help="Linf radii of the attacks sweep in pixel units, e.g. 2/255,4/255,8/255 "
+                   "(default: 0.05,0.1,0.2,0.3 for gray images, 1/255..8/255 for RGB)")
+    p.add_argument("--resize", action="store_true",
+                   help="resize the dataset's images (and convert gray <-> RGB) to the model's "
+                   "input shape")
     p.add_argument("--sections", default=None,
                    help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed (default 0)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute every section instead of loading stored results")
     p.add_argument("--retrain", action="store_true",
                    help="retrain the default model and replace its cached weights")
     p.add_argument("--force", action="store_true",
@@ -36,9 +71,10 @@ def _run_report(args) -> int:
     reuse_large_buffers()  # the report is its own process: let XLA:CPU reuse its big buffers
 
     sections = args.sections.split(",") if args.sections else None
-    run_report(args.out, dataset=args.dataset, examples=args.examples, quick=args.quick,
-               seed=args.seed, sections=sections, retrain=args.retrain, force=args.force,
-               log=lambda m: print(m, file=sys.stderr))
+    run_report(args.out, model=args.model, checkpoint=args.checkpoint, dataset=args.dataset,
+               split=args.split, examples=args.examples, quick=args.quick, seed=args.seed,
+               sections=sections, eps=args.eps, resize=args.resize, retrain=args.retrain,
+               fresh=args.fresh, force=args.force, log=lambda m: print(m, file=sys.stderr))
     return 0
 
 

@@ -5,6 +5,10 @@
 * randomized smoothing (Cohen et al. 2019): certified accuracy vs L2 radius (fewer noise
   samples than the paper's N=100,000, stated in the text);
 * CLEVER scores (Weng et al. 2018) of a few images (fewer gradient samples, stated).
+
+Bounds are for small models (``small_model``: input at most 32x32x3, at most 2M parameters);
+for a larger one (EfficientNet-Lite0 on ImageNet photos) the section says why it is skipped
+instead. A layer the bound interpreter does not know is reported in the table, not raised.
 """
 
 from __future__ import annotations
@@ -16,12 +20,31 @@ import numpy as np
 from robustjax import checkpoint, data
 from robustjax.cache import cache_dir
 from robustjax.certify import api, clever, smoothing
+from robustjax.certify.interpreter import UnsupportedPrimitiveError
 from robustjax.certify.training import train_certified
 from robustjax.models.registry import MODELS, wrap
 from robustjax.report.base import ReportContext, Section, markdown_table, section_key
 
 CACHE_NAME = "certified_ibp_cnn_mnist5k_v1.npz"
 TRAIN_EPS = 0.15
+SMALL_INPUT = 32 * 32 * 3  # values per image
+SMALL_PARAMS = 2_000_000
+
+
+def small_model(model) -> tuple[bool, str]:
+    """Whether the section's bounds are within reach for ``model`` -> ``(ok, why not)``."""
+    h, w, c = model.spec.input_shape
+    n_params = int(sum(np.size(a) for a in jax.tree_util.tree_leaves(model.params)))
+    if h * w * c <= SMALL_INPUT and n_params <= SMALL_PARAMS:
+        return True, ""
+    return False, (
+        f"Certified bounds are computed for small models only (input at most 32x32x3 values, "
+        f"at most {SMALL_PARAMS:,} parameters); `{model.spec.name}` takes {h}x{w}x{c} images "
+        f"and has {n_params:,} parameters. IBP and CROWN propagate bounds through every layer "
+        "(CROWN runs one backward pass per ReLU neuron, millions here), and randomized smoothing "
+        "and CLEVER need thousands of forward or gradient passes per image: beyond this "
+        "report's budget. Use robustjax.certify (api.certify, smoothing.certify, "
+        "clever.clever_untargeted) directly with a budget of your choice.")
 
 
 def _settings(quick: bool) -> dict:
@@ -91,6 +114,10 @@ def _plot(path, xs, curves, xlabel, ylabel):
 
 
 def section(ctx: ReportContext) -> Section:
+    ok, why = small_model(ctx.model)
+    if not ok:
+        return Section("certify", "Certified robustness",
+                       {"skipped": True, "reason": why}, why)
     s = _settings(ctx.quick)
     key = section_key(ctx, "certify")
     k_train, k_smooth, k_clever = jax.random.split(key, 3)
@@ -99,13 +126,20 @@ def section(ctx: ReportContext) -> Section:
     if tuple(ctx.model.spec.input_shape) == (28, 28, 1):
         models["IBP-trained CNN"], source = certified_model(ctx, k_train)
     eps = s["eps"]
-    curves, rows = {}, []
+    curves, rows, unsupported = {}, [], []
     for name, model in models.items():
         for method, n, chunk in (("ibp", s["n_ibp"], 100), ("crown", s["n_crown"], 2)):
             if ctx.quick and method == "crown" and name != "model under test":
                 continue  # quick mode: one CROWN compilation only
             run_eps = eps if method == "ibp" else s["crown_eps"]
-            got = verified_curve(model, ctx.x, ctx.y, run_eps, method, min(n, len(ctx.x)), chunk)
+            m = min(n, len(ctx.x))
+            try:
+                got = ctx.cached("certify", f"{name}/{method}", {"n": m, "eps": run_eps},
+                                 lambda model=model, e=run_eps, meth=method, m=m, c=chunk:
+                                 verified_curve(model, ctx.x, ctx.y, e, meth, m, c))
+            except UnsupportedPrimitiveError as e:
+                unsupported.append(f"{name}, {method.upper()}: {str(e).splitlines()[0]}")
+                continue
             acc = [got[run_eps.index(e)] if e in run_eps else None for e in eps]
             curves[f"{name}, {method.upper()} (n={min(n, len(ctx.x))})"] = acc
             rows.append([name, method.upper(), min(n, len(ctx.x))]
@@ -137,7 +171,7 @@ def section(ctx: ReportContext) -> Section:
         figures = ["certify_verified.png", "certify_smoothing.png"]
 
     data_out = {"eps": eps, "verified_accuracy": {k: v for k, v in curves.items()},
-                "certified_model_source": source,
+                "certified_model_source": source, "unsupported": unsupported,
                 "smoothing": {"sigma": cfg.sigma, "n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha,
                               "examples": n_s, "radii": radii, "certified_accuracy": smooth_acc,
                               "abstain_rate": float(np.mean(pred == smoothing.ABSTAIN))},
@@ -153,6 +187,8 @@ def section(ctx: ReportContext) -> Section:
         "",
         f"IBP-trained CNN: {source}" if source else "(no certified model: input is not 28x28x1)",
         "",
+        *([("Not certified (a layer the bound interpreter does not support): "
+            + "; ".join(unsupported)), ""] if unsupported else []),
         f"Randomized smoothing (sigma={cfg.sigma}, N0={cfg.n0}, **N={cfg.n}** instead of the "
         f"paper's 100,000, alpha={cfg.alpha}; the largest certifiable radius shrinks with N), "
         f"{n_s} images:",

@@ -7,7 +7,13 @@ For the default MNIST CNN (28 x 28 x 1) the corruptions run on the gray images r
 28 / 224 (``scale_pixels=True``): the published pixel sizes are for 224-px ImageNet images. There
 are no AlexNet normalisers for MNIST, so the score is the unnormalised mean corruption error over
 the 15 benchmark corruptions (and the 4 extras separately) and the retention rate (mean
-corrupted accuracy / clean accuracy); the mCE is reported only for 1000-class ImageNet models.
+corrupted accuracy / clean accuracy).
+
+The score follows the benchmark the model belongs to (``convention``): a 1000-class ImageNet
+model gets ImageNet-C's mCE and relative mCE with the AlexNet normalisers
+(``robustjax.corruptions.metrics``); a CIFAR-10 model CIFAR-10-C's convention, the accuracy
+averaged over the 15 corruptions x 5 severities with no normalisation; anything else the
+unnormalised mean error. Each corruption's errors are stored as they finish (``ctx.cached``).
 """
 
 from __future__ import annotations
@@ -44,17 +50,39 @@ def _predict(model: Model, x, batch: int = 256) -> np.ndarray:
 
 
 def corruption_errors(model: Model, x, y, key, names=tuple(CORRUPTIONS), severities=(1, 2, 3, 4, 5),
-                      scale_pixels: bool = False, progress=lambda it, **kw: it):
-    """``{name: [error per severity]}`` of ``model`` on ``x`` corrupted on the fly."""
+                      scale_pixels: bool = False, progress=lambda it, **kw: it,
+                      cached=lambda name, compute: compute()):
+    """``{name: [error per severity]}`` of ``model`` on ``x`` corrupted on the fly.
+
+    ``cached(name, compute)`` may store each corruption's list (the report's resumable store).
+    """
     out = {}
     for i, name in enumerate(progress(names, desc="corruptions")):
-        errs = []
-        for s in severities:
-            xc = corrupt(jnp.asarray(x), name, s, jax.random.fold_in(key, 10 * i + s),
-                         scale_pixels=scale_pixels)
-            errs.append(float(np.mean(_predict(model, xc).argmax(-1) != y)))
-        out[name] = errs
+        def errs(i=i, name=name):
+            values = []
+            for s in severities:
+                xc = corrupt(jnp.asarray(x), name, s, jax.random.fold_in(key, 10 * i + s),
+                             scale_pixels=scale_pixels)
+                values.append(float(np.mean(_predict(model, xc).argmax(-1) != y)))
+            return values
+
+        out[name] = cached(name, errs)
     return out
+
+
+CONVENTIONS = ("imagenet-c", "cifar10-c", "unnormalised")
+
+
+def convention(spec, dataset: str = "") -> str:
+    """Which corruption benchmark's score applies: ``"imagenet-c"`` (1000 classes: mCE with
+    AlexNet normalisers), ``"cifar10-c"`` (CIFAR-10 data or a 10-class 32x32x3 model: mean
+    accuracy over the 15 corruptions x 5 severities) or ``"unnormalised"``."""
+    if spec.num_classes == 1000:
+        return "imagenet-c"
+    if dataset.startswith("cifar10") or (tuple(spec.input_shape) == (32, 32, 3)
+                                         and spec.num_classes == 10):
+        return "cifar10-c"
+    return "unnormalised"
 
 
 def spatial_errors(model: Model, x, y, severities=(1, 2, 3, 4, 5)):
@@ -159,8 +187,12 @@ def section(ctx: ReportContext) -> Section:
     h, w = x.shape[1:3]
     scale = min(h, w) < 224
     clean_error = float(np.mean(_predict(ctx.model, x).argmax(-1) != y))
-    errors = corruption_errors(ctx.model, x, y, key, names, severities, scale, ctx.progress)
-    spatial_err = spatial_errors(ctx.model, x, y, severities)
+    stored = {"n": int(len(y)), "severities": list(severities), "scale_pixels": bool(scale)}
+    errors = corruption_errors(
+        ctx.model, x, y, key, names, severities, scale, ctx.progress,
+        cached=lambda name, compute: ctx.cached("corruptions", name, stored, compute))
+    spatial_err = ctx.cached("corruptions", "spatial", stored,
+                             lambda: spatial_errors(ctx.model, x, y, severities))
     bench = [n for n in names if n in BENCHMARK_CORRUPTIONS]
     extra = [n for n in names if n in EXTRA_CORRUPTIONS]
     mean_err = float(np.mean([errors[n] for n in bench]))
@@ -180,10 +212,15 @@ def section(ctx: ReportContext) -> Section:
         "spatial_errors": spatial_err,
         "spatial_grid": {k: list(v) for k, v in SPATIAL_SEVERITIES.items()},
     }
-    imagenet = ctx.model.spec.num_classes == 1000 and len(bench) == 15 and len(severities) == 5
+    conv = convention(ctx.model.spec, ctx.dataset)
+    complete = len(bench) == len(BENCHMARK_CORRUPTIONS) and len(severities) == 5
+    data["convention"] = conv
+    imagenet = conv == "imagenet-c" and complete
     if imagenet:
         data["mCE"] = mce(errors)
         data["relative_mCE"] = relative_mce(errors, clean_error)
+    if conv == "cifar10-c":
+        data["mean_corruption_accuracy"] = 1.0 - mean_err
     figures = []
     path = ctx.out_dir / "corruptions_heatmap.png"
     heatmap({**errors, **{f"[spatial] {k}": v for k, v in spatial_err.items()}}, severities, path,
@@ -201,10 +238,21 @@ def section(ctx: ReportContext) -> Section:
                                           jax.random.fold_in(key, 999), path,
                                           extra_columns=_attacked_column(model, xn, yn, key))
         figures.append(path.name)
-    score = (f"mCE {100 * data['mCE']:.1f}%, relative mCE {100 * data['relative_mCE']:.1f}%"
-             if imagenet else
-             "no AlexNet normalisers for this dataset, so no mCE: the score is the unnormalised "
-             f"mean corruption error over {len(bench)} benchmark corruptions")
+    ran = f"{len(bench)} benchmark corruptions x {len(severities)} severities"
+    if imagenet:
+        score = (f"ImageNet-C convention: mCE {100 * data['mCE']:.1f}%, relative mCE "
+                 f"{100 * data['relative_mCE']:.1f}%, normalised by AlexNet's errors")
+    elif conv == "imagenet-c":
+        score = ("ImageNet-C convention, but no mCE: the AlexNet normalisers are per corruption "
+                 f"summed over severities 1-5, so mCE needs all 15 benchmark corruptions at 5 "
+                 f"severities; this run has {ran}"
+                 + (" (quick mode)" if ctx.quick else ""))
+    elif conv == "cifar10-c":
+        score = ("CIFAR-10-C convention (no AlexNet normalisation): mean accuracy "
+                 f"{data['mean_corruption_accuracy']:.3f} over {ran}")
+    else:
+        score = ("no AlexNet normalisers for this dataset, so no mCE: the score is the "
+                 f"unnormalised mean corruption error over {len(bench)} benchmark corruptions")
     rows = [[n] + [f"{e:.3f}" for e in errors[n]] + [f"{np.mean(errors[n]):.3f}"] for n in names]
     srows = [[n] + [f"{e:.3f}" for e in spatial_err[n]] for n in spatial_err]
     md = "\n".join([

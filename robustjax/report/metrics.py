@@ -1,5 +1,7 @@
 """Report section: the survey's Table 3 metrics for the model under FGSM, PGD, a black-box
 attack and corruptions, boundary distances, neuron metrics and the robustness curve.
+ImageNet-scale inputs (``base.imagenet_scale``) get at most 64 images and fewer steps,
+directions and queries (PGD-10, Square-100, EBD-1 3 x 31, EBD-2 50 steps, curve 4 x PGD-5).
 
 Attacks and corruptions come from ``robustjax.attacks`` / ``robustjax.corruptions``, imported
 when the section runs; if a package is missing its rows say "not available" instead. Callers may
@@ -24,7 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import metrics as M
-from robustjax.report.base import ReportContext, Section, markdown_table, section_key
+from robustjax.report.base import (
+    ReportContext,
+    Section,
+    imagenet_scale,
+    markdown_table,
+    section_key,
+)
 
 EPS = 0.1  # Linf budget in pixel units for MNIST-scale models (the survey's Fig. 8 uses 0.1)
 EPS_MAX_CURVE = 0.3
@@ -33,19 +41,20 @@ CORRUPTIONS_QUICK = ("gaussian_noise", "contrast")
 FIGURE = "metrics_robustness_curve.png"
 
 
-def _default_attacks(quick: bool):
+def _default_attacks(quick: bool, large: bool = False):
     try:
         from robustjax.attacks import (FGSMConfig, PGDConfig, SquareConfig, fgsm, pgd,
                                        square)
     except ImportError as e:
         return {}, f"robustjax.attacks not available ({e}): FGSM/PGD rows not computed."
-    steps = 5 if quick else 20
+    steps = 5 if quick else (10 if large else 20)
     cfgs = {
         "FGSM": ("white-box", fgsm, FGSMConfig(eps=EPS)),
         f"PGD-{steps}": ("white-box", pgd, PGDConfig(eps=EPS, step_size=EPS / 4, steps=steps)),
     }
     if not quick:  # its compilation alone would take a third of the quick budget
-        cfgs["Square-300"] = ("black-box", square, SquareConfig(eps=EPS, n_queries=300))
+        q = 100 if large else 300
+        cfgs[f"Square-{q}"] = ("black-box", square, SquareConfig(eps=EPS, n_queries=q))
     out = {}
     for name, (kind, fn, cfg) in cfgs.items():
         out[name] = (kind, lambda a, p, x, y, k, fn=fn, cfg=cfg: fn(a, p, x, y, k, cfg))
@@ -62,13 +71,14 @@ def _default_corruptions(quick: bool):
     return {f"{n} (s3)": (lambda x, k, n=n: f(x, n, 3, k, scale_pixels=True)) for n in names}, ""
 
 
-def _min_eps_fn(quick: bool):
+def _min_eps_fn(quick: bool, large: bool = False):
     try:
         from robustjax.attacks import PGDConfig, min_eps, pgd
     except ImportError as e:
         return None, f"robustjax.attacks not available ({e}): robustness curve not computed."
-    cfg = PGDConfig(eps=EPS_MAX_CURVE, step_size=EPS_MAX_CURVE / 4, steps=5 if quick else 20)
-    steps = 4 if quick else 8
+    cfg = PGDConfig(eps=EPS_MAX_CURVE, step_size=EPS_MAX_CURVE / 4,
+                    steps=5 if quick or large else 20)
+    steps = 4 if quick or large else 8
 
     def fn(apply_fn, params, x, y, key):
         return min_eps(pgd, apply_fn, params, x, y, key, cfg, EPS_MAX_CURVE, steps)[0]
@@ -160,7 +170,8 @@ def _threat_row(name, kind, logits_clean, logits_p, y, x, xp, success_mask):
 
 def section(ctx: ReportContext) -> Section:
     quick = ctx.quick
-    n = 16 if quick else 500
+    large = imagenet_scale(ctx.model.spec)  # lighter settings: a gradient costs ~100x MNIST's
+    n = 16 if quick else (64 if large else 500)
     x, y = jnp.asarray(ctx.x[:n], jnp.float32), jnp.asarray(ctx.y[:n], jnp.int32)
     apply_fn, params = ctx.model.apply_fn, ctx.model.params
     apply = jax.jit(apply_fn)
@@ -174,7 +185,7 @@ def section(ctx: ReportContext) -> Section:
 
     attacks = ctx.extras.get("metrics_attacks")
     if attacks is None:
-        attacks, note = _default_attacks(quick)
+        attacks, note = _default_attacks(quick, large)
         notes += [note] if note else []
     corruptions = ctx.extras.get("metrics_corruptions")
     if corruptions is None:
@@ -198,9 +209,10 @@ def section(ctx: ReportContext) -> Section:
     data["threats"] = rows
 
     b1 = jax.jit(functools.partial(M.ebd1, apply_fn, config=M.EBD1Config(
-        num_directions=3 if quick else 10, num_steps=15 if quick else 63)))(params, x, y, k_b1)
+        num_directions=3 if quick or large else 10,
+        num_steps=15 if quick else (31 if large else 63))))(params, x, y, k_b1)
     b2 = jax.jit(functools.partial(M.ebd2, apply_fn, config=M.EBD2Config(
-        max_steps=20 if quick else 100)))(params, x, y, None)
+        max_steps=20 if quick else (50 if large else 100))))(params, x, y, None)
     data["boundary"] = {nm: {k: _f(v) for k, v in M.BoundaryStats.from_result(r).compute().items()}
                         for nm, r in (("ebd1", b1), ("ebd2", b2))}
 
@@ -231,7 +243,7 @@ def section(ctx: ReportContext) -> Section:
     min_eps_fn = ctx.extras.get("min_eps_fn")
     curve_note = "minimal perturbations from ctx.extras['min_eps_fn']"
     if min_eps_fn is None:
-        min_eps_fn, curve_note = _min_eps_fn(quick)
+        min_eps_fn, curve_note = _min_eps_fn(quick, large)
     if min_eps_fn is None:
         notes.append(curve_note)
     else:

@@ -1,7 +1,10 @@
 """The report pipeline: load the model and data, run each section, write the report.
 
 ``run_report`` writes ``report.json`` (every section's data) and ``report.md`` (readable) into
-``out_dir``. Sections are listed in ``SECTIONS``, in the order they appear in the report.
+``out_dir``. Sections are listed in ``SECTIONS``, in the order they appear in the report. The
+model is any ``Model`` (a registry name with a checkpoint, a user's ``module:function`` factory,
+the embedded default), the data any ``robustjax.data`` dataset (resized on request). Results are
+stored as they finish (``out_dir/store``), so an interrupted report resumes.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 
 from robustjax import data as datasets
 from robustjax.report.base import ReportContext, Section
+from robustjax.report.store import ResultStore, atomic_write_text
 
 # name -> module holding ``section(ctx) -> Section``; literal, in report order.
 SECTIONS = {
@@ -31,6 +35,7 @@ SECTIONS = {
     "metrics": "robustjax.report.metrics",
 }
 REPORT_FORMAT = "robustjax-report-v1"
+STORE_DIR = "store"  # stored sections and batches (resumable report)
 
 
 def progress_bar(iterable, desc: str = "", total: Optional[int] = None, **kwargs):
@@ -61,63 +66,123 @@ def _check_out_dir(out_dir: pathlib.Path, force: bool) -> None:
             f"into it. Choose another --out, or pass --force to write there anyway.")
 
 
-def run_report(out_dir="robustjax-report", *, model=None, dataset: str = "mnist5k",
-               examples: Optional[int] = None, quick: bool = False, seed: int = 0,
-               sections: Optional[Sequence[str]] = None, retrain: bool = False,
-               force: bool = False, log=print) -> dict:
+def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
+               dataset: str = "mnist5k", split: str = "test", examples: Optional[int] = None,
+               quick: bool = False, seed: int = 0, sections: Optional[Sequence[str]] = None,
+               eps: Optional[Sequence[float]] = None, resize: bool = False,
+               retrain: bool = False, fresh: bool = False, force: bool = False,
+               log=print) -> dict:
     """Run the report and write it. Returns the JSON-able report dict.
 
+    Every finished section, and every batch of work inside the long ones, is stored under
+    ``out_dir/store`` by a hash of its config (model and checkpoint hashes, dataset, split,
+    examples, seed, quick, eps, resize, section settings): rerunning an interrupted report loads
+    what was finished and computes the rest; the result equals an uninterrupted run's.
+
     Args:
-      out_dir: output folder (created; an earlier robustjax report there is replaced).
-      model: a ``Model``; default: the embedded default (trained and cached on first use).
-      dataset: evaluation data (``robustjax.data.load(dataset, "test")``).
-      examples: evaluate on the first N test examples (default: all; quick: 64).
+      out_dir: output folder (created; an earlier robustjax report there is resumed/replaced).
+      model: a ``Model``; a registry name (``robustjax models``); ``"module:function"`` naming a
+        factory that returns a ``Model``; default: the embedded default (trained and cached on
+        first use).
+      checkpoint: weights for ``model`` (a registry name: any format ``models.load`` reads; a
+        factory: passed as its one argument).
+      dataset, split: evaluation data (``robustjax.data.load(dataset, split)``).
+      examples: evaluate on the first N examples (default: all; quick: 64).
       quick: tiny settings for smoke tests.
       sections: subset of ``SECTIONS`` names (default: all).
+      eps: Linf radii (pixel units) of the attacks section's sweep (default: by image type).
+      resize: resize images (and convert gray <-> RGB) to the model's input shape.
+      fresh: recompute everything, ignoring stored results.
+      force: write into ``out_dir`` even if it holds files robustjax did not write.
     """
+    from robustjax.report import inputs
+
     out_dir = pathlib.Path(out_dir)
     _check_out_dir(out_dir, force)
     names = list(SECTIONS) if sections is None else list(sections)
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise KeyError(f"unknown report section(s) {unknown}; valid: {', '.join(SECTIONS)}")
-    extras = {}
-    if model is None:
-        from robustjax.models import default
-
-        had_cache = default.cache_path().exists()
-        if not had_cache or retrain:
-            log(f"training the embedded default model (cached at {default.cache_path()}) ...")
-        model = default.embedded_default(retrain=retrain, progress=progress_bar)
-        extras["training_info"] = default.cached_info() or {}
+    if eps is not None:
+        eps = tuple(float(e) for e in eps)
+        if not eps or any(not 0 < e <= 1 for e in eps):
+            raise ValueError(f"eps values must be in (0, 1] (pixel units), got {list(eps)}")
+    model, identity, extras = inputs.resolve_model(model, checkpoint, retrain=retrain,
+                                                   progress=progress_bar, log=log)
     if "corruptions" in names and "imagenet_model" not in extras:
         # The prediction panels (survey figs. 3-6) need an ImageNet model on real photos.
         from robustjax.report.zoo import ported_lite0
 
         extras["imagenet_model"] = ported_lite0()[0]
-    x, y = datasets.load(dataset, "test")
+    x, y = datasets.load(dataset, split)
     n = examples if examples is not None else (64 if quick else len(x))
+    if n <= 0:
+        raise ValueError(f"examples must be positive, got {n}")
     x, y = x[:n], y[:n]
+    n = int(len(x))
+    x, y, data_note = inputs.fit_data(x, y, model.spec, resize=resize,
+                                      dataset=f"dataset {dataset!r} ({split})")
+    if data_note:
+        log(data_note)
     out_dir.mkdir(parents=True, exist_ok=True)
+    identity_all = {"format": REPORT_FORMAT, "robustjax": _version(), "model": identity,
+                    "dataset": dataset, "split": split, "examples": n, "quick": quick,
+                    "seed": seed, "eps": list(eps) if eps is not None else None,
+                    "resize": resize}
+    store = ResultStore(out_dir / STORE_DIR, fresh=fresh)
     ctx = ReportContext(model=model, x=x, y=y, key=jax.random.PRNGKey(seed), out_dir=out_dir,
-                        quick=quick, progress=progress_bar, extras=extras)
-    report = {"format": REPORT_FORMAT, "created": datetime.datetime.now().isoformat(
-        timespec="seconds"), "dataset": dataset, "examples": int(n), "quick": quick,
-        "seed": seed, "runtime": runtime_info(), "sections": {}}
+                        quick=quick, progress=progress_bar, extras=extras, dataset=dataset,
+                        eps=eps, identity=identity_all, store=store)
+    report = {"format": REPORT_FORMAT, "status": "running", "created": datetime.datetime.now(
+        ).isoformat(timespec="seconds"), "dataset": dataset, "split": split, "examples": n,
+        "quick": quick, "seed": seed, "model": identity, "data_note": data_note,
+        "runtime": runtime_info(), "sections": {}}
+    _write_json(out_dir / "report.json", report)  # marks the folder as ours from the start
     done: list[Section] = []
+    resumed = []
     for name in names:
-        start = time.perf_counter()
-        log(f"[{name}] running ...")
-        sec = importlib.import_module(SECTIONS[name]).section(ctx)
-        seconds = time.perf_counter() - start
-        report["sections"][sec.key] = {"title": sec.title, "seconds": round(seconds, 2),
-                                       "figures": list(sec.figures), **sec.data}
-        done.append(sec)
-        log(f"[{name}] done in {seconds:.1f} s")
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
-    (out_dir / "report.md").write_text(render_markdown(report, done))
-    log(f"report written to {out_dir / 'report.md'} and {out_dir / 'report.json'}")
+        config = {"report": identity_all, "section": name}
+        record = store.load(f"section-{name}", config)
+        if record is not None and all((out_dir / f).is_file() for f in record["figures"]):
+            log(f"[{name}] loaded (stored {record['seconds']:.1f} s run)")
+            resumed.append(name)
+        else:
+            start = time.perf_counter()
+            log(f"[{name}] running ...")
+            sec = importlib.import_module(SECTIONS[name]).section(ctx)
+            seconds = round(time.perf_counter() - start, 2)
+            record = json.loads(json.dumps(
+                {"key": sec.key, "title": sec.title, "seconds": seconds,
+                 "figures": list(sec.figures), "markdown": sec.markdown, "data": sec.data},
+                default=_json_default))
+            store.save(f"section-{name}", config, record)
+            log(f"[{name}] done in {seconds:.1f} s")
+        report["sections"][record["key"]] = {"title": record["title"],
+                                             "seconds": record["seconds"],
+                                             "figures": record["figures"], **record["data"]}
+        done.append(Section(record["key"], record["title"], record["data"], record["markdown"],
+                            tuple(record["figures"])))
+        _write_json(out_dir / "report.json", report)
+    report["status"] = "complete"
+    report["resumed_sections"] = resumed
+    _write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.md", render_markdown(report, done))
+    from robustjax.report.html import write_html
+
+    write_html(report, out_dir)
+    log(f"report written to {out_dir / 'report.md'}, {out_dir / 'report.html'} and "
+        f"{out_dir / 'report.json'}")
     return report
+
+
+def _version() -> str:
+    import robustjax
+
+    return getattr(robustjax, "__version__", "unknown")
+
+
+def _write_json(path: pathlib.Path, report: dict) -> None:
+    atomic_write_text(path, json.dumps(report, indent=2, default=_json_default))
 
 
 def runtime_info() -> dict:
@@ -145,6 +210,8 @@ def render_markdown(report: dict, sections: Sequence[Section]) -> str:
     lines = ["# robustjax robustness report", "",
              f"Created {report['created']} on `{report['dataset']}` ({report['examples']} test "
              f"examples{', quick mode' if report['quick'] else ''}, seed {report['seed']}).", ""]
+    if report.get("data_note"):
+        lines += [f"Data: {report['data_note']}.", ""]
     rt = report.get("runtime")
     if rt:
         lines += [f"JAX {rt['jax']} on {rt['backend']} ({rt['devices']} device(s)); "
