@@ -1,9 +1,12 @@
 """Certification entry points: output bounds, verified flags and verified accuracy.
 
 ``bounds(apply_fn, params, x, eps, method)`` bounds ``C @ apply_fn(params, x')`` over every
-``x'`` in the Linf or L2 ball of radius ``eps`` around ``x`` intersected with [0, 1], one
-example at a time (the model is traced on a batch of one and the bound computation is vmapped
-over the batch, in chunks of ``chunk_size`` to bound memory). With the margin specification
+``x'`` in the Linf or L2 ball of radius ``eps`` around ``x`` intersected with [0, 1]. The model
+is traced on a chunk of ``chunk_size`` examples and every pass works on the whole chunk at
+once: the backward passes carry coefficients ``[rows, chunk, *node]`` for every example and
+specification row (``crown.backward``); chunks run one after another (``lax.map``) to bound
+memory. A model that moves the batch axis (``crown.batch_major`` is False) is traced on one
+example and vmapped instead. With the margin specification
 ``C[j] = e_y - e_j`` the lower bounds are bounds on ``f_y - f_j`` directly, which is tighter
 than subtracting logit bounds.
 
@@ -51,17 +54,26 @@ def margin_spec(y: jax.Array, num_classes: int) -> jax.Array:
     return eye[y][:, None, :] - eye[None, :, :]
 
 
-def _one(graph, params_leaves, x1, spec, eps, method, norm, alpha_config, upper):
+def _chunk(graph, params_leaves, x, spec, eps, method, norm, alpha_config, upper, batched):
+    """Bounds ``[b, s]`` for the examples ``x [b, ...]`` (specs ``[b, s, k]``) of one graph."""
     intermediate, final = METHODS[method]
-    inputs = InputSet(x1, eps, norm)
-    args = [*params_leaves, input_interval(x1, eps, norm)]
+    inputs = InputSet(x, eps, norm, batched)
+    args = [*params_leaves, input_interval(x, eps, norm)]
     env = crown.forward(graph, args, inputs, intermediate)
     out = graph.outputs[0]
-    spec = spec[:, None, :]  # the model sees a batch of one: output shape [1, k]
+    spec = jnp.swapaxes(spec, 0, 1)  # rows first: [s, b, k]
     if final == "alpha":
-        return crown.alpha_crown(graph, env, out, spec, inputs, alpha_config)
-    lower, up = crown.backward(graph, env, out, spec, inputs, final, upper=upper)
-    return lower, (up if upper else jnp.full_like(lower, jnp.inf))
+        lower, up = crown.alpha_crown(graph, env, out, spec, inputs, alpha_config)
+    else:
+        lower, up = crown.backward(graph, env, out, spec, inputs, final, upper=upper)
+        up = up if upper else jnp.full_like(lower, jnp.inf)
+    return (lower.T, up.T) if batched else (lower[None], up[None])  # [b, s]
+
+
+def _trace(apply_fn, params, x, batch: int):
+    shape = jax.ShapeDtypeStruct((batch, *x.shape[1:]), jnp.float32)
+    param_shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(jnp.shape(p), p.dtype), params)
+    return flatten(apply_fn, param_shapes, shape)
 
 
 @entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config", "upper"),
@@ -78,7 +90,8 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
       method: one of ``METHODS``.
       norm: ``"linf"`` or ``"l2"``.
       spec: ``[b, s, k]`` specification; default the identity (bounds of the logits).
-      chunk_size: examples per vmapped chunk (memory of CROWN grows with the layer sizes).
+      chunk_size: examples bounded together (memory of CROWN grows with the chunk and the
+        layer sizes: its intermediate passes carry ``[neurons, chunk, *node]`` coefficients).
       upper: False skips the output pass's upper bound (returned as +inf): half the
         work when only margins' lower bounds are needed (certification, training).
     """
@@ -88,9 +101,12 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
         raise ValueError(f"unknown norm {norm!r}; valid norms: {', '.join(NORMS)}")
     if x.ndim != 4:
         raise ValueError(f"x must be NHWC [batch, H, W, C], got shape {x.shape}")
-    shape = jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32)
-    param_shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(jnp.shape(p), p.dtype), params)
-    graph = flatten(apply_fn, param_shapes, shape)
+    b = x.shape[0]
+    chunk = max(1, min(chunk_size, b))
+    graph = _trace(apply_fn, params, x, chunk)
+    batched = crown.batch_major(graph, _trace(apply_fn, params, x, chunk + 1), chunk)
+    if not batched:
+        graph = _trace(apply_fn, params, x, 1)
     if len(graph.outputs) != 1:
         raise ValueError(f"apply_fn must return one array of logits, got {len(graph.outputs)}")
     k = graph.shapes[graph.outputs[0]][-1] if isinstance(graph.outputs[0], int) else None
@@ -103,13 +119,21 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
         raise ValueError(f"eps must be >= 0, got {eps}")
     leaves = jax.tree.leaves(params)
     eps = jnp.asarray(eps, jnp.float32)
-    one = functools.partial(_one, graph, leaves, eps=eps, method=method, norm=norm,
-                            alpha_config=alpha_config, upper=upper)
-    fn = lambda args: one(x1=args[0][None], spec=args[1])
-    args = (x.astype(jnp.float32), spec.astype(jnp.float32))
-    if chunk_size >= x.shape[0]:
-        return jax.vmap(fn)(args)
-    return jax.lax.map(fn, args, batch_size=chunk_size)
+    run = functools.partial(_chunk, graph, leaves, eps=eps, method=method, norm=norm,
+                            alpha_config=alpha_config, upper=upper, batched=batched)
+    x, spec = x.astype(jnp.float32), spec.astype(jnp.float32)
+    if not batched:  # one example at a time, vmapped within a chunk
+        fn = lambda a: jax.tree.map(lambda t: t[0], run(a[0][None], a[1][None]))
+        if chunk >= b:
+            return jax.vmap(fn)((x, spec))
+        return jax.lax.map(fn, (x, spec), batch_size=chunk)
+    if chunk == b:
+        return run(x, spec)
+    pad = -b % chunk  # repeat the last example to fill the last chunk; dropped below
+    x, spec = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (x, spec))
+    split = lambda a: a.reshape((-1, chunk, *a.shape[1:]))
+    lower, up = jax.lax.map(lambda a: run(*a), (split(x), split(spec)))
+    return lower.reshape((-1, lower.shape[-1]))[:b], up.reshape((-1, up.shape[-1]))[:b]
 
 
 def robust_condition(lower: jax.Array, upper: jax.Array, y: jax.Array) -> jax.Array:

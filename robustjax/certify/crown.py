@@ -1,18 +1,26 @@
 """Backward linear bound propagation: CROWN, Fast-Lin, CROWN-IBP and alpha-CROWN.
 
-All work on the flat graph of ``robustjax.certify.interpreter`` for one example:
+All work on the flat graph of ``robustjax.certify.interpreter``, traced on a whole batch:
 
 * a forward pass computes an ``Interval`` for every bounded node with the IBP rules; before
   each ReLU (``max(x, c)`` with a constant ``c``) the bounds of its input are tightened by a
   backward pass from that input (CROWN and Fast-Lin) or left at IBP (CROWN-IBP);
-* ``backward`` carries linear coefficients ``A`` (``[2s, *node_shape]``: ``s`` rows for the
-  lower bound, ``s`` for the upper bound of ``C @ output``) from a node to the input.
-  Affine primitives are transposed with ``jax.vjp`` (their offset is ``f(0)``); a ReLU is
+* ``backward`` carries linear coefficients ``A`` from a node to the input for every example
+  and every specification row at once: ``A`` is ``[2s, b, *node_shape[1:]]`` (``s`` rows for
+  the lower bound, ``s`` for the upper bound of ``C @ output``; row ``r`` of example ``i``
+  sits at ``A[r, i]``). Affine primitives are transposed with ``jax.vjp`` of the batched
+  primitive, vmapped over the rows (a convolution becomes its transposed convolution on a
+  batch of ``2s * b`` cotangents, never a dense Jacobian; its offset is ``f(0)``); a ReLU is
   replaced by linear lower/upper bounds (Zhang et al. 2018, "Efficient Neural Network
   Robustness Certification with General Activation Functions", eqs. for the ReLU case);
   any other nonlinearity (exp, tanh, products, ...) is concretised with its IBP interval, so
   CROWN runs on every network IBP runs on. At the input the bound is concretised over the
   Linf or L2 ball intersected with the [0, 1] box.
+
+The batched layout needs a graph in which every bounded node keeps the examples on its
+leading axis and no primitive mixes them (``batch_major``); ``api.bounds`` falls back to a
+graph traced on one example, vmapped (``InputSet.batched=False``: ``A`` is then
+``[2s, *node_shape]``) for models that reshape the batch axis away.
 
 Slopes of an unstable ReLU (``l < c < u``): upper ``(u - c) / (u - l)``; lower ``1 if
 u - c > c - l else 0`` (CROWN, as auto_LiRPA and jax_verify), the upper slope (Fast-Lin;
@@ -22,6 +30,7 @@ Weng et al. 2018) or an optimised ``alpha in [0, 1]`` (alpha-CROWN; Xu et al. 20
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple, Optional
 
 import jax
@@ -29,7 +38,7 @@ import jax.numpy as jnp
 import optax
 
 from robustjax.certify.ibp import IBP_RULES, Interval, input_interval, is_interval
-from robustjax.certify.interpreter import Graph, evaluate, interpret, read
+from robustjax.certify.interpreter import Graph, Lit, evaluate, interpret, read
 
 # Primitives that are affine in their bounded inputs (given that the other inputs are
 # constant); ``_linear_ok`` adds the conditions for the bilinear ones.
@@ -42,11 +51,16 @@ LINEAR = frozenset({
 
 
 class InputSet(NamedTuple):
-    """The perturbation set: the ``norm`` ball of radius ``eps`` around ``x0``, cut to [0, 1]."""
+    """The perturbation set: the ``norm`` ball of radius ``eps`` around ``x0``, cut to [0, 1].
+
+    ``batched``: the coefficients carry the batch on axis 1 (``[rows, b, ...]``; the graph
+    was traced on the whole batch ``x0``) rather than one example's ``[rows, ...]``.
+    """
 
     x0: jax.Array
     eps: jax.Array
     norm: str
+    batched: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +82,42 @@ def _linear_ok(name: str, bound_pos: list[int]) -> bool:
     if name == "select_n":
         return 0 not in bound_pos
     return name in LINEAR
+
+
+# Primitives whose parameter names axes; touching axis 0 of a bounded operand mixes examples.
+_AXES = {"reduce_sum": "axes", "reduce_max": "axes", "reduce_min": "axes", "argmax": "axes",
+         "argmin": "axes", "cumsum": "axis", "cummax": "axis", "cummin": "axis",
+         "rev": "dimensions"}
+
+
+def batch_major(graph: Graph, graph_plus_one: Graph, batch: int) -> bool:
+    """Whether the last input's examples stay on axis 0 of every node that depends on it.
+
+    ``graph`` and ``graph_plus_one`` are the same function traced on batches ``batch`` and
+    ``batch + 1``; a dependent node must have shape ``[batch, *rest]`` in the first and
+    ``[batch + 1, *rest]`` in the second, and no reduction, scan, reversal, transpose or
+    contraction may act on axis 0 (the examples must not mix, as in any eval-mode model).
+    """
+    if len(graph.eqns) != len(graph_plus_one.eqns):
+        return False
+    dep = {graph.inputs[-1]}
+    for eqn, other in zip(graph.eqns, graph_plus_one.eqns):
+        pos = [i for i, a in enumerate(eqn.inputs) if not isinstance(a, Lit) and a in dep]
+        if not pos:
+            continue
+        for shape, shape1 in zip(eqn.shapes, other.shapes):
+            if not shape or shape[0] != batch or tuple(shape1) != (batch + 1, *shape[1:]):
+                return False
+        axes = eqn.params.get(_AXES.get(eqn.name, ""), ())
+        axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        if 0 in axes or (eqn.name == "transpose" and eqn.params["permutation"][0] != 0):
+            return False
+        if eqn.name == "dot_general":
+            (contract_a, contract_b), _ = eqn.params["dimension_numbers"]
+            if (0 in pos and 0 in contract_a) or (1 in pos and 0 in contract_b):
+                return False
+        dep.update(eqn.outputs)
+    return True
 
 
 def relu_input(eqn, values) -> Optional[int]:
@@ -102,24 +152,25 @@ def relu_relaxation(lo, hi, c, mode: str, alpha=None):
     return a_lo, b_lo * jnp.ones_like(lo), a_up, b_up * jnp.ones_like(lo)
 
 
-def _sum_rest(a):
-    return jnp.sum(a, axis=tuple(range(1, a.ndim)))
+def _sum_rest(a, batched: bool):
+    """Sum over the node's axes: ``[rows, b, ...] -> [rows, b]`` (or ``[rows, ...] -> [rows]``)."""
+    return jnp.sum(a, axis=tuple(range(2 if batched else 1, a.ndim)))
 
 
-def _concretize_box(A, s, lo, hi):
+def _concretize_box(A, s, lo, hi, batched: bool):
     """Lower bound of the first ``s`` rows and upper bound of the last ``s`` rows of A x."""
     pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
-    return jnp.concatenate([_sum_rest(pos[:s] * lo + neg[:s] * hi),
-                            _sum_rest(pos[s:] * hi + neg[s:] * lo)])
+    return jnp.concatenate([_sum_rest(pos[:s] * lo + neg[:s] * hi, batched),
+                            _sum_rest(pos[s:] * hi + neg[s:] * lo, batched)])
 
 
 def _concretize_input(A, s, inputs: InputSet):
     box = input_interval(inputs.x0, inputs.eps, inputs.norm)
-    out = _concretize_box(A, s, box.lower, box.upper)
+    out = _concretize_box(A, s, box.lower, box.upper, inputs.batched)
     if inputs.norm == "l2":
         # The intersection lies in both sets, so the tighter of the two bounds holds.
-        centre = _sum_rest(A * inputs.x0)
-        norm = jnp.sqrt(_sum_rest(A * A))
+        centre = _sum_rest(A * inputs.x0, inputs.batched)
+        norm = jnp.sqrt(_sum_rest(A * A, inputs.batched))
         ball = centre + inputs.eps * jnp.concatenate([-norm[:s], norm[s:]])
         out = jnp.concatenate([jnp.maximum(out[:s], ball[:s]), jnp.minimum(out[s:], ball[s:])])
     return out
@@ -127,16 +178,17 @@ def _concretize_input(A, s, inputs: InputSet):
 
 def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
              mode: Optional[str], alphas: Optional[dict] = None, upper: bool = True):
-    """Bounds of ``spec @ node(start)`` over the input set; returns ``(lower [s], upper [s])``.
+    """Bounds of ``spec @ node(start)`` over the input set; returns ``(lower, upper)``, each
+    ``[s, b]`` (``[s]`` when ``inputs.batched`` is False).
 
-    ``spec``: ``[s, *shape(start)]``. ``mode``: the ReLU relaxation (``"crown"``,
-    ``"fastlin"``, ``"alpha"``) or ``None`` to stop at the first nonlinearity and use its IBP
+    ``spec``: ``[s, *shape(start)]``: row ``r`` of example ``i`` is ``spec[r, i]`` (batched).
+    ``mode``: the ReLU relaxation (``"crown"``, ``"fastlin"``, ``"alpha"``) or ``None`` to stop at the first nonlinearity and use its IBP
     interval (IBP with the last affine layers elided into the spec, Gowal et al. 2018).
     ``upper=False`` skips the upper bound (half the work; ``upper`` is then empty).
     """
-    s = spec.shape[0]
+    s, batched = spec.shape[0], inputs.batched
     coeffs = {start: jnp.concatenate([spec, spec] if upper else [spec]).astype(jnp.float32)}
-    bias = jnp.zeros((coeffs[start].shape[0],), jnp.float32)
+    bias = jnp.zeros(coeffs[start].shape[:2 if batched else 1], jnp.float32)
     end = graph.producer.get(start, -1) + 1
     for k in range(end - 1, -1, -1):
         eqn = graph.eqns[k]
@@ -155,7 +207,7 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
 
             zeros = [jnp.zeros_like(values[i].lower) for i in bound_pos]
             offset, vjp = jax.vjp(f, *zeros)
-            bias = bias + _sum_rest(A * offset)
+            bias = bias + _sum_rest(A * offset, batched)
             cts = jax.vmap(vjp)(A)
             for i, ct in zip(bound_pos, cts):
                 key = eqn.inputs[i]
@@ -169,13 +221,13 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
             pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
             new = jnp.concatenate([pos[:s] * a_lo + neg[:s] * a_up,
                                    pos[s:] * a_up + neg[s:] * a_lo])
-            bias = bias + jnp.concatenate([_sum_rest(pos[:s] * b_lo + neg[:s] * b_up),
-                                           _sum_rest(pos[s:] * b_up + neg[s:] * b_lo)])
+            bias = bias + jnp.concatenate([_sum_rest(pos[:s] * b_lo + neg[:s] * b_up, batched),
+                                           _sum_rest(pos[s:] * b_up + neg[s:] * b_lo, batched)])
             key = eqn.inputs[relu_pos]
             coeffs[key] = coeffs[key] + new if key in coeffs else new
         else:
             box = env[eqn.outputs[0]]
-            bias = bias + _concretize_box(A, s, box.lower, box.upper)
+            bias = bias + _concretize_box(A, s, box.lower, box.upper, batched)
     for key, A in coeffs.items():
         if key not in graph.inputs:
             raise RuntimeError(f"linear coefficients left at node {key}, which is no input")
@@ -195,9 +247,15 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
             return values
         key = eqn.inputs[pos]
         shape = values[pos].lower.shape
-        n = values[pos].lower.size
-        eye = jnp.eye(n, dtype=jnp.float32).reshape((n, *shape))
-        lo, hi = backward(graph, env, key, eye, inputs, intermediate)
+        # One row per neuron of one example, the same rows for every example.
+        per_example = shape[1:] if inputs.batched else shape
+        n = math.prod(per_example)
+        eye = jnp.eye(n, dtype=jnp.float32).reshape((n, *([1] if inputs.batched else []),
+                                                     *per_example))
+        lo, hi = backward(graph, env, key, jnp.broadcast_to(eye, (n, *shape)), inputs,
+                          intermediate)
+        if inputs.batched:  # [n, b] -> [b, n]
+            lo, hi = lo.T, hi.T
         tight = Interval(lo.reshape(shape), hi.reshape(shape))
         env[key] = tight
         values = list(values)
@@ -211,7 +269,7 @@ def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
                 config: AlphaCrownConfig = AlphaCrownConfig()):
     """Lower bounds of ``spec @ node(start)`` with optimised ReLU lower slopes.
 
-    Returns ``(lower [s], upper [s])``: the best lower bound over the optimisation (starting
+    Returns ``(lower, upper)`` (shapes as ``backward``'s): the best lower bound over the optimisation (starting
     from CROWN's slopes), the upper bound of CROWN.
     """
     alphas = {}
