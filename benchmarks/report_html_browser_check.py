@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -190,6 +191,8 @@ def _launch(binary: str, profile: str) -> tuple[subprocess.Popen, str]:
         m = re.search(r"DevTools listening on (ws://\S+)", line)
         if m:
             port = re.match(r"ws://[^:]+:(\d+)", m.group(1)).group(1)
+            # keep reading its log so a chatty browser never blocks on a full pipe
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
             return proc, port
         if not line and proc.poll() is not None:
             break
