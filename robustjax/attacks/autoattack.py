@@ -19,9 +19,10 @@ examples still robust, in batches of ``batch_size``; an example counts as broken
 returned point is misclassified (and inside the threat model); it then skips every later
 attack. Every attack is one compiled program for its batch shape: with ``schedule="compact"``
 (default, the reference's) the still-robust examples are gathered into equal batches of at most
-``batch_size`` (rounded up to a multiple of 8 and padded, so an attack that sees 173 examples
-runs one batch of 176, not 250); with ``schedule="mask"`` the batches are the fixed slices of the
-data set and slices without a robust example are skipped.
+``batch_size`` (rounded up to a multiple of 8, or to a power of two below 8, and padded, so an
+attack that sees 173 examples runs one batch of 176, not 250, and one that sees 1 a batch of
+1); with ``schedule="mask"`` the batches are the fixed slices of the data set and slices
+without a robust example are skipped.
 ``benchmarks/results/autoattack.md`` compares them.
 
 This function runs on the host (a loop over attacks and batches, like the reference); each
@@ -332,10 +333,11 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
         if state.todo is None:
             state.todo, state.batches_done = np.nonzero(state.robust)[0], 0
         if config.schedule == "compact":
-            # equal batches just large enough (a multiple of 8): one shape for this attack
+            # equal batches just large enough (a multiple of 8; below 8 a power of two, so a
+            # lone survivor of an expensive model is not attacked 8 times): one shape per attack
             n_b = -(-len(state.todo) // bs)
             per = -(-len(state.todo) // n_b)
-            bs_a = min(bs, (per + 7) // 8 * 8)
+            bs_a = min(bs, (per + 7) // 8 * 8 if per > 4 else 1 << (per - 1).bit_length())
             batches = _batches(state.todo, per)
         else:
             bs_a = bs
