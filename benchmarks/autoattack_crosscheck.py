@@ -48,7 +48,10 @@ RUNS = {  # name: (norm, eps, version)
     "l1-standard": ("l1", 8.0, "standard"),
     "linf-plus": ("linf", 0.1, "plus"),
     "linf-rand": ("linf", 0.1, "rand"),
+    # the standard version's first two stages (APGD-CE 1 run, APGD-T 9 targets) as "custom"
+    "linf-apgd": ("linf", 0.1, "custom"),
 }
+CUSTOM = ("apgd-ce", "apgd-t")
 REF_NORM = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
@@ -91,7 +94,10 @@ def reference_autoattack(net, x, y, norm, eps, version, bs, seed=0):
     logger = logging.getLogger("auto-attack")
     logger.setLevel(logging.DEBUG)
     logger.addHandler(cap)
-    aa = AutoAttack(net, norm=REF_NORM[norm], eps=eps, version=version, device="cpu", seed=seed)
+    aa = AutoAttack(net, norm=REF_NORM[norm], eps=eps, version=version, device="cpu", seed=seed,
+                    attacks=list(CUSTOM) if version == "custom" else None)
+    if version == "custom":  # as the standard version sets them
+        aa.apgd.n_restarts, aa.apgd_targeted.n_target_classes = 1, 9
     xt = torch.tensor(x).permute(0, 3, 1, 2).contiguous()
     yt = torch.tensor(y).long()
     t = time.perf_counter()
@@ -177,7 +183,8 @@ def lite0_pair(effnet_path=None):
 
 
 def compare(name, apply_fn, params, net, x, y, norm, eps, version, bs, with_ta, seed=0):
-    cfg = AutoAttackConfig(eps=eps, norm=norm, version=version, batch_size=bs)
+    extra = dict(attacks=CUSTOM, apgd_restarts=1, apgd_targets=9) if version == "custom" else {}
+    cfg = AutoAttackConfig(eps=eps, norm=norm, version=version, batch_size=bs, **extra)
     compile_at, c0 = {}, CLOCK.total
 
     def log(line):
