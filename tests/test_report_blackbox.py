@@ -31,7 +31,7 @@ def test_section_quick(tmp_path, default_model):
     else:
         assert any("HopSkipJump: not available" in n for n in d["notes"])
     t = d["transfer"]
-    assert list(t["rate"]) == ["FGSM", "PGD-3", "MI-FGSM-3", "DI-MI-FGSM-3", "TI-DI-MI-FGSM-3"]
+    assert list(t["rate"]) == ["PGD-3", "DI-MI-FGSM-3", "TI-DI-MI-FGSM-3"]
     for name, vals in t["rate"].items():
         assert all(0.0 <= v <= 1.0 for v in vals)
         assert all(0.0 <= v <= 1.0 for v in t["surrogate_success"][name])
