@@ -182,8 +182,9 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     ``[s, b]`` (``[s]`` when ``inputs.batched`` is False).
 
     ``spec``: ``[s, *shape(start)]``: row ``r`` of example ``i`` is ``spec[r, i]`` (batched).
-    ``mode``: the ReLU relaxation (``"crown"``, ``"fastlin"``, ``"alpha"``) or ``None`` to stop at the first nonlinearity and use its IBP
-    interval (IBP with the last affine layers elided into the spec, Gowal et al. 2018).
+    ``mode``: the ReLU relaxation (``"crown"``, ``"fastlin"``, ``"alpha"``) or ``None`` to
+    stop at the first nonlinearity and use its IBP interval (IBP with the last affine layers
+    elided into the spec, Gowal et al. 2018).
     ``upper=False`` skips the upper bound (half the work; ``upper`` is then empty).
     """
     s, batched = spec.shape[0], inputs.batched
@@ -269,8 +270,8 @@ def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
                 config: AlphaCrownConfig = AlphaCrownConfig()):
     """Lower bounds of ``spec @ node(start)`` with optimised ReLU lower slopes.
 
-    Returns ``(lower, upper)`` (shapes as ``backward``'s): the best lower bound over the optimisation (starting
-    from CROWN's slopes), the upper bound of CROWN.
+    Returns ``(lower, upper)`` (shapes as ``backward``'s): the best lower bound over the
+    optimisation (starting from CROWN's slopes), the upper bound of CROWN.
     """
     alphas = {}
     for k, eqn in enumerate(graph.eqns):
