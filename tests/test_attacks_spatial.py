@@ -166,6 +166,6 @@ def test_stadv_invariants_and_success():
 def test_stadv_lbfgs_runs_and_succeeds():
     apply_fn, params, x, y = digits_mlp(8)
     x, y = x[:4], y[:4]
-    res = stadv(apply_fn, params, x, y, jax.random.key(0), StAdvConfig(steps=10))
+    res = stadv(apply_fn, params, x, y, jax.random.key(0), StAdvConfig(optimizer="lbfgs", steps=10))
     assert res.success.mean() >= 0.75
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0

@@ -170,9 +170,10 @@ def universal_perturbation(apply_fn, params, x_train: Array, y_train: Optional[A
         xv = apply_universal(x_train[i][None], v)
         # DeepFool leaves an image alone when k(x_i + v) != k(x_i) already
         res = deepfool(apply_fn, params, xv, pred_clean[i][None], key, df)
-        v = project((v + res.x_adv[0] - xv[0])[None], jnp.zeros_like(v)[None], cfg.xi,
-                    cfg.norm)[0]
-        return v, None
+        # as the authors' code and ART: v moves only where DeepFool changed the label
+        v_new = project((v + res.x_adv[0] - xv[0])[None], jnp.zeros_like(v)[None], cfg.xi,
+                        cfg.norm)[0]
+        return jnp.where(res.success[0], v_new, v), None
 
     def epoch(state):
         v, e, _ = state
