@@ -1,4 +1,5 @@
-"""Report section: the model under test and its clean accuracy."""
+"""Report section: the model under test and its clean accuracy (logits stored per batch of 500,
+so a long evaluation resumes after the last stored batch)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ import numpy as np
 from robustjax.report.base import ReportContext, Section, markdown_table
 
 
-def predict_logits(apply_fn, params, x, batch_size: int = 500) -> np.ndarray:
-    """Logits for a whole dataset, in batches, one compilation per batch shape."""
+def predict_logits(apply_fn, params, x, batch_size: int = 500,
+                   cached=lambda start, compute: compute()) -> np.ndarray:
+    """Logits for a whole dataset, in batches, one compilation per batch shape.
+
+    ``cached(start, compute)`` may store each batch's logits (the report's resumable store).
+    """
     fn = jax.jit(apply_fn)
-    out = [np.asarray(fn(params, jnp.asarray(x[i:i + batch_size])))
+    out = [cached(i, lambda i=i: np.asarray(fn(params, jnp.asarray(x[i:i + batch_size]))))
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def section(ctx: ReportContext) -> Section:
     spec = ctx.model.spec
-    logits = predict_logits(ctx.model.apply_fn, ctx.model.params, ctx.x)
+    batch = 500
+    logits = predict_logits(
+        ctx.model.apply_fn, ctx.model.params, ctx.x, batch,
+        cached=lambda start, compute: ctx.cached_array(
+            "clean", f"logits_{start}", {"start": start, "batch": batch}, compute))
     pred = logits.argmax(-1)
     correct = pred == ctx.y
     k = min(5, logits.shape[-1])
