@@ -46,6 +46,11 @@ BOUNDARY_STEPS_REF = int(os.environ.get("BOUNDARY_STEPS_REF", 3000))
 ROWS = (("hsj_l2", "hsj_l2", "HopSkipJump L2 (foolbox as released)"),
         ("hsj_l2", "hsj_l2_fixed", "HopSkipJump L2 (foolbox, per-example unit estimate)"),
         ("hsj_linf", "hsj_linf", "HopSkipJump Linf"),
+        ("hsj_l2_step", "hsj_l2_fixed", "HopSkipJump L2, robustjax `delta_distance='step'` "
+         "(foolbox per-example unit estimate)"),
+        ("hsj_linf_step", "hsj_linf", "HopSkipJump Linf, robustjax `delta_distance='step'`"),
+        ("hsj_linf_step_eq", "hsj_linf", "HopSkipJump Linf, robustjax `delta_distance='step'`, "
+         "budget = foolbox's queries"),
         ("boundary", "boundary", "Boundary (L2)"))
 
 
@@ -75,15 +80,22 @@ def stage_jax(a):
         torch.jit.trace(net, xt[:2]).save(str(out / "cnn.pt"))
     np.savez(out / "data.npz", x=x, y=y)
     print(f"twin max |logit diff| {diff:.2e}; {len(y)} images", flush=True)
+    step = dict(delta_distance=a.delta_distance)
     runs = {
         "hsj_l2": (hopskipjump, HopSkipJumpConfig(norm="l2", num_iterations=40,
-                                                  max_queries=a.budget)),
+                                                  max_queries=a.budget, **step)),
         "hsj_linf": (hopskipjump, HopSkipJumpConfig(norm="linf", num_iterations=40,
-                                                    max_queries=a.budget)),
+                                                    max_queries=a.budget, **step)),
         "boundary": (boundary, BoundaryConfig(steps=a.budget, max_queries=a.budget)),
     }
-    res = {"logit_diff": diff, "n": len(y), "budget": a.budget}
+    path = out / "robustjax.json"
+    res = json.loads(path.read_text()) if path.exists() else {}  # runs accumulate
+    res.update({"logit_diff": diff, "n": len(y)})
+    res.setdefault("budget", a.budget)
     for name, (attack, cfg) in runs.items():
+        if name not in a.attacks:
+            continue
+        name = name + a.tag
         run = jax.jit(functools.partial(attack, m.apply_fn, config=cfg))
         t = time.perf_counter()
         jax.block_until_ready(run(m.params, x, y, jax.random.key(100)))
@@ -100,8 +112,9 @@ def stage_jax(a):
                              "trace_n": np.asarray(r.trace_norm).tolist()})
             print(f"robustjax {name} seed {s}: median norm {np.median(r.norm):.4f}, "
                   f"queries {int(np.mean(r.queries))}, {wall:.1f} s", flush=True)
-        res[name] = {"compile_s": compile_s, "seeds": per_seed}
-    (out / "robustjax.json").write_text(json.dumps(res))
+        res[name] = {"compile_s": compile_s, "seeds": per_seed, "budget": a.budget,
+                     "delta_distance": a.delta_distance}
+    path.write_text(json.dumps(res))
 
 
 def stage_ref(a):
@@ -243,7 +256,7 @@ def stage_report(a):
             cells.append(f"{np.median(at):.4f} / {np.median(sf['norm']):.4f}")
         lines.append(f"- {what}: " + "; ".join(cells))
     lines += ["", "robustjax compile times (s, once per config): " + ", ".join(
-        f"{k} {rj[k]['compile_s']:.1f}" for k in ("hsj_l2", "hsj_linf", "boundary")), ""]
+        f"{k} {v['compile_s']:.1f}" for k, v in rj.items() if isinstance(v, dict)), ""]
     text = "\n".join(lines)
     (ROOT / "results" / "attacks_decision.md").write_text(text)
     print(text)
@@ -259,6 +272,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--attacks", nargs="+", default=["hsj_l2", "hsj_linf", "hsj_l2_fixed",
                                                     "boundary"])
+    p.add_argument("--delta-distance", default="boundary", choices=("boundary", "step"))
+    p.add_argument("--tag", default="", help="jax: suffix of the run names (an extra budget)")
     a = p.parse_args(argv)
     {"jax": stage_jax, "ref": stage_ref, "report": stage_report}[a.stage](a)
 

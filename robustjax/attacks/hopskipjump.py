@@ -9,7 +9,8 @@ blended towards ``x`` by bisection, ``decision.find_start``), each iteration ``t
    ``g = mean_i (phi(x_t + delta u_i) - mean phi) u_i``, ``phi = +1`` adversarial / ``-1``
    not, ``u_i`` uniform on the sphere (L2) or normalised uniform in the cube (Linf),
    ``n_t = min(init_num_evals * sqrt(t), max_num_evals)`` samples and
-   ``delta_t = sqrt(d) theta dist_{t-1}`` (L2) or ``d theta dist_{t-1}`` (Linf), 0.1 at t = 1;
+   ``delta_t = sqrt(d) theta dist_{t-1}`` (L2) or ``d theta dist_{t-1}`` (Linf), 0.1 at t = 1
+   (Sec. 4.1; ``delta_distance="step"`` takes the reference code's distance instead);
 2. steps along ``v = g / ||g||_2`` (L2) or ``sign(g)`` (Linf) with the geometric step size
    ``xi = dist_t / sqrt(t)`` halved until ``x_t + xi v`` is adversarial (Sec. 4.2);
 3. returns to the boundary by bisection between ``x`` and that point (Alg. 1): on the
@@ -61,6 +62,10 @@ class HopSkipJumpConfig:
       max_halvings: cap on the halvings of the geometric step-size search.
       eps: optional radius: ``success`` then also requires ``norm <= eps``.
       targeted: ``y`` holds target labels (needs ``starting_points`` of the target classes).
+      delta_distance: the distance in ``delta_t``: ``"boundary"`` (the paper's
+        ``dist(x_{t-1}, x*)`` of the current boundary point, as foolbox) or ``"step"`` (the
+        reference code's ``dist_post_update``: the point after the geometric step, before the
+        bisection).
     """
 
     norm: str = "l2"
@@ -74,8 +79,12 @@ class HopSkipJumpConfig:
     max_halvings: int = 30
     eps: Optional[float] = None
     targeted: bool = False
+    delta_distance: str = "boundary"
 
     def __post_init__(self):
+        if self.delta_distance not in ("boundary", "step"):
+            raise ValueError(f"delta_distance must be 'boundary' or 'step', got "
+                             f"{self.delta_distance!r}")
         if self.norm not in ("l2", "linf"):
             raise ValueError(f"HopSkipJump supports norm 'l2' or 'linf', got {self.norm!r}")
         for name in ("num_iterations", "init_num_evals", "max_num_evals", "eval_batch",
@@ -246,10 +255,11 @@ def hopskipjump(apply_fn, params, x: Array, y: Array, key: Array,
         """Iteration t (1-based): gradient estimate, geometric step, back to the boundary."""
         x_cur, dist, dist_post, q = st
         kt = jax.random.fold_in(k_loop, t)
+        ref = dist if cfg.delta_distance == "boundary" else dist_post
         if cfg.norm == "l2":
-            delta = jnp.sqrt(d) * th * dist_post
+            delta = jnp.sqrt(d) * th * ref
         else:
-            delta = d * th * dist_post
+            delta = d * th * ref
         delta = jnp.where(t == 1, 0.1, delta)
         n_t = cfg.num_evals(t)
         g, q, est_ok = estimate_direction(is_adv, x_cur, delta, n_t, kt, q, active, cfg)
