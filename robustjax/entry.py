@@ -194,7 +194,7 @@ def _jitted_named(body, static: tuple):
 
 
 def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: Optional[str] = None,
-                accelerate: bool = True, compile: bool = True):
+                accelerate: bool = True, compile: bool = True, images: bool = True):
     """Decorator for an entry point ``body(apply_fn, params, x, ...)`` that is not an attack
     (certifiers, metrics): the same checks, acceleration and compile-once caching.
 
@@ -203,10 +203,12 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
     against the model's classes. ``accelerate=False`` keeps the model's ``lax`` convolutions
     (bound propagation interprets them). ``compile=False`` for bodies with host-side steps (they
     still get the checks and the accelerated model; their own jitted pieces are cached).
+    ``images=False`` for entry points that take any batch of arrays (randomized smoothing):
+    a non-empty batch of finite floats, not necessarily NHWC pixels.
     """
     if body is None:
         return functools.partial(model_entry, static=static, labels=labels,
-                                 accelerate=accelerate, compile=compile)
+                                 accelerate=accelerate, compile=compile, images=images)
     signature = inspect.signature(body)
     static = tuple(static)
 
@@ -218,11 +220,15 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
         apply_fn, params, x = arguments["apply_fn"], arguments["params"], arguments["x"]
         y = arguments.get(labels) if labels else None
         fn = model_function(apply_fn) if accelerate else apply_fn
-        validation.check_shapes(x, y)
+        if images:
+            validation.check_shapes(x, y)
+        else:
+            validation.check_batch_of_arrays(x)
         probe = validation.probe_model(fn, params, x)
         if "eps" in arguments:
             validation.check_eps(arguments["eps"], x.shape[0])
-        finish_checks = validation.start_value_checks(x, y, probe.num_classes)
+        finish_checks = validation.start_value_checks(x, y, probe.num_classes,
+                                                      pixel_range=images)
         arguments["apply_fn"] = fn
         dynamic = [v for k, v in arguments.items() if k not in static and k != "apply_fn"]
         with _checked(finish_checks), \

@@ -141,7 +141,17 @@ def check_shapes(x, y=None, name: str = "x") -> None:
                              f"{name}: pass one label per image.")
 
 
-def start_value_checks(x, y=None, num_classes=None, name: str = "x") -> Callable[[], None]:
+def check_batch_of_arrays(x, name: str = "x") -> None:
+    """Any array with a non-empty leading batch axis (inputs that need not be images)."""
+    shape = tuple(np.shape(x))
+    if len(shape) < 1 or shape[0] == 0:
+        raise InputError(f"{name} must be a non-empty batch [batch, ...], got shape {shape}.")
+    if not np.issubdtype(np.dtype(jnp.result_type(x)), np.floating):
+        raise TypeError(f"{name} must be floating point, got dtype {jnp.result_type(x)}.")
+
+
+def start_value_checks(x, y=None, num_classes=None, name: str = "x", *,
+                       pixel_range: bool = True) -> Callable[[], None]:
     """Dispatch the value checks of a concrete batch (finite pixels in [0, 1], labels in
     ``[0, num_classes)``) as one compiled reduction and return the function that reads its
     result and raises. Entry points call that after dispatching their own computation, so the
@@ -161,7 +171,7 @@ def start_value_checks(x, y=None, num_classes=None, name: str = "x") -> Callable
             raise InputError(f"{name} holds NaN or inf values in {bad.size} image(s), at "
                              f"indices [{shown}]; attacks and metrics need finite pixels in "
                              f"[0, 1].")
-        if lo < 0.0 or hi > 1.0:
+        if pixel_range and (lo < 0.0 or hi > 1.0):
             raise InputError(
                 f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
                 f"{hi:.4g}]. robustjax models normalise internally: pass raw pixels scaled to "

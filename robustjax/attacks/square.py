@@ -46,6 +46,7 @@ from robustjax.attacks._core import (
     success_mask,
 )
 from robustjax.attacks.projections import project_l1_box
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 # Iterations (on the reference 10,000-query scale) after which p halves (p_selection).
@@ -266,6 +267,7 @@ def _l1_tables(h, w, c, p_init, dtype):
 # -------------------------------------------------------------------------------- attack
 
 
+@attack_entry(gradient=False)
 def square(apply_fn, params, x: Array, y: Array, key: Array,
            config: SquareConfig = SquareConfig()) -> AttackResult:
     """Square attack: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

@@ -79,7 +79,7 @@ def _one_certify(apply_fn, params, x, key, config: SmoothingConfig):
     return c_a, config.sigma * float(stats.norm.ppf(p_a))
 
 
-@entry.model_entry(compile=False)  # host-side statistics per image; sample_counts is jitted
+@entry.model_entry(compile=False, images=False)  # host-side statistics; sample_counts jitted
 def certify(apply_fn, params, x, key, config: SmoothingConfig = SmoothingConfig()):
     """CERTIFY for each image of ``x`` ``[b, H, W, C]``.
 
@@ -91,7 +91,7 @@ def certify(apply_fn, params, x, key, config: SmoothingConfig = SmoothingConfig(
     return (np.array([o[0] for o in out], np.int32), np.array([o[1] for o in out], np.float64))
 
 
-@entry.model_entry(compile=False)
+@entry.model_entry(compile=False, images=False)
 def predict(apply_fn, params, x, key, config: SmoothingConfig = SmoothingConfig()):
     """PREDICT for each image of ``x``: int ``[b]``, -1 where the test abstains."""
     preds = []

@@ -98,7 +98,8 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
     x = jnp.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"expected a batch [B, H, W, C], got shape {x.shape}")
-    validation.check_image_batch(x)  # NHWC floats, non-empty; concrete: finite, in [0, 1]
+    validation.check_shapes(x)  # NHWC floats, a non-empty batch
+    finish_checks = validation.start_value_checks(x)  # concrete: finite, in [0, 1]
     if key is None:
         key = jax.random.key(0) if name in _DETERMINISTIC else None
         if key is None:
@@ -110,6 +111,7 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
         out = _compiled(name, severity, bool(scale_pixels))(rgb, key)
     if name in PIXELWISE:
         out = _unflatten(out, rgb.shape)
+    finish_checks()  # after dispatching the corruption: the checks' round trip overlaps it
     return _ops.from_rgb(out, channels)
 
 
