@@ -17,7 +17,7 @@ from robustjax.report import certify as certify_section
 from robustjax.report import corruptions as corruptions_section
 from robustjax.report import inputs
 from robustjax.report.base import ReportContext
-from robustjax.types import ModelSpec
+from robustjax.types import Model, ModelSpec
 
 USER_MODULE = textwrap.dedent('''
     """A user's own model, written with plain flax (no robustjax layers)."""
@@ -28,7 +28,7 @@ USER_MODULE = textwrap.dedent('''
 
     from robustjax import checkpoint as ckpt
     from robustjax.models import wrap
-    from robustjax.types import ModelSpec
+    from robustjax.types import Model, ModelSpec
 
 
     class Net(nn.Module):
@@ -136,11 +136,11 @@ def test_error_cases(tmp_path, user_module, capsys):
     # a dataset the model cannot take: wrong size and channels -> suggests --resize
     fails(["--model", "user_models:build", "--dataset", "mnist5k"], "(28, 28, 1)", "(8, 8, 1)",
           "--resize")
-    fails(["--model", "cnn", "--dataset", "natural"], "(224, 224, 3)", "--resize",
-          "convert the channels")
+    fails(["--model", "user_models:build", "--dataset", "natural"], "(224, 224, 3)",
+          "--resize", "convert the channels")
     # resized, natural photos have ImageNet labels the 10-class model does not have
-    fails(["--model", "cnn", "--dataset", "natural", "--resize"], "labels in [281, 985]",
-          "10 classes")
+    fails(["--model", "user_models:build", "--dataset", "natural", "--resize"],
+          "labels in [281, 985]", "10 classes")
     with pytest.raises(SystemExit):
         main(["report", "--eps", "0.1,x"])
     assert "bad eps 'x'" in capsys.readouterr().err
@@ -174,8 +174,11 @@ def test_sections_adapt_to_the_model():
     assert conv(ModelSpec("m", (32, 32, 3), 10)) == "cifar10-c"
     assert conv(ModelSpec("m", (64, 64, 3), 10), "cifar10_corrupted") == "cifar10-c"
     assert conv(ModelSpec("m", (28, 28, 1), 10), "mnist5k") == "unnormalised"
-    small = create("cnn", channels=(4, 8), hidden=16)
+    small = Model(lambda p, x: x, {"w": np.zeros((1000, 100), np.float32)},
+                  ModelSpec("m", (32, 32, 3), 10))
     assert certify_section.small_model(small) == (True, "")
+    big = Model(small.apply_fn, {"w": np.zeros((2001, 1000), np.float32)}, small.spec)
+    assert not certify_section.small_model(big)[0]  # 2,001,000 parameters
 
 
 def test_efficientnet_gets_no_bounds_and_says_why(tmp_path):
