@@ -145,22 +145,41 @@ def _run_ablate(args) -> int:
 
 def _add_autoattack(sub):
     p = sub.add_parser("autoattack", help="AutoAttack robust accuracy (RobustBench-style entry)",
-                       description="Run AutoAttack (Croce & Hein 2020) on the embedded default "
-                       "model (or a robustjax checkpoint) and write a RobustBench-style JSON "
-                       "entry. Progress per attack goes to stderr; --state makes it resumable.")
-    p.add_argument("--eps", type=float, default=0.3, help="radius in pixel units (default 0.3)")
-    p.add_argument("--norm", default="linf", help="linf, l2 or l1 (default linf)")
-    p.add_argument("--version", default="standard", help="standard, plus, rand or custom")
-    p.add_argument("--attacks", default=None, help="comma list for --version custom")
+                       description="Run AutoAttack (Croce & Hein 2020) exactly as the reference "
+                       "fra31/auto-attack defines its versions, on the embedded default model (or "
+                       "--model with --checkpoint), and write a RobustBench-style JSON entry "
+                       "(clean accuracy, robust accuracy, eps, norm, version, n examples). "
+                       "Progress per attack and batch goes to stderr in the reference's log "
+                       "format; --state makes it resumable (rerun the same command after an "
+                       "interrupt).")
+    p.add_argument("--eps", type=float, default=0.3,
+                   help="radius in pixel units, images in [0, 1] (default 0.3, MNIST Linf; "
+                   "CIFAR-10 usage: 8/255 Linf, 0.5 L2, 12 L1)")
+    p.add_argument("--norm", default="linf",
+                   help="threat model: linf, l2 or l1 (the reference's Linf, L2, L1 also work; "
+                   "default linf)")
+    p.add_argument("--version", default="standard",
+                   help="standard: APGD-CE, APGD-T, FAB-T, Square (L1: APGD with 5 restarts / "
+                   "5 targets and the decreasing-eps schedule, FAB-T, L1 Square); plus: APGD-CE, "
+                   "APGD-DLR, FAB, Square, APGD-T, FAB-T; rand: APGD-CE, APGD-DLR with EOT over "
+                   "20 draws (randomized defenses); custom: --attacks (default standard)")
+    p.add_argument("--attacks", default=None,
+                   help="comma list for --version custom, in cascade order, from apgd-ce, "
+                   "apgd-dlr, fab, square, apgd-t, fab-t")
     p.add_argument("--dataset", default="mnist5k", help="evaluation dataset (default mnist5k)")
     p.add_argument("--examples", type=int, default=500, help="first N test examples (500)")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=250,
+                   help="examples per compiled batch (default 250, the reference's)")
+    p.add_argument("--schedule", default="compact", choices=("compact", "mask"),
+                   help="compact: gather the examples still robust into equal batches before "
+                   "each attack (default, faster); mask: keep the fixed slices of the data")
     p.add_argument("--model", default=None, help="architecture name (robustjax models) of "
                    "--checkpoint (default: the embedded default model)")
     p.add_argument("--checkpoint", default=None, help="weights for --model")
-    p.add_argument("--state", default=None, help="state file: resume an interrupted run")
+    p.add_argument("--state", default=None, help="state file: written after every batch; an "
+                   "existing one resumes the interrupted run")
     p.add_argument("--out", default="autoattack.json", help="JSON entry (autoattack.json)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of the attacks (default 0)")
     p.set_defaults(func=_run_autoattack)
 
 
@@ -175,7 +194,8 @@ def _run_autoattack(args) -> int:
 
     attacks = tuple(args.attacks.split(",")) if args.attacks else None
     config = AutoAttackConfig(eps=args.eps, norm=args.norm, version=args.version,
-                              attacks=attacks, batch_size=args.batch_size)
+                              attacks=attacks, batch_size=args.batch_size,
+                              schedule=args.schedule)
     if args.model:
         from robustjax import models
 
