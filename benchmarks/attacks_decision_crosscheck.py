@@ -257,6 +257,27 @@ def stage_report(a):
         lines.append(f"- {what}: " + "; ".join(cells))
     lines += ["", "robustjax compile times (s, once per config): " + ", ".join(
         f"{k} {v['compile_s']:.1f}" for k, v in rj.items() if isinstance(v, dict)), ""]
+    lines += [
+        "Notes:",
+        "",
+        "- foolbox 3.3.4's HopSkipJump normalises the batch of gradient estimates by one norm "
+        "over the whole batch (`grad /= ep.norms.l2(atleast_kd(flatten(grad), grad.ndim))`, no "
+        "axis), so with N examples each L2 step is about 1/sqrt(N) of the paper's and the L2 "
+        "attack is much weaker in a batch (first row; Linf uses the sign and is unaffected). "
+        "The second row rescales each example's estimate to unit norm (`per_example_unit`), "
+        "which is the paper's update; that row is the like-for-like comparison.",
+        "- robustjax's default takes delta_t from the current boundary distance, as the paper "
+        "(Sec. 4.1) and foolbox; the reference code uses the distance after the geometric step "
+        "(`delta_distance='step'`, the `_step` rows).",
+        "- foolbox's per-example queries are the images it scored / N: its searches query every "
+        "example until all are done. robustjax counts each example's own queries exactly and "
+        "stops it at the budget; its labels/s counts only those (examples already done ride "
+        "along in the batch uncounted).",
+        "- Gradient samples: foolbox scores one sample of every example per model call; "
+        "robustjax scores 20 samples of every example per call (`eval_batch`), and rounds n_t "
+        "to a multiple of 20.",
+        "",
+    ]
     text = "\n".join(lines)
     (ROOT / "results" / "attacks_decision.md").write_text(text)
     print(text)
