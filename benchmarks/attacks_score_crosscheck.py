@@ -158,8 +158,8 @@ def stage_report(a):
         f"Model: the embedded default CNN (mnist5k) and its traced PyTorch twin; the first {n} "
         f"correctly classified mnist5k test images, untargeted. ART {ref['art']}, torch "
         f"{ref['torch']}; {platform.processor() or platform.machine()}, {os.cpu_count()} "
-        "cores shared with other jobs (wall times are noisy). Both on one core (torch 1 thread, "
-        "XLA single-threaded, `taskset -c 1`). Script: `benchmarks/attacks_score_crosscheck.py`.",
+        "cores shared with other jobs (wall times are noisy). Each on one core (torch 1 thread, "
+        "XLA single-threaded, `taskset`). Script: `benchmarks/attacks_score_crosscheck.py`.",
         "",
         f"ZOO-ADAM, {a.iters} iterations, 128 coordinates per step, c = {a.const}, ADAM lr "
         f"{a.lr}, one binary-search step, log-probability C&W loss in both.",
@@ -179,8 +179,9 @@ def stage_report(a):
         "each iteration calls `x_adv = self._optimizer(x_adv, ...)`, which evaluates the finite "
         "differences at `x_adv + noise +- h e_i` with the L2 term measured from `x_adv` (not "
         "from the original image) and returns `x_adv + noise`, so the perturbation is counted "
-        "twice and accumulates over iterations. The gap above is that difference, not seed "
-        "noise; robustjax's ZOO is checked against `jax.grad` instead "
+        "twice and accumulates over iterations. The gap above, far outside the seed spread, is "
+        "consistent with that (not verified by patching ART); robustjax's ZOO is checked "
+        "against `jax.grad` instead "
         "(`tests/test_attacks_score.py`: cosine > 0.999 on all coordinates).",
         "",
         "NES gradient estimate (antithetic, sigma 1e-3) vs `jax.grad` of the logit margin "
