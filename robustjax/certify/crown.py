@@ -236,6 +236,44 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     return bias[:s], bias[s:]
 
 
+# Affine in one bounded operand without summing over it (elementwise with constants, moving
+# entries around); with a box input their IBP intervals are exact.
+_ENTRYWISE = frozenset({
+    "add", "add_any", "sub", "neg", "mul", "div", "reshape", "transpose", "broadcast_in_dim",
+    "squeeze", "expand_dims", "slice", "rev", "pad", "convert_element_type", "copy", "copy_p",
+    "stop_gradient"})
+
+
+def ibp_is_exact(graph: Graph, env: dict, start: int) -> bool:
+    """Whether the IBP interval of ``start`` is already its exact range over an input box.
+
+    True when ``start`` depends on the input through entrywise affine primitives and at most
+    one primitive that sums or repeats entries (a convolution, a matrix product, a broadcast),
+    as for the first affine layer: IBP's centre/radius form ``W c +- |W| r`` is exact for one
+    such layer, so a backward pass (with any relaxation) gives the same bounds (auto_LiRPA
+    skips it too). Only for the Linf box, not the L2 ball.
+    """
+    mixing, stack, seen = 0, [start], set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            return False  # reached twice: two paths meet, their sum is not entrywise
+        seen.add(node)
+        if node in graph.inputs:
+            continue
+        eqn = graph.eqns[graph.producer[node]]
+        values = [read(env, a) for a in eqn.inputs]
+        pos = [i for i, v in enumerate(values) if is_interval(v)]
+        if len(pos) != 1 or not _linear_ok(eqn.name, pos):
+            return False
+        if eqn.name not in _ENTRYWISE or values[pos[0]].lower.size < math.prod(eqn.shapes[0]):
+            mixing += 1
+            if mixing > 1:
+                return False
+        stack.append(eqn.inputs[pos[0]])
+    return True
+
+
 def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
     """IBP forward pass; ReLU inputs tightened by ``intermediate`` (``ibp``/``crown``/
     ``fastlin``) backward passes. Returns the environment (id -> Interval or array)."""
@@ -247,6 +285,8 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
         if pos is None or intermediate == "ibp":
             return values
         key = eqn.inputs[pos]
+        if inputs.norm == "linf" and ibp_is_exact(graph, env, key):
+            return values
         shape = values[pos].lower.shape
         # One row per neuron of one example, the same rows for every example.
         per_example = shape[1:] if inputs.batched else shape
