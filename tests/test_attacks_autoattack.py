@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from robustjax import entry
 from robustjax.attacks import _core
 from robustjax.attacks import autoattack_checks as checks
 
@@ -130,7 +131,8 @@ def test_one_program_per_attack_and_both_schedules(ref):
         lines = []
         r = _run(params, x, y, cfg, log=lines.append)
         for name, fn, acfg in AA.attack_plan(cfg):
-            run = AA._runner(mlp_apply, fn, acfg, cfg.norm, float(cfg.eps))
+            # the runners are keyed on the model function as it runs (accelerated by entry)
+            run = AA._runner(entry.model_function(mlp_apply), fn, acfg, cfg.norm, float(cfg.eps))
             assert run._cache_size() == 1, name  # several batches, one compilation
         assert lines[1] == f"initial accuracy: {r.clean_accuracy:.2%}"
         assert any(line.startswith("robust accuracy after APGD-CE: ") for line in lines)

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import entry, validation
 from robustjax.attacks import _core
 from robustjax.attacks import autoattack_checks as checks
 from robustjax.attacks.apgd import APGDConfig, APGDTConfig, apgd, apgd_t
@@ -286,9 +287,14 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
     Returns an ``AutoAttackResult``; see the module docstring for the versions and the
     cascade, ``log``, ``checkpoint`` and ``resume``.
     """
+    validation.check_shapes(x, y)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
-    _core.check_attack_inputs(x, y, config.eps)
+    fn = entry.model_function(apply_fn)  # the model's lax convolutions on robustjax's kernels
+    probe = validation.probe_model(fn, params, x[:1])
+    validation.start_value_checks(x, y, probe.num_classes)()
+    validation.check_eps(config.eps, x.shape[0])
+    apply_fn = fn
     say = log or (lambda line: None)
     plan = attack_plan(config)
     names = tuple(name for name, _, _ in plan)
