@@ -165,21 +165,24 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
     if body is None:
         return functools.partial(attack_entry, gradient=gradient, eager_loop=eager_loop)
     signature = inspect.signature(body)
+    names = list(signature.parameters)
 
     @functools.wraps(body)
     def attack(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        apply_fn, params, x, y, key, config = bound.args
-        traced = is_traced(params, x, y, key, config)
+        arguments = bound.arguments
+        apply_fn, params, x, y, key, config = (arguments[n] for n in names[:6])
+        extras = {n: arguments[n] for n in names[6:]}  # e.g. starting points (arrays or None)
+        traced = is_traced(params, x, y, key, config, extras)
         fn = model_function(apply_fn)
         probe, finish_checks = validation.check_attack_call(apply_fn, fn, params, x, y, config,
                                                             gradient=gradient)
         hint = LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
         with _checked(finish_checks), _hinting(hint):
             if traced or (eager_loop is not None and eager_loop(config, hint)):
-                return body(fn, params, x, y, key, config)
-            return _jitted(body, _static_config(config))(fn, params, x, y, key, config)
+                return body(fn, params, x, y, key, config, **extras)
+            return _jitted(body, _static_config(config))(fn, params, x, y, key, config, **extras)
 
     attack.body = body
     return attack

@@ -23,7 +23,19 @@ from robustjax.attacks.autoattack import (  # noqa: F401
     autoattack,
 )
 from robustjax.attacks.autoattack_checks import AutoAttackWarning  # noqa: F401
+from robustjax.attacks.embedding import (  # noqa: F401
+    EmbeddingAttackResult,
+    EmbeddingPGDConfig,
+    embedding_distance,
+    embedding_pgd,
+    embedding_shift,
+)
 from robustjax.attacks.fab import FABConfig, fab  # noqa: F401
+from robustjax.attacks.boundary import BoundaryConfig, boundary  # noqa: F401
+from robustjax.attacks.decision import DecisionResult  # noqa: F401
+from robustjax.attacks.hopskipjump import HopSkipJumpConfig, hopskipjump  # noqa: F401
+from robustjax.attacks.nes import NESConfig, nes  # noqa: F401
+from robustjax.attacks.zoo import ZOOConfig, zoo  # noqa: F401
 from robustjax.attacks.cw import CWL2Config, CWLinfConfig, cw_l2, cw_linf  # noqa: F401
 from robustjax.attacks.deepfool import DeepFoolConfig, deepfool  # noqa: F401
 from robustjax.attacks.ead import EADConfig, ead  # noqa: F401
@@ -38,9 +50,21 @@ from robustjax.attacks.gradient import (  # noqa: F401
     mifgsm,
     pgd,
 )
+from robustjax.attacks.jsma import JSMAConfig, jsma  # noqa: F401
+from robustjax.attacks.one_pixel import OnePixelConfig, one_pixel  # noqa: F401
+from robustjax.attacks.sparse_rs import SparseRSConfig, sparse_rs  # noqa: F401
 from robustjax.attacks.spsa import SPSAConfig, spsa  # noqa: F401
 from robustjax.attacks.square import SquareConfig, square  # noqa: F401
 from robustjax.attacks.search import eps_sweep, min_eps, restarts  # noqa: F401
+from robustjax.attacks.transfer import (  # noqa: F401
+    DIFGSMConfig,
+    TIFGSMConfig,
+    TransferResult,
+    difgsm,
+    ensemble,
+    tifgsm,
+    transfer_evaluation,
+)
 from robustjax.attacks.wrappers import EOTParams, bpda, bpda_model, eot  # noqa: F401
 
 ATTACKS = {
@@ -58,4 +82,13 @@ ATTACKS = {
     "deepfool": (deepfool, DeepFoolConfig),
     "ead": (ead, EADConfig),
     "fmn": (fmn, FMNConfig),
+    "one_pixel": (one_pixel, OnePixelConfig),
+    "sparse_rs": (sparse_rs, SparseRSConfig),
+    "jsma": (jsma, JSMAConfig),
+    "difgsm": (difgsm, DIFGSMConfig),
+    "tifgsm": (tifgsm, TIFGSMConfig),
+    "nes": (nes, NESConfig),
+    "zoo": (zoo, ZOOConfig),
+    "boundary": (boundary, BoundaryConfig),
+    "hopskipjump": (hopskipjump, HopSkipJumpConfig),
 }

@@ -35,6 +35,7 @@ from robustjax.attacks import decision
 from robustjax.attacks._core import check_attack_inputs
 from robustjax.attacks.decision import DecisionResult, bcast, distance, fits
 from robustjax.attacks.gradient import config_class
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 SPHERICAL_STATS, STEP_STATS = 100, 30  # queue lengths of the success statistics (foolbox)
@@ -115,6 +116,7 @@ def _adapt(queue, full, hi, lo, factor, *steps):
     return tuple(s * scale for s in steps), up | down
 
 
+@attack_entry(gradient=False)
 def boundary(apply_fn, params, x: Array, y: Array, key: Array,
              config: BoundaryConfig = BoundaryConfig(),
              starting_points: Optional[Array] = None) -> DecisionResult:

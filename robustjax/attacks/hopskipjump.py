@@ -40,6 +40,7 @@ from robustjax.attacks import decision
 from robustjax.attacks._core import check_attack_inputs
 from robustjax.attacks.decision import DecisionResult, bcast, distance, fits
 from robustjax.attacks.gradient import config_class
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -201,6 +202,7 @@ def estimate_direction(is_adv, x_b, delta, n_t, key, queries, active, cfg):
     return g, queries, chunks * m >= n_t
 
 
+@attack_entry(gradient=False)
 def hopskipjump(apply_fn, params, x: Array, y: Array, key: Array,
                 config: HopSkipJumpConfig = HopSkipJumpConfig(),
                 starting_points: Optional[Array] = None) -> DecisionResult:

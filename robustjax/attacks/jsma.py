@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from robustjax.attacks._core import AttackResult, check_attack_inputs, margin, success_mask
 from robustjax.attacks.l0 import l0_pixels
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -71,6 +72,7 @@ def pair_saliency(d_target: Array, d_others: Array, domain: Array, increasing: b
     return best // n, best % n, sal.reshape(-1)[best] >= 0
 
 
+@attack_entry
 def jsma(apply_fn, params, x: Array, y: Array, key: Array,
          config: JSMAConfig = JSMAConfig()) -> AttackResult:
     """JSMA: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

@@ -37,6 +37,7 @@ from robustjax.attacks._core import (
 )
 from robustjax.attacks.decision import bcast
 from robustjax.attacks.gradient import config_class
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -116,6 +117,7 @@ def nes_gradient(loss_fn, x: Array, key: Array, sigma: float, n: int) -> Array:
     return jnp.sum(w * u, axis=1) / (n * sigma)
 
 
+@attack_entry(gradient=False)
 def nes(apply_fn, params, x: Array, y: Array, key: Array,
         config: NESConfig = NESConfig()) -> AttackResult:
     """NES-PGD: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult (scores only).

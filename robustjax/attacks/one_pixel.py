@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from robustjax.attacks._core import AttackResult, check_attack_inputs, success_mask
 from robustjax.attacks.l0 import l0_pixels
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -102,6 +103,7 @@ def _distinct_others(key, b: int, p: int) -> Array:
     return jnp.stack([(i + o) % p for o in (o1, o2, o3)])
 
 
+@attack_entry(gradient=False)
 def one_pixel(apply_fn, params, x: Array, y: Array, key: Array,
               config: OnePixelConfig = OnePixelConfig()) -> AttackResult:
     """One-pixel attack: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

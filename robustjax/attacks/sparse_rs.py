@@ -41,6 +41,7 @@ from robustjax.attacks._core import (
     success_mask,
 )
 from robustjax.attacks.l0 import l0_pixels
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 # (iteration on the 10,000-query scale after which the next divisor applies, divisor)
@@ -106,6 +107,7 @@ def _corners(key, shape, dtype):
     return jax.random.bernoulli(key, 0.5, shape).astype(dtype)
 
 
+@attack_entry(gradient=False)
 def sparse_rs(apply_fn, params, x: Array, y: Array, key: Array,
               config: SparseRSConfig = SparseRSConfig()) -> AttackResult:
     """Sparse-RS: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

@@ -41,6 +41,7 @@ import optax
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult
 from robustjax.attacks.gradient import _check, config_class, l1_normalised_momentum
+from robustjax.entry import attack_entry
 from robustjax.metrics.equations import fooling_rate
 
 Array = jax.Array
@@ -244,6 +245,7 @@ def _boosted(apply_fn, params, x, y, key, cfg, kernel) -> AttackResult:
                         cfg.targeted)
 
 
+@attack_entry
 def difgsm(apply_fn, params, x, y, key, config: DIFGSMConfig = DIFGSMConfig()) -> AttackResult:
     """DI-FGSM / M-DI2-FGSM (Xie et al. 2019) on the surrogate ``apply_fn``.
 
@@ -254,6 +256,7 @@ def difgsm(apply_fn, params, x, y, key, config: DIFGSMConfig = DIFGSMConfig()) -
     return _boosted(apply_fn, params, x, y, key, config, None)
 
 
+@attack_entry
 def tifgsm(apply_fn, params, x, y, key, config: TIFGSMConfig = TIFGSMConfig()) -> AttackResult:
     """TI-FGSM / TI-DIM (Dong et al. 2019) on the surrogate ``apply_fn``; see ``difgsm``."""
     _core.check_attack_inputs(x, y, config.eps, apply_fn)

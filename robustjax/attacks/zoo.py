@@ -33,6 +33,7 @@ import numpy as np
 from robustjax.attacks._core import AttackResult, check_attack_inputs, lp_norm
 from robustjax.attacks.decision import bcast
 from robustjax.attacks.gradient import config_class
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -125,6 +126,7 @@ def _cw_log_margin(logits, y, targeted):
     return other - real if targeted else real - other
 
 
+@attack_entry(gradient=False)
 def zoo(apply_fn, params, x: Array, y: Array, key: Array,
         config: ZOOConfig = ZOOConfig()) -> AttackResult:
     """ZOO-ADAM (L2): x [b, H, W, C] in [0, 1], y int [b] -> AttackResult (scores only).
