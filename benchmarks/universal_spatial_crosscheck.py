@@ -204,6 +204,11 @@ def stage_ref(a):
         res["uap"].append(float(np.mean(predict(xa) != clean)))
         print("uap", s, res["uap"][-1], flush=True)
 
+        try:
+            import torchvision  # noqa: F401  (ART's PyTorch patch needs it)
+        except ImportError:  # torchvision from PyPI does not install beside torch 2.13
+            print("patch: skipped, ART's AdversarialPatchPyTorch needs torchvision", flush=True)
+            continue
         patch = AdversarialPatchPyTorch(clf, rotation_max=22.5, scale_min=0.5, scale_max=0.5,
                                         learning_rate=a.patch_lr, max_iter=a.patch_steps,
                                         batch_size=16, patch_shape=(1, 28, 28),
@@ -254,9 +259,9 @@ def stage_report(a):
         f"{_ms(j['sgd_uap'])} | | (no peer) | |",
         f"| adversarial patch | target {a.target}, 14x14 square (scale 0.5 of 28), ±22.5°, "
         f"{a.patch_steps} Adam steps lr {a.patch_lr}; held-out target success | "
-        f"{_ms(j['patch'])} | {_ms(r['patch'])} | ART AdversarialPatchPyTorch | "
-        f"{statistics.mean(j['patch_seconds']):.1f} / "
-        f"{statistics.mean(r['patch_seconds']):.1f} |",
+        f"{_ms(j['patch'])} | {_ms(r['patch']) if r['patch'] else 'not run'} | "
+        f"ART AdversarialPatchPyTorch | {statistics.mean(j['patch_seconds']):.1f} / "
+        f"{statistics.mean(r['patch_seconds']) if r['patch'] else 0:.1f} |",
     ]
     for k in ("lbfgs", "adam", "adam_long"):
         s = j[f"stadv_{k}"]
