@@ -1,12 +1,14 @@
 """robustjax CROWN / Fast-Lin / CROWN-IBP / IBP against auto_LiRPA on the same weights.
 
 Run: ``PEER_PYTHON=/tmp/h9venv/bin/python PYTHONPATH=. python benchmarks/certify_lirpa.py``
-(the peer venv: benchmarks/results/certify.md). For every network (``certify_nets``: the 28x28
-CNN, CNN-7 on 32x32x3), method and batch (32, 128) it starts one subprocess per library, so
+(the peer venv: benchmarks/results/certify.md; arguments ``cnn:crown:32 ...`` run only those
+configurations). For every network (``certify_nets``: the 28x28 CNN, CNN-7 on 32x32x3),
+method and batch (32, 128) it starts one subprocess per library, so
 each peak RSS (``ru_maxrss``) belongs to one configuration; both bound the margins
 ``f_y - f_j`` (lower bounds only, ``y`` the clean prediction) over the Linf ball cut to
 [0, 1], report the median of ``REPEATS`` calls after the first (compiling / graph-building)
-one, and the largest difference of their lower bounds. robustjax's IBP subprocess also times
+one, and the largest difference of their lower bounds (relative to the largest bound, at
+least 1). robustjax's IBP subprocess also times
 the jitted forward pass (the baseline of "IBP within 2x of a forward pass").
 
 ``--fixture`` writes tests/fixtures/certify_lirpa_reference.npz instead: auto_LiRPA's margin
@@ -115,7 +117,8 @@ def fixture(peer_python, out="tests/fixtures/certify_lirpa_reference.npz"):
     print("wrote", out, sorted(arrays))
 
 
-def main(peer_python):
+def main(peer_python, only=()):
+    """``only``: ``"arch:method:batch"`` strings to run (default every configuration)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ("cnn", "cnn7"):
@@ -123,6 +126,8 @@ def main(peer_python):
             make_nets(arch, path)
             for batch in BATCHES:
                 for method in METHODS:
+                    if only and f"{arch}:{method}:{batch}" not in only:
+                        continue
                     res_rj, res_peer = (os.path.join(tmp, f"{n}.npz") for n in ("rj", "peer"))
                     rj = ({"error": "skipped: dense coefficients exceed the memory"}
                           if (arch, method) in SKIP else
@@ -132,12 +137,14 @@ def main(peer_python):
                                  res_peer])
                     diff = None
                     if "error" not in rj and "error" not in peer:
-                        diff = float(np.max(np.abs(np.load(res_rj)["lower"]
-                                                   - np.load(res_peer)["lower"])))
+                        ref = np.load(res_peer)["lower"]
+                        diff = float(np.max(np.abs(np.load(res_rj)["lower"] - ref))
+                                     / max(1.0, np.max(np.abs(ref))))
                     rows.append((arch, batch, method, rj, peer, diff))
                     print(json.dumps(rows[-1]), flush=True)
     print("\n| net | batch | method | robustjax s | auto_LiRPA s | robustjax / auto_LiRPA | "
-          "robustjax forward s | robustjax MB | auto_LiRPA MB | max abs diff of lower bounds |")
+          "robustjax forward s | robustjax MB | auto_LiRPA MB | lower bounds: max diff / "
+          "max(1, max |bound|) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for arch, batch, method, rj, peer, diff in rows:
         f = lambda d, key, fmt: fmt.format(d[key]) if key in d else d.get("error", "-")
@@ -154,5 +161,5 @@ if __name__ == "__main__":
         measure(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6])
     elif sys.argv[1:2] == ["--fixture"]:
         fixture(os.environ.get("PEER_PYTHON", "python"))
-    else:
-        main(os.environ.get("PEER_PYTHON", "python"))
+    else:  # optional arguments: arch:method:batch configurations to run
+        main(os.environ.get("PEER_PYTHON", "python"), sys.argv[1:])
