@@ -16,7 +16,8 @@ from robustjax import attacks, certify, corruptions, entry, kernels, validation
 SMALL = {"steps": 2, "n_queries": 6, "iterations": 2, "num_samples": 4, "max_iterations": 3,
          "binary_search_steps": 1, "restarts": 1, "num_targets": 2, "candidates": 3,
          "k": 4, "popsize": 8, "max_iter": 2, "kernel_size": 3, "samples_per_draw": 4,
-         "num_iterations": 2, "init_num_evals": 10, "max_num_evals": 20, "init_trials": 10}
+         "num_iterations": 2, "init_num_evals": 10, "max_num_evals": 20, "init_trials": 10,
+         "n_rotations": 3, "n_translations": 3, "max_length": 1}
 
 
 class PlainCNN(nn.Module):

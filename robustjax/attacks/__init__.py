@@ -36,6 +36,7 @@ from robustjax.attacks.decision import DecisionResult  # noqa: F401
 from robustjax.attacks.hopskipjump import HopSkipJumpConfig, hopskipjump  # noqa: F401
 from robustjax.attacks.nes import NESConfig, nes  # noqa: F401
 from robustjax.attacks.zoo import ZOOConfig, zoo  # noqa: F401
+from robustjax.attacks.composite import CompositeConfig, composite  # noqa: F401
 from robustjax.attacks.cw import CWL2Config, CWLinfConfig, cw_l2, cw_linf  # noqa: F401
 from robustjax.attacks.deepfool import DeepFoolConfig, deepfool  # noqa: F401
 from robustjax.attacks.ead import EADConfig, ead  # noqa: F401
@@ -53,7 +54,16 @@ from robustjax.attacks.gradient import (  # noqa: F401
 from robustjax.attacks.jsma import JSMAConfig, jsma  # noqa: F401
 from robustjax.attacks.one_pixel import OnePixelConfig, one_pixel  # noqa: F401
 from robustjax.attacks.sparse_rs import SparseRSConfig, sparse_rs  # noqa: F401
+from robustjax.attacks.patch import (  # noqa: F401
+    PatchConfig,
+    PatchResult,
+    adversarial_patch,
+    apply_patch,
+    place_patch,
+)
+from robustjax.attacks.spatial import SpatialGridConfig, spatial_grid  # noqa: F401
 from robustjax.attacks.spsa import SPSAConfig, spsa  # noqa: F401
+from robustjax.attacks.stadv import StAdvConfig, stadv  # noqa: F401
 from robustjax.attacks.square import SquareConfig, square  # noqa: F401
 from robustjax.attacks.search import eps_sweep, min_eps, restarts  # noqa: F401
 from robustjax.attacks.transfer import (  # noqa: F401
@@ -64,6 +74,15 @@ from robustjax.attacks.transfer import (  # noqa: F401
     ensemble,
     tifgsm,
     transfer_evaluation,
+)
+from robustjax.attacks.universal import (  # noqa: F401
+    SGDUAPConfig,
+    UAPConfig,
+    UniversalResult,
+    apply_universal,
+    fooling_rate,
+    sgd_universal_perturbation,
+    universal_perturbation,
 )
 from robustjax.attacks.wrappers import EOTParams, bpda, bpda_model, eot  # noqa: F401
 
@@ -91,4 +110,7 @@ ATTACKS = {
     "zoo": (zoo, ZOOConfig),
     "boundary": (boundary, BoundaryConfig),
     "hopskipjump": (hopskipjump, HopSkipJumpConfig),
+    "spatial_grid": (spatial_grid, SpatialGridConfig),
+    "stadv": (stadv, StAdvConfig),
+    "composite": (composite, CompositeConfig),
 }

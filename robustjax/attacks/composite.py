@@ -51,6 +51,7 @@ from robustjax.attacks._core import (
     success_mask,
 )
 from robustjax.attacks.spatial import transform
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 SEMANTIC = ("hue", "saturation", "brightness", "contrast", "rotation")
@@ -250,6 +251,7 @@ def composite_search(apply_fn, params, x: Array, y: Array, key: Array,
     return result, best.astype(jnp.int32)
 
 
+@attack_entry
 def composite(apply_fn, params, x: Array, y: Array, key: Array,
               config: CompositeConfig = CompositeConfig()) -> AttackResult:
     """Composite attack: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from robustjax.attacks._core import AttackResult, check_attack_inputs, get_loss, lp_norm
 from robustjax.corruptions import spatial as warps
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -154,6 +155,7 @@ def grid_search(apply_fn, params, x: Array, y: Array, key: Array,
     return result, chosen
 
 
+@attack_entry(gradient=False)
 def spatial_grid(apply_fn, params, x: Array, y: Array, key: Array,
                  config: SpatialGridConfig = SpatialGridConfig()) -> AttackResult:
     """Engstrom et al.'s grid (or worst-of-k) rotation + translation attack.

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from robustjax.attacks._core import AttackResult, check_attack_inputs, margin, success_mask
+from robustjax.entry import attack_entry
 
 Array = jax.Array
 
@@ -103,6 +104,7 @@ def _adv_loss(logits, y, cfg):
     return -margin(logits, y, cfg.targeted, kappa=cfg.kappa)
 
 
+@attack_entry
 def stadv(apply_fn, params, x: Array, y: Array, key: Array,
           config: StAdvConfig = StAdvConfig()) -> AttackResult:
     """stAdv flow-field attack: x [b, H, W, C] in [0, 1], y int [b] -> AttackResult.

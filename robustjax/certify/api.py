@@ -43,6 +43,10 @@ METHODS = {
     "alpha_crown": ("crown", "alpha"),
 }
 NORMS = ("linf", "l2")
+# examples bounded together when ``chunk_size`` is None: the backward passes of CROWN's
+# intermediate bounds hold coefficients per neuron and example (GBs per chunk of 16 on the
+# default MNIST CNN), IBP-style passes hold intervals only
+DEFAULT_CHUNK = {"ibp": 256, "crown_ibp": 16, "crown": 4, "fastlin": 4, "alpha_crown": 4}
 
 
 def margin_spec(y: jax.Array, num_classes: int) -> jax.Array:
@@ -79,7 +83,7 @@ def _trace(apply_fn, params, x, batch: int):
 @entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config", "upper"),
                    accelerate=False)
 def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str = "linf",
-           spec: Optional[jax.Array] = None, chunk_size: int = 16,
+           spec: Optional[jax.Array] = None, chunk_size: Optional[int] = None,
            alpha_config: AlphaCrownConfig = AlphaCrownConfig(), upper: bool = True):
     """Lower and upper bounds ``[b, s]`` of ``spec @ logits`` over the perturbation set.
 
@@ -91,7 +95,8 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
       norm: ``"linf"`` or ``"l2"``.
       spec: ``[b, s, k]`` specification; default the identity (bounds of the logits).
       chunk_size: examples bounded together (memory of CROWN grows with the chunk and the
-        layer sizes: its intermediate passes carry ``[neurons, chunk, *node]`` coefficients).
+        layer sizes: its intermediate passes carry ``[neurons, chunk, *node]`` coefficients);
+        None takes ``DEFAULT_CHUNK[method]``.
       upper: False skips the output pass's upper bound (returned as +inf): half the
         work when only margins' lower bounds are needed (certification, training).
     """
@@ -102,6 +107,8 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
     if x.ndim != 4:
         raise ValueError(f"x must be NHWC [batch, H, W, C], got shape {x.shape}")
     b = x.shape[0]
+    if chunk_size is None:
+        chunk_size = DEFAULT_CHUNK[method]
     chunk = max(1, min(chunk_size, b))
     graph = _trace(apply_fn, params, x, chunk)
     batched = crown.batch_major(graph, _trace(apply_fn, params, x, chunk + 1), chunk)
@@ -158,7 +165,7 @@ def margin_condition(margin_lower: jax.Array, y: jax.Array) -> jax.Array:
 @entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config"), labels="y",
                    accelerate=False)
 def certify(apply_fn, params, x: jax.Array, y: jax.Array, eps, method: str = "crown",
-            norm: str = "linf", chunk_size: int = 16,
+            norm: str = "linf", chunk_size: Optional[int] = None,
             alpha_config: AlphaCrownConfig = AlphaCrownConfig()) -> jax.Array:
     """Per-example verified flags, bool ``[b]``: every margin ``f_y - f_j`` is provably
     positive over the ball (implies the clean prediction is correct). Jittable with

@@ -29,6 +29,7 @@ SECTIONS = {
     "clean": "robustjax.report.clean",
     "zoo": "robustjax.report.zoo",
     "attacks": "robustjax.report.attacks",
+    "blackbox": "robustjax.report.blackbox",
     "corruptions": "robustjax.report.corruptions",
     "certify": "robustjax.report.certify",
     "defenses": "robustjax.report.defenses",
