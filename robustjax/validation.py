@@ -108,6 +108,11 @@ def check_eps(eps, batch: int) -> None:
         raise InputError(f"eps must be finite and >= 0, got {e}")
 
 
+def batch_stats(x, y=None):
+    """``(finite [b], min, max, min(y), max(y))`` of a batch: what the value checks read."""
+    return _batch_stats(x, y)
+
+
 @jax.jit
 def _batch_stats(x, y):
     finite = jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
@@ -160,6 +165,15 @@ def start_value_checks(x, y=None, num_classes=None, name: str = "x", *,
     if isinstance(x, jax.core.Tracer):
         return _nothing
     stats = _batch_stats(x, y if concrete_y else None)
+    return value_checks_from(stats, num_classes if concrete_y else None, name,
+                             pixel_range=pixel_range)
+
+
+def value_checks_from(stats, num_classes=None, name: str = "x", *,
+                      pixel_range: bool = True) -> Callable[[], None]:
+    """``start_value_checks``'s second half, on the output of ``batch_stats`` (which an entry
+    point may compute inside its own compiled program, so the checks cost no extra pass)."""
+    concrete_y = num_classes is not None
     if any(isinstance(v, jax.core.Tracer) for v in stats):
         return _nothing  # concrete x inside someone's trace (a loop body): shapes were checked
 

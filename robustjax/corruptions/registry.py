@@ -99,19 +99,21 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
     if x.ndim != 4:
         raise ValueError(f"expected a batch [B, H, W, C], got shape {x.shape}")
     validation.check_shapes(x)  # NHWC floats, a non-empty batch
-    finish_checks = validation.start_value_checks(x)  # concrete: finite, in [0, 1]
     if key is None:
         key = jax.random.key(0) if name in _DETERMINISTIC else None
         if key is None:
             raise ValueError(f"corruption {name!r} is random: pass a PRNG key")
     rgb, channels = _ops.as_rgb(x.astype(jnp.float32))
+    concrete = not isinstance(x, jax.core.Tracer)
     if name in TRACED_SEVERITY:
-        out = _compiled(name, None, bool(scale_pixels))(rgb, key, jnp.int32(severity))
+        out = _compiled(name, None, bool(scale_pixels), concrete)(rgb, key, jnp.int32(severity))
     else:
-        out = _compiled(name, severity, bool(scale_pixels))(rgb, key)
+        out = _compiled(name, severity, bool(scale_pixels), concrete)(rgb, key)
+    if concrete:  # the value checks ran inside the corruption's program: read them now
+        out, stats = out
+        validation.value_checks_from(stats)()
     if name in PIXELWISE:
         out = _unflatten(out, rgb.shape)
-    finish_checks()  # after dispatching the corruption: the checks' round trip overlaps it
     return _ops.from_rgb(out, channels)
 
 
@@ -122,12 +124,17 @@ def _unflatten(flat, shape):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(name: str, severity: int, scale_pixels: bool):
+def _compiled(name: str, severity: int, scale_pixels: bool, checked: bool = False):
     # One XLA computation per (corruption, severity): compiling the whole graph once is much
     # cheaper than JAX's op-by-op eager dispatch; inside a caller's jit it is simply inlined.
+    # ``checked``: the program also returns the input checks' statistics (no extra pass).
     fn = CORRUPTIONS[name]
     if name in PIXELWISE:
         fn = functools.partial(_on_flat, fn)
+    if checked:
+        plain = fn
+        fn = lambda x, s, key, **kw: (plain(x, s, key, **kw),  # noqa: E731
+                                      validation.batch_stats(x))
     if severity is None:
         return jax.jit(lambda x, key, s: fn(x, s, key, scale_pixels=scale_pixels))
     return jax.jit(lambda x, key: fn(x, severity, key, scale_pixels=scale_pixels))
