@@ -24,6 +24,7 @@ take no model (corruptions, bound rules).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import inspect
 import os
@@ -141,6 +142,20 @@ def _checked(finish_checks):
     finish_checks()
 
 
+def _config_traced(config) -> bool:
+    """A static (non-pytree) config that cannot key a compiled program: fields holding
+    tracers (eps under vmap) or arrays (unhashable). Such calls run the body as it is."""
+    if not _static_config(config):
+        return False
+    try:
+        hash(config)
+    except TypeError:
+        return True
+    if not dataclasses.is_dataclass(config):
+        return False
+    return is_traced([getattr(config, f.name) for f in dataclasses.fields(config)])
+
+
 def _static_config(config) -> bool:
     # a frozen dataclass that is not a pytree node is one leaf: pass it to jit as static
     leaves = jax.tree_util.tree_leaves(config)
@@ -174,7 +189,7 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
         arguments = bound.arguments
         apply_fn, params, x, y, key, config = (arguments[n] for n in names[:6])
         extras = {n: arguments[n] for n in names[6:]}  # e.g. starting points (arrays or None)
-        traced = is_traced(params, x, y, key, config, extras)
+        traced = is_traced(params, x, y, key, config, extras) or _config_traced(config)
         fn = model_function(apply_fn)
         probe, finish_checks = validation.check_attack_call(apply_fn, fn, params, x, y, config,
                                                             gradient=gradient)

@@ -109,17 +109,21 @@ def check_eps(eps, batch: int) -> None:
 
 
 def batch_stats(x, y=None):
-    """``(finite [b], min, max, min(y), max(y))`` of a batch: what the value checks read."""
+    """``(min(x), max(x), min(y), max(y))``: what the value checks read (NaN propagates through
+    the min and max, so one fused pass over the pixels finds NaN, inf and range errors)."""
     return _batch_stats(x, y)
 
 
 @jax.jit
 def _batch_stats(x, y):
-    finite = jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
-    xs = jnp.where(finite.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0.5)
     y_lo = jnp.min(y) if y is not None else jnp.int32(0)
     y_hi = jnp.max(y) if y is not None else jnp.int32(0)
-    return finite, jnp.min(xs), jnp.max(xs), y_lo, y_hi
+    return jnp.min(x), jnp.max(x), y_lo, y_hi
+
+
+@jax.jit
+def _non_finite_images(x):
+    return ~jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
 
 
 def check_shapes(x, y=None, name: str = "x") -> None:
@@ -165,11 +169,11 @@ def start_value_checks(x, y=None, num_classes=None, name: str = "x", *,
     if isinstance(x, jax.core.Tracer):
         return _nothing
     stats = _batch_stats(x, y if concrete_y else None)
-    return value_checks_from(stats, num_classes if concrete_y else None, name,
+    return value_checks_from(stats, x, num_classes if concrete_y else None, name,
                              pixel_range=pixel_range)
 
 
-def value_checks_from(stats, num_classes=None, name: str = "x", *,
+def value_checks_from(stats, x, num_classes=None, name: str = "x", *,
                       pixel_range: bool = True) -> Callable[[], None]:
     """``start_value_checks``'s second half, on the output of ``batch_stats`` (which an entry
     point may compute inside its own compiled program, so the checks cost no extra pass)."""
@@ -178,9 +182,9 @@ def value_checks_from(stats, num_classes=None, name: str = "x", *,
         return _nothing  # concrete x inside someone's trace (a loop body): shapes were checked
 
     def finish() -> None:
-        finite, lo, hi, y_lo, y_hi = jax.device_get(stats)
-        bad = np.flatnonzero(~finite)
-        if bad.size:
+        lo, hi, y_lo, y_hi = jax.device_get(stats)
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # only now look for the images
+            bad = np.flatnonzero(np.asarray(_non_finite_images(x)))
             shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
             raise InputError(f"{name} holds NaN or inf values in {bad.size} image(s), at "
                              f"indices [{shown}]; attacks and metrics need finite pixels in "

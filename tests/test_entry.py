@@ -141,9 +141,9 @@ def test_eager_loop_follows_the_model_not_the_global_switch(model):
     seen = []
     body = attacks.pgd.body
 
-    def spy(*args):
-        seen.append(not isinstance(args[2], jax.core.Tracer))  # True: eager (Python loop)
-        return body(*args)
+    def spy(apply_fn, params, x, y, key, config):
+        seen.append(not isinstance(x, jax.core.Tracer))  # True: eager (Python loop)
+        return body(apply_fn, params, x, y, key, config)
 
     cfg = attacks.PGDConfig(steps=2)
     wrapped = entry.attack_entry(spy, eager_loop=attacks.gradient._eager_loop)

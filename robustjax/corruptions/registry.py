@@ -111,7 +111,7 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
         out = _compiled(name, severity, bool(scale_pixels), concrete)(rgb, key)
     if concrete:  # the value checks ran inside the corruption's program: read them now
         out, stats = out
-        validation.value_checks_from(stats)()
+        validation.value_checks_from(stats, x)()
     if name in PIXELWISE:
         out = _unflatten(out, rgb.shape)
     return _ops.from_rgb(out, channels)
