@@ -17,8 +17,7 @@ holds only the algorithm, into the public attack. A call
    the same shape reuses it, so an eager call costs what the jitted call costs. Inside a
    caller's ``jit``/``vmap``/``grad`` the body is traced inline.
 
-``compiled_call(fn, static_argnums)`` is the same compile-and-cache step for entry points that
-take no model (corruptions, bound rules).
+``model_entry`` does the same for entry points that are not attacks (certifiers).
 """
 
 from __future__ import annotations
@@ -256,21 +255,4 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
             return _jitted_named(body, ("apply_fn",) + static)(**arguments)
 
     call.body = body
-    return call
-
-
-# ---------------------------------------------------------------------- model-free calls
-
-
-def compiled_call(fn: Callable, static_argnums=()) -> Callable:
-    """``fn`` compiled once per static arguments, shapes and dtypes; traced inline under a
-    caller's transformation."""
-    jitted = jax.jit(fn, static_argnums=static_argnums)
-    static_set = set(static_argnums)
-
-    @functools.wraps(fn)
-    def call(*args):
-        dynamic = [a for i, a in enumerate(args) if i not in static_set]
-        return fn(*args) if is_traced(dynamic) else jitted(*args)
-
     return call

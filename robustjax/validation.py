@@ -206,13 +206,6 @@ def _nothing() -> None:
     return None
 
 
-def check_image_batch(x, y=None, num_classes=None, name: str = "x") -> None:
-    """NHWC float images (a non-empty batch) and optional int labels [b]; concrete values are
-    checked too: finite pixels in [0, 1] and labels in ``[0, num_classes)``."""
-    check_shapes(x, y, name)
-    start_value_checks(x, y, num_classes, name)()
-
-
 def check_attack_call(apply_fn, fn, params, x, y, config, *, gradient: bool):
     """Everything an attack call needs checked. Returns the probe of the model as it runs and
     the function that completes the value checks (``start_value_checks``)."""

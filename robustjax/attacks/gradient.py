@@ -23,7 +23,7 @@ import optax
 
 from robustjax.attacks import _core
 from robustjax.attacks._core import AttackResult
-from robustjax.entry import attack_entry
+from robustjax.entry import attack_entry, is_traced
 
 
 def _check(cfg, allowed_norms=_core.NORMS):
@@ -218,10 +218,6 @@ _final_jit = jax.jit(_final, static_argnums=(0, 6))
 _random_start_jit = jax.jit(_core.random_start, static_argnums=3)
 
 
-def _is_traced(*trees) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
-
-
 def _python_loop(cfg) -> bool:
     return cfg.loop == "python" or (cfg.loop == "auto" and _core.unroll_is_faster())
 
@@ -243,7 +239,7 @@ def _iterate(apply_fn, params, x, y, x0, make_step, steps, cfg, early_stop=False
     benchmarks/results/attacks_speed.md).
     """
     init = (x0, make_step(x, cfg).init(x0), jnp.zeros((x.shape[0],), bool))
-    if _python_loop(cfg) and not _is_traced(params, x, y, x0, cfg):
+    if _python_loop(cfg) and not is_traced(params, x, y, x0, cfg):
         carry = init
         for _ in range(steps):
             carry = _one_step_jit(apply_fn, make_step, params, x, y, carry, cfg, early_stop)
@@ -282,7 +278,7 @@ def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackR
     c = config
     if not c.random_start:
         x0 = x
-    elif _is_traced(x, key, c):
+    elif is_traced(x, key, c):
         x0 = _core.random_start(key, x, c.eps, c.norm)
     else:
         x0 = _random_start_jit(key, x, c.eps, c.norm)

@@ -136,10 +136,6 @@ def auto_strategy(attack, hint=None) -> str:
     return "loop" if unroll else "vmap"
 
 
-def _traced(*trees) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(trees))
-
-
 def eps_sweep(attack, apply_fn, params, x, y, key, config, eps_values,
               strategy: str = "auto") -> AttackResult:
     """``attack`` at every eps in ``eps_values`` [n]: an AttackResult with leading axis n.
@@ -166,7 +162,7 @@ def eps_sweep(attack, apply_fn, params, x, y, key, config, eps_values,
         return run(apply_fn, params, x, y, key, with_eps(config, eps))
 
     if strategy == "loop":
-        if _traced(params, x, y, key, config, eps_values):
+        if entry.is_traced(params, x, y, key, config, eps_values):
             strategy = "unroll"
         else:
             run = _JITTED.setdefault(attack, jax.jit(attack, static_argnums=0))
