@@ -1,0 +1,267 @@
+"""Data-parallel and multi-host placement on JAX's own runtime (``jax.sharding``, ``jax.distributed``).
+
+A robustness evaluation is embarrassingly parallel over examples: every attack, corruption,
+certifier and metric computes row ``i`` of its output from row ``i`` of its input (and the
+shared parameters). This module holds the few pieces that turn that into device and host
+parallelism without a scheduler of its own:
+
+* ``data_mesh()``: a one-axis ``jax.sharding.Mesh`` named ``"batch"`` over all devices
+  (``jax.devices()``: every process's devices under ``jax.distributed``) or the local ones.
+* ``batch_sharding(mesh)`` / ``replicated_sharding(mesh)``: ``NamedSharding(mesh, P("batch"))``
+  for images and labels, ``NamedSharding(mesh, P())`` for parameters and keys.
+* ``pad_batch`` / ``unpad``: a batch that does not divide the device count is padded by
+  repeating its last example (valid pixels, valid labels) and the padding is cut off the result;
+  nothing is ever dropped. ``jax.random`` draws on JAX's partitionable threefry
+  (``jax_threefry_partitionable``, the default since JAX 0.5), whose value at index ``i`` of a
+  ``[b, ...]`` draw does not depend on ``b`` beyond ``i`` nor on the sharding, so padding and
+  sharding leave the first ``b`` rows' random numbers, and hence the results, unchanged.
+* ``use_mesh(mesh)`` / ``current_mesh()``: the mesh the entry points (``robustjax.entry``) shard
+  over. ``None`` (the default) means one device: the call runs exactly as it always did.
+* ``process_slice(n)`` / ``process_rows``: the deterministic contiguous share of an ``n``-example
+  dataset that this process (``jax.process_index()`` of ``jax.process_count()``) reads and
+  computes under ``jax.distributed``; shares differ in size by at most one and cover ``[0, n)``.
+* ``global_batch`` / ``local_rows``: a process-local batch to a global ``jax.Array`` over the
+  mesh (``jax.make_array_from_process_local_data``) and back.
+
+Example::
+
+    mesh = parallel.data_mesh()                     # all devices, axis "batch"
+    with parallel.use_mesh(mesh):
+        result = attacks.pgd(apply_fn, params, x, y, key, cfg)   # x, y sharded over "batch"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+BATCH = "batch"
+
+_state = threading.local()
+
+
+# --------------------------------------------------------------------------------- meshes
+
+
+def data_mesh(devices: Optional[Sequence[Any]] = None, *, axis: str = BATCH,
+              local: bool = False) -> Mesh:
+    """A one-axis mesh over ``devices`` (default: ``jax.devices()``, every process's devices;
+    ``local=True``: ``jax.local_devices()``, this process's only) with axis name ``axis``."""
+    if devices is None:
+        devices = jax.local_devices() if local else jax.devices()
+    devices = list(devices)
+    if not devices:
+        raise ValueError("data_mesh: expected at least one device, received an empty list")
+    return Mesh(np.array(devices, dtype=object), (axis,))
+
+
+def _check_axis(mesh: Mesh, axis: str) -> None:
+    if axis not in mesh.axis_names:
+        raise ValueError(
+            f"mesh axis {axis!r} does not exist: the mesh has axes {tuple(mesh.axis_names)} "
+            f"(shape {dict(mesh.shape)}); build one with robustjax.parallel.data_mesh() or pass "
+            f"axis= one of the mesh's axis names")
+
+
+def batch_sharding(mesh: Mesh, axis: str = BATCH) -> NamedSharding:
+    """``NamedSharding(mesh, P(axis))``: the leading (batch) dimension split over ``axis``."""
+    _check_axis(mesh, axis)
+    return NamedSharding(mesh, PartitionSpec(axis))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """``NamedSharding(mesh, P())``: a full copy on every device (parameters, keys, configs)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_size(mesh: Mesh, axis: str = BATCH) -> int:
+    """How many shards the batch axis has (the multiple a batch is padded to)."""
+    _check_axis(mesh, axis)
+    return int(mesh.shape[axis])
+
+
+# ------------------------------------------------------------------------- current mesh
+
+
+def current_mesh() -> Optional[Tuple[Mesh, str]]:
+    """``(mesh, axis)`` set by the innermost ``use_mesh`` block, or None (one device)."""
+    return getattr(_state, "mesh", None)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Optional[Mesh] = None, *, axis: str = BATCH):
+    """Within the block, robustjax's entry points shard their batch over ``mesh`` (default:
+    ``data_mesh()``, all devices). ``use_mesh(None)`` inside a block switches sharding off.
+    A mesh of one device is the same as none: the one-device path runs unchanged."""
+    previous = getattr(_state, "mesh", None)
+    if mesh is not None:
+        _check_axis(mesh, axis)
+    _state.mesh = None if mesh is None else (mesh, axis)
+    try:
+        yield mesh
+    finally:
+        _state.mesh = previous
+
+
+def default_mesh() -> Mesh:
+    """``data_mesh()``: the mesh used when a caller asks for sharding without naming one."""
+    return data_mesh()
+
+
+def active_mesh() -> Optional[Tuple[Mesh, str]]:
+    """The current ``(mesh, axis)`` when it has more than one shard on its batch axis, else
+    None: the single test the entry points make before doing anything parallel."""
+    entry = current_mesh()
+    if entry is None:
+        return None
+    mesh, axis = entry
+    return entry if mesh.shape[axis] > 1 else None
+
+
+# ------------------------------------------------------------------------ pad and unpad
+
+
+def padded_size(n: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``n``."""
+    if multiple < 1:
+        raise ValueError(f"padded_size: expected a multiple >= 1, received {multiple}")
+    return -(-int(n) // multiple) * multiple
+
+
+def pad_batch(tree, multiple: int, *, size: Optional[int] = None):
+    """Pad every array leaf of ``tree`` along axis 0 to a multiple of ``multiple`` by repeating
+    its last row; returns ``(padded_tree, n)`` with ``n`` the original batch size. Leaves whose
+    leading dimension is not the batch size (scalars, keys, parameters) must not be passed.
+
+    ``size``: the batch size to expect (default: the first leaf's leading dimension)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return tree, 0
+    n = int(np.shape(leaves[0])[0]) if size is None else int(size)
+    for leaf in leaves:
+        if np.ndim(leaf) == 0 or np.shape(leaf)[0] != n:
+            raise ValueError(
+                f"pad_batch: expected every array to have leading (batch) dimension {n}, "
+                f"received one of shape {np.shape(leaf)}; pass only per-example arrays")
+    if n == 0:
+        raise ValueError("pad_batch: expected a non-empty batch, received 0 examples")
+    target = padded_size(n, multiple)
+    if target == n:
+        return tree, n
+
+    def pad(leaf):
+        xp = np if isinstance(leaf, np.ndarray) else jnp
+        tail = xp.repeat(leaf[n - 1:n], target - n, axis=0)
+        return xp.concatenate([leaf, tail], axis=0)
+
+    return jax.tree_util.tree_map(pad, tree), n
+
+
+def unpad(tree, n: int, *, size: Optional[int] = None):
+    """Cut every leaf of ``tree`` whose leading dimension is ``size`` (the padded batch size;
+    default: any leaf with rank >= 1 and at least ``n`` rows) back to its first ``n`` rows.
+    Scalars and leaves of another leading size (a step count, a per-class table) pass as is."""
+
+    def cut(leaf):
+        shape = np.shape(leaf)
+        if len(shape) == 0:
+            return leaf
+        if size is not None and shape[0] != size:
+            return leaf
+        if size is None and shape[0] < n:
+            return leaf
+        return leaf[:n] if shape[0] != n else leaf
+
+    return jax.tree_util.tree_map(cut, tree)
+
+
+# ---------------------------------------------------------------------------- placement
+
+
+def shard_batch(tree, mesh: Mesh, axis: str = BATCH):
+    """Pad ``tree``'s per-example leaves to a multiple of the batch shards and place them on
+    ``batch_sharding(mesh, axis)``; returns ``(sharded_tree, n)``. Single-process only (under
+    ``jax.distributed`` every process must pass the same global values; use ``global_batch``
+    for process-local data)."""
+    padded, n = pad_batch(tree, batch_size(mesh, axis))
+    return jax.device_put(padded, batch_sharding(mesh, axis)), n
+
+
+def replicate(tree, mesh: Mesh):
+    """Place every leaf of ``tree`` on every device of ``mesh`` (``replicated_sharding``)."""
+    return jax.device_put(tree, replicated_sharding(mesh))
+
+
+# --------------------------------------------------------------------------- multi-host
+
+
+def process_slice(n: int, *, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> slice:
+    """This process's deterministic contiguous share of ``n`` examples: process ``p`` of ``P``
+    gets rows ``[p*n//P + min(p, n%P) ...)`` — the first ``n % P`` processes one more row than
+    the rest. The shares are disjoint, ordered by process index and cover ``[0, n)``, so a
+    concatenation of the per-process results in process order is the one-process result."""
+    p = jax.process_index() if process_index is None else int(process_index)
+    count = jax.process_count() if process_count is None else int(process_count)
+    if count < 1 or not 0 <= p < count:
+        raise ValueError(f"process_slice: expected 0 <= process_index < process_count, "
+                         f"received process_index={p}, process_count={count}")
+    base, extra = divmod(int(n), count)
+    start = p * base + min(p, extra)
+    return slice(start, start + base + (1 if p < extra else 0))
+
+
+def process_rows(tree, *, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None):
+    """The rows of every per-example leaf of ``tree`` (a dataset ``(x, y)``) that this process
+    reads: ``leaf[process_slice(n)]``."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        return tree
+    n = int(np.shape(leaves[0])[0])
+    s = process_slice(n, process_index=process_index, process_count=process_count)
+    return jax.tree_util.tree_map(lambda a: a[s], tree)
+
+
+def global_batch(local_tree, mesh: Mesh, axis: str = BATCH):
+    """A global ``jax.Array`` over ``batch_sharding(mesh, axis)`` from each process's own rows
+    (``jax.make_array_from_process_local_data``). Every process must pass the same number of
+    rows and that number must divide evenly over its local devices (pad with ``pad_batch``
+    first). In one process this is ``jax.device_put`` on the batch sharding."""
+    sharding = batch_sharding(mesh, axis)
+    if jax.process_count() == 1:
+        return jax.device_put(local_tree, sharding)
+    return jax.tree_util.tree_map(
+        lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local_tree)
+
+
+def local_rows(tree):
+    """Every leaf of ``tree`` (global arrays sharded over the batch) as a numpy array of the
+    rows held by this process's devices, in order — the inverse of ``global_batch``. A leaf
+    fully available here (replicated, or one process) comes back whole."""
+
+    def rows(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return np.asarray(a)
+        shards = sorted(a.addressable_shards, key=lambda s: s.index[0].start or 0)
+        seen, parts = set(), []
+        for s in shards:
+            start = s.index[0].start or 0
+            if start in seen:  # replicas of the same rows on several local devices
+                continue
+            seen.add(start)
+            parts.append(np.asarray(s.data))
+        return np.concatenate(parts, axis=0)
+
+    return jax.tree_util.tree_map(rows, tree)
+
+
+def is_coordinator() -> bool:
+    """True in process 0, the one that writes merged reports."""
+    return jax.process_index() == 0
