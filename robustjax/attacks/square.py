@@ -39,7 +39,6 @@ import numpy as np
 
 from robustjax.attacks._core import (
     AttackResult,
-    check_attack_inputs,
     cross_entropy,
     lp_norm,
     margin,
@@ -152,19 +151,19 @@ def meta_pseudo_gaussian(s: int) -> np.ndarray:
     return delta / np.sqrt(np.sum(delta ** 2))
 
 
-def _l2_init(key, x, eps):
-    """Grid of s x s bumps (s = h // 5) with random signs per channel, scaled to norm eps."""
+def _bump_grid(key, x, bump):
+    """The reference's start: a grid of ``bump`` [s, s] (s = h // 5) with a random sign per bump
+    and channel and a random transpose per bump; returns their sum [b, h, w, c]."""
     b, h, w, c = x.shape
-    s = max(h // 5, 1)
+    s = bump.shape[0]
     start = (h - s * 5) // 2
     pats, pats_t = [], []
     for i in range(h // s):
         for j in range(w // s):
             top, left = start + i * s, start + j * s
-            full = np.zeros((h + s, w + s))
-            full_t = np.zeros((h + s, w + s))
-            full[top:top + s, left:left + s] = meta_pseudo_gaussian(s)
-            full_t[top:top + s, left:left + s] = meta_pseudo_gaussian(s).T
+            full, full_t = np.zeros((h + s, w + s)), np.zeros((h + s, w + s))
+            full[top:top + s, left:left + s] = bump
+            full_t[top:top + s, left:left + s] = bump.T
             pats.append(full[:h, :w])
             pats_t.append(full_t[:h, :w])
     pats, pats_t = jnp.asarray(np.stack(pats), x.dtype), jnp.asarray(np.stack(pats_t), x.dtype)
@@ -172,28 +171,38 @@ def _l2_init(key, x, eps):
     sign = jax.random.choice(k_sign, jnp.array([-1.0, 1.0], x.dtype), (b, len(pats), 1, 1, c))
     transpose = jax.random.bernoulli(k_t, 0.5, (b, len(pats), 1, 1, 1))
     blocks = jnp.where(transpose, pats_t[None, ..., None], pats[None, ..., None])
-    delta = jnp.sum(blocks * sign, axis=1)
-    n = lp_norm(delta, "l2").reshape(b, 1, 1, 1)
-    return jnp.clip(x + delta / jnp.maximum(n, 1e-12) * eps, 0.0, 1.0)
+    return jnp.sum(blocks * sign, axis=1)
 
 
-def _l2_tables(h, w, c, p_init, dtype):
-    """Per schedule level: the side s and the bump template at the top-left (normal, transposed)."""
+def _bump_tables(h, w, c, p_init, dtype, bump_fn, max_side):
+    """Per schedule level: the side s (odd, >= 3, <= ``max_side``) and the bump ``bump_fn(s)``
+    at the top-left of an h x w plane (normal, transposed)."""
     n = h * w * c
     sides, tab, tab_t = [], [], []
     for k in range(len(P_SCHEDULE) + 1):
         s = max(int(round(math.sqrt(p_init / 2 ** k * n / c))), 3)
         s = s + 1 if s % 2 == 0 else s
-        s = min(s, min(h, w) - 1)
-        t = np.zeros((h, w))
-        t_t = np.zeros((h, w))
-        t[:s, :s] = meta_pseudo_gaussian(s)
-        t_t[:s, :s] = meta_pseudo_gaussian(s).T
+        s = min(s, max_side)
+        t, t_t = np.zeros((h, w)), np.zeros((h, w))
+        t[:s, :s] = bump_fn(s)
+        t_t[:s, :s] = bump_fn(s).T
         sides.append(s)
         tab.append(t)
         tab_t.append(t_t)
     return (jnp.asarray(sides, jnp.int32), jnp.asarray(np.stack(tab), dtype),
             jnp.asarray(np.stack(tab_t), dtype))
+
+
+def _l2_init(key, x, eps):
+    """Grid of s x s bumps (s = h // 5) with random signs per channel, scaled to norm eps."""
+    delta = _bump_grid(key, x, meta_pseudo_gaussian(max(x.shape[1] // 5, 1)))
+    n = lp_norm(delta, "l2").reshape(x.shape[0], 1, 1, 1)
+    return jnp.clip(x + delta / jnp.maximum(n, 1e-12) * eps, 0.0, 1.0)
+
+
+def _l2_tables(h, w, c, p_init, dtype):
+    """Per schedule level: the side s and the bump template at the top-left (normal, transposed)."""
+    return _bump_tables(h, w, c, p_init, dtype, meta_pseudo_gaussian, min(h, w) - 1)
 
 
 # ----------------------------------------------------------------------- L1 bump templates
@@ -223,45 +232,14 @@ def l1_bump(s: int) -> np.ndarray:
 def _l1_init(key, x, eps):
     """Grid of unit-L1 bumps (side h // 5) with random signs per channel, projected onto
     ``{||d||_1 <= eps (1 - 1e-6)} ∩ box`` (the reference does not rescale before projecting)."""
-    b, h, w, c = x.shape
-    s = max(h // 5, 1)
-    start = (h - s * 5) // 2
-    bump = l1_bump(s)
-    pats, pats_t = [], []
-    for i in range(h // s):
-        for j in range(w // s):
-            top, left = start + i * s, start + j * s
-            full, full_t = np.zeros((h + s, w + s)), np.zeros((h + s, w + s))
-            full[top:top + s, left:left + s] = bump
-            full_t[top:top + s, left:left + s] = bump.T
-            pats.append(full[:h, :w])
-            pats_t.append(full_t[:h, :w])
-    pats, pats_t = jnp.asarray(np.stack(pats), x.dtype), jnp.asarray(np.stack(pats_t), x.dtype)
-    k_sign, k_t = jax.random.split(key)
-    sign = jax.random.choice(k_sign, jnp.array([-1.0, 1.0], x.dtype), (b, len(pats), 1, 1, c))
-    transpose = jax.random.bernoulli(k_t, 0.5, (b, len(pats), 1, 1, 1))
-    blocks = jnp.where(transpose, pats_t[None, ..., None], pats[None, ..., None])
-    delta = jnp.sum(blocks * sign, axis=1)
+    delta = _bump_grid(key, x, l1_bump(max(x.shape[1] // 5, 1)))
     return jnp.clip(x + project_l1_box(delta, x, eps * (1.0 - 1e-6)), 0.0, 1.0)
 
 
 def _l1_tables(h, w, c, p_init, dtype):
     """Per schedule level: the side s (odd, >= 3, <= min(h, w)) and the L1 bump at the
     top-left (normal, transposed)."""
-    n = h * w * c
-    sides, tab, tab_t = [], [], []
-    for k in range(len(P_SCHEDULE) + 1):
-        s = max(int(round(math.sqrt(p_init / 2 ** k * n / c))), 3)
-        s = s + 1 if s % 2 == 0 else s
-        s = min(s, min(h, w))
-        t, t_t = np.zeros((h, w)), np.zeros((h, w))
-        t[:s, :s] = l1_bump(s)
-        t_t[:s, :s] = l1_bump(s).T
-        sides.append(s)
-        tab.append(t)
-        tab_t.append(t_t)
-    return (jnp.asarray(sides, jnp.int32), jnp.asarray(np.stack(tab), dtype),
-            jnp.asarray(np.stack(tab_t), dtype))
+    return _bump_tables(h, w, c, p_init, dtype, l1_bump, min(h, w))
 
 
 # -------------------------------------------------------------------------------- attack
@@ -281,7 +259,6 @@ def square(apply_fn, params, x: Array, y: Array, key: Array,
         res = jax.jit(functools.partial(square, model.apply_fn, config=SquareConfig(eps=0.3)))(
             model.params, x, y, jax.random.key(0))
     """
-    check_attack_inputs(x, y, config.eps)
     if min(x.shape[1], x.shape[2]) < 2:
         raise ValueError(f"Square needs images of at least 2x2 pixels, got shape {x.shape}")
     cfg = config
@@ -338,22 +315,28 @@ def square(apply_fn, params, x: Array, y: Array, key: Array,
         _, _, d = jax.lax.while_loop(cond, body, (0, k1, propose(k0)))
         return jnp.clip(x + d, 0.0, 1.0)
 
-    def l2_candidate(k, i, x_best):
+    def windows(k, i, x_best, nrm):
+        """The two windows of the L2/L1 proposal (AutoAttack's square.py): ``mask1`` gets a
+        fresh signed bump, ``mask2`` is emptied; the norms ``nrm`` of the current
+        perturbation in window 1, the image, and both windows."""
         lv = _level(i, n_iters, cfg.rescale_schedule)
-        s = sides[lv]
         k_w1, k_w2, k_sign, k_t = jax.random.split(k, 4)
-        mask1, top, left = _window_mask(k_w1, b, h, w, s)
-        mask2, _, _ = _window_mask(k_w2, b, h, w, s)
+        mask1, top, left = _window_mask(k_w1, b, h, w, sides[lv])
+        mask2, _, _ = _window_mask(k_w2, b, h, w, sides[lv])
         delta = x_best - x
-        sq = lambda v, axes: jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
-        norm_win1 = sq(delta * mask1, (1, 2))                    # [b, 1, 1, c]
-        norm_img = sq(delta, (1, 2, 3))                          # [b, 1, 1, 1]
-        norm_wins = sq(delta * (mask1 | mask2), (1, 2))          # [b, 1, 1, c]
+        norms = (nrm(delta * mask1, (1, 2)),                   # [b, 1, 1, c]
+                 nrm(delta, (1, 2, 3)),                        # [b, 1, 1, 1]
+                 nrm(delta * (mask1 | mask2), (1, 2)))         # [b, 1, 1, c]
         transpose = jax.random.bernoulli(k_t, 0.5, (b,))
         pat = jnp.where(transpose[:, None, None], tab_t[lv][None], tab[lv][None])
         pat = jax.vmap(lambda p, t, l: jnp.roll(p, (t, l), axis=(0, 1)))(pat, top, left)
         signs = jax.random.choice(k_sign, jnp.array([-1.0, 1.0], x.dtype), (b, 1, 1, c))
-        new = pat[..., None] * signs + delta * mask1 / (1e-10 + norm_win1)
+        return mask1, mask2, delta, pat[..., None] * signs, norms
+
+    def l2_candidate(k, i, x_best):
+        sq = lambda v, axes: jnp.sqrt(jnp.sum(v * v, axis=axes, keepdims=True))
+        mask1, mask2, delta, bump, (norm_win1, norm_img, norm_wins) = windows(k, i, x_best, sq)
+        new = bump + delta * mask1 / (1e-10 + norm_win1)
         budget = jnp.sqrt(jnp.maximum(eps ** 2 - norm_img ** 2, 0.0) / c + norm_wins ** 2)
         new = new / jnp.maximum(sq(new, (1, 2)), 1e-12) * budget
         d = jnp.where(mask1, new, jnp.where(mask2, 0.0, delta))
@@ -361,21 +344,9 @@ def square(apply_fn, params, x: Array, y: Array, key: Array,
         return jnp.clip(x + d, 0.0, 1.0)
 
     def l1_candidate(k, i, x_best):
-        lv = _level(i, n_iters, cfg.rescale_schedule)
-        s = sides[lv]
-        k_w1, k_w2, k_sign, k_t = jax.random.split(k, 4)
-        mask1, top, left = _window_mask(k_w1, b, h, w, s)
-        mask2, _, _ = _window_mask(k_w2, b, h, w, s)
-        delta = x_best - x
         l1 = lambda v, axes: jnp.sum(jnp.abs(v), axis=axes, keepdims=True)
-        norm_win1 = l1(delta * mask1, (1, 2))                    # [b, 1, 1, c]
-        norm_img = l1(delta, (1, 2, 3))                          # [b, 1, 1, 1]
-        norm_wins = l1(delta * (mask1 | mask2), (1, 2))          # [b, 1, 1, c]
-        transpose = jax.random.bernoulli(k_t, 0.5, (b,))
-        pat = jnp.where(transpose[:, None, None], tab_t[lv][None], tab[lv][None])
-        pat = jax.vmap(lambda p, t, l: jnp.roll(p, (t, l), axis=(0, 1)))(pat, top, left)
-        signs = jax.random.choice(k_sign, jnp.array([-1.0, 1.0], x.dtype), (b, 1, 1, c))
-        new = pat[..., None] * signs + delta * mask1 / (1e-12 + norm_win1)
+        mask1, mask2, delta, bump, (norm_win1, norm_img, norm_wins) = windows(k, i, x_best, l1)
+        new = bump + delta * mask1 / (1e-12 + norm_win1)
         # the reference's budget: the room left in the ball, shared over the channels, plus
         # the mass of both windows, times c (the projection below restores the budget)
         budget = (jnp.maximum(eps - norm_img, 0.0) / c + norm_wins) * c
