@@ -25,28 +25,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.models.layers import Conv
 from robustjax.models.loading import batch_norm, conv, dense
 from robustjax.models.registry import CIFAR_MEAN, CIFAR_SHAPE, CIFAR_STD, Entry
+# the BatchNorm, convolution and activation conventions are the wide ResNets' (RobustBench's)
 from robustjax.models.wide_resnet import (
-    ACTIVATIONS, CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_CLASSES)
+    CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_CLASSES, _act, _bn, _conv,
+    convert_block)
 from robustjax.types import ModelSpec
 
 _SAME = ((1, 1), (1, 1))
-
-
-def _bn(name: str, train: bool):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-
-
-def _conv(features: int, k: int, stride: int, padding, name: str):
-    return Conv(features, (k, k), strides=stride, padding=padding, use_bias=False, name=name)
-
-
-def _act(name: str):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
 
 
 def _strides(layers: Sequence[int]):
@@ -148,14 +135,10 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], module) -> dict:
         prefix = f"layer_{s}.{b}" if dm else f"layer{s + 1}.{b}"
         bns = ("batchnorm_0", "batchnorm_1") if dm else ("bn1", "bn2")
         convs = ("conv_2d_1", "conv_2d_2") if dm else ("conv1", "conv2")
-        p, st = {}, {}
-        for bn_name in bns:
-            p[bn_name], st[bn_name] = batch_norm(sd, f"{prefix}.{bn_name}")
-        for conv_name in convs:
-            p[conv_name] = conv(sd, f"{prefix}.{conv_name}", bias=False)
-        if stride != 1 or in_ch != module.widths[s]:
-            p["shortcut"] = conv(sd, f"{prefix}.shortcut" + ("" if dm else ".0"), bias=False)
-        params[name], stats[name] = p, st
+        project = stride != 1 or in_ch != module.widths[s]
+        params[name], stats[name] = convert_block(
+            sd, prefix, bns, convs,
+            ("shortcut", "shortcut" + ("" if dm else ".0")) if project else None)
         in_ch = module.widths[s]
     if dm:
         params["batchnorm"], stats["batchnorm"] = batch_norm(sd, "batchnorm")

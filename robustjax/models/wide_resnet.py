@@ -151,6 +151,23 @@ class DMWideResNet(nn.Module):
 IGNORED_KEYS = ("sub_block1.",)
 
 
+def convert_block(sd: Mapping[str, np.ndarray], prefix: str, bns, convs, shortcut=None):
+    """One pre-activation block of a RobustBench state dict -> ``(params, batch_stats)``.
+
+    ``bns``/``convs``: the block's BatchNorm and (bias-free) convolution names, the same in
+    flax and under ``prefix`` in the state dict; ``shortcut``: ``(flax name, key under
+    prefix)`` of the projection, or None.
+    """
+    p, st = {}, {}
+    for bn_name in bns:
+        p[bn_name], st[bn_name] = batch_norm(sd, f"{prefix}.{bn_name}")
+    for conv_name in convs:
+        p[conv_name] = conv(sd, f"{prefix}.{conv_name}", bias=False)
+    if shortcut is not None:
+        p[shortcut[0]] = conv(sd, f"{prefix}.{shortcut[1]}", bias=False)
+    return p, st
+
+
 def convert_state_dict(sd: Mapping[str, np.ndarray], module) -> dict:
     """RobustBench WideResNet / DMWideResNet state dict -> flax variables for ``module``."""
     dm = isinstance(module, DMWideResNet)
@@ -165,15 +182,9 @@ def convert_state_dict(sd: Mapping[str, np.ndarray], module) -> dict:
             prefix = f"layer.{g}.block.{b}" if dm else f"block{g + 1}.layer.{b}"
             bns = ("batchnorm_0", "batchnorm_1") if dm else ("bn1", "bn2")
             convs = ("conv_0", "conv_1") if dm else ("conv1", "conv2")
-            p, st = {}, {}
-            for bn_name in bns:
-                p[bn_name], st[bn_name] = batch_norm(sd, f"{prefix}.{bn_name}")
-            for conv_name in convs:
-                p[conv_name] = conv(sd, f"{prefix}.{conv_name}", bias=False)
-            if in_ch != ch[g + 1]:
-                short = "shortcut" if dm else "convShortcut"
-                p[short] = conv(sd, f"{prefix}.{short}", bias=False)
-            params[name], stats[name] = p, st
+            short = "shortcut" if dm else "convShortcut"
+            params[name], stats[name] = convert_block(
+                sd, prefix, bns, convs, (short, short) if in_ch != ch[g + 1] else None)
             in_ch = ch[g + 1]
     head_bn, head = ("batchnorm", "logits") if dm else ("bn1", "fc")
     params[head_bn], stats[head_bn] = batch_norm(sd, head_bn)
