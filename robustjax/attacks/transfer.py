@@ -76,32 +76,21 @@ class DIFGSMConfig:
 
 
 @config_class("eps", "step_size")
-class TIFGSMConfig:
+class TIFGSMConfig(DIFGSMConfig):
     """TI-FGSM (Dong et al. 2019) with DI and momentum available (TI-DIM).
 
     Defaults are torchattacks' ``TIFGSM`` (eps 8/255, step 2/255, 10 steps, decay 0, Gaussian
     kernel of side ``kernel_size`` 15 spanning ``nsig`` 3 standard deviations, DI with
     ``resize_rate`` 0.9 and ``diversity_prob`` 0.5). Dong et al. use a 15x15 kernel for
     299x299 ImageNet images; small images want a smaller one (e.g. 5 for 28x28). Set
-    ``diversity_prob=0`` for TI alone.
+    ``diversity_prob=0`` for TI alone. The other fields are :class:`DIFGSMConfig`'s.
     """
 
-    eps: float = 8 / 255
-    step_size: float = 2 / 255
-    steps: int = 10
-    decay: float = 0.0
     kernel_size: int = 15
     nsig: float = 3.0
-    resize_rate: float = 0.9
-    diversity_prob: float = 0.5
-    random_start: bool = False
-    norm: str = "linf"
-    loss: str = "ce"
-    targeted: bool = False
-    loop: str = "auto"
 
     def __post_init__(self):
-        _check_boosted(self)
+        super().__post_init__()
         if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or \
                 self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int (the kernel is centred), "
