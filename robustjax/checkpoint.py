@@ -8,15 +8,14 @@ Files are never overwritten unless ``overwrite=True``.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import tempfile
 import zipfile
 from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
 
+from robustjax import runfiles
 from robustjax.types import ModelSpec
 from robustjax.weights import CheckpointError  # noqa: F401 - one error type for all formats
 
@@ -71,15 +70,7 @@ def save(path, variables: Any, spec: Optional[ModelSpec] = None,
     payload[_SPEC_KEY] = np.frombuffer(
         json.dumps(spec.to_dict() if spec else None).encode(), np.uint8)
     payload[_META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **payload)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return runfiles.atomic_write(path, lambda fh: np.savez(fh, **payload), "parameters")
 
 
 def is_robustjax_file(arrays) -> bool:

@@ -185,17 +185,23 @@ def _add_autoattack(sub):
 
 def _run_autoattack(args) -> int:
     import json
+    import os
 
     import jax
 
-    from robustjax import data
+    from robustjax import data, runfiles
     from robustjax.attacks.autoattack import AutoAttackConfig
-    from robustjax.report.autoattack import run_autoattack
+    from robustjax.report.autoattack import run_autoattack, write_entry
 
     attacks = tuple(args.attacks.split(",")) if args.attacks else None
     config = AutoAttackConfig(eps=args.eps, norm=args.norm, version=args.version,
                               attacks=attacks, batch_size=args.batch_size,
                               schedule=args.schedule)
+    # before the model is loaded (or trained): both outputs can be written
+    runfiles.preflight(os.path.dirname(os.path.abspath(args.out)), 0, f"--out {args.out}")
+    if args.state:
+        runfiles.preflight(os.path.dirname(os.path.abspath(args.state)), 0,
+                           f"--state {args.state}")
     if args.model:
         from robustjax import models
 
@@ -211,8 +217,7 @@ def _run_autoattack(args) -> int:
     entry = run_autoattack(model, x, y, config, key=jax.random.key(args.seed),
                            state_path=args.state, name=args.model or "embedded default",
                            dataset=args.dataset, log=lambda m: print(m, file=sys.stderr))
-    with open(args.out, "w") as fh:
-        json.dump(entry, fh, indent=2)
+    write_entry(args.out, entry)
     print(json.dumps({k: entry[k] for k in ("clean_acc", "autoattack_acc", "eps", "norm",
                                             "version", "n_ex")}))
     return 0
@@ -239,11 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from robustjax.runfiles import OutputError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (KeyError, ValueError, TypeError, FileExistsError, FileNotFoundError,
-            ModuleNotFoundError, RuntimeError) as e:
+            ModuleNotFoundError, RuntimeError, OutputError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"robustjax {args.command}: error: {msg}", file=sys.stderr)
         return 2

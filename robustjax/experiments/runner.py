@@ -13,8 +13,14 @@ Resuming: a run whose ``runs/<id>.json`` holds the same training hash (model, da
 seed) and evaluation hash is skipped; same training hash but a changed profile re-evaluates
 the saved parameters; a changed recipe retrains that run (and says so). Every file is written
 to a temporary name and renamed into place, so an interrupted ablation leaves only finished
-runs behind; the runs a group trains are saved together when the group ends. An output folder
+runs behind; the runs a group trains are saved together when the group ends, each run's
+parameters before its record (a run counts as finished only with both). An output folder
 that holds other files, or another experiment's results, is refused unless ``force=True``.
+
+Faults: before the data is loaded the folder is checked for writability, and before training
+for room for every run's parameters (``estimate_bytes``), so a read-only folder or a full disk
+fails at once (``robustjax.runfiles.OutputError``); a kill at any point, even mid-write, leaves
+only whole files, and the rerun resumes with the finished runs (and says so).
 """
 
 from __future__ import annotations
@@ -25,14 +31,13 @@ import json
 import os
 import pathlib
 import platform
-import tempfile
 import time
 from typing import Callable, Optional, Union
 
 import jax
 import numpy as np
 
-from robustjax import checkpoint, data, models
+from robustjax import checkpoint, data, models, runfiles
 from robustjax.experiments import evaluate as evaluation
 from robustjax.experiments import tabulate
 from robustjax.experiments.expand import eval_hash, expand, train_hash, variants
@@ -45,16 +50,15 @@ FORMAT = "robustjax-ablation-v1"
 
 
 def write_atomic(path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write ``text`` to ``path`` atomically (``robustjax.runfiles.atomic_write_text``)."""
+    runfiles.atomic_write_text(path, text, "the ablation")
+
+
+def estimate_bytes(runs: int, params_bytes: int, epochs: int) -> int:
+    """An upper estimate of what an ablation writes: per run its parameters (``.npz``, plus a
+    temporary copy while it is replaced) and its record (metrics, per-epoch losses), plus the
+    table, its JSON and its plot."""
+    return runs * (2 * params_bytes + 64 * 1024 + 64 * epochs) + 4 * runfiles.MiB
 
 
 def _check_out(out: pathlib.Path, name: str, force: bool) -> None:
@@ -77,9 +81,9 @@ def _check_out(out: pathlib.Path, name: str, force: bool) -> None:
 
 
 def _prepare_out(out: pathlib.Path, name: str) -> None:
-    marker = out / MARKER
+    # the marker first: a folder an interrupted run left behind is always recognised as ours
+    write_atomic(out / MARKER, json.dumps({"format": FORMAT, "experiment": name}))
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    write_atomic(marker, json.dumps({"format": FORMAT, "experiment": name}))
 
 
 def _num_classes(dataset, y):
@@ -143,8 +147,10 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
     log = log or (lambda msg: None)
     wrap = progress or (lambda it, **kw: it)
     out = pathlib.Path(out)
+    runfiles.remove_stale_temporaries(out)  # a run killed while writing its marker left one
     _check_out(out, exp.name, force)
     runs = expand(exp)
+    runfiles.preflight(out, 0, f"the ablation {exp.name!r}")  # before any data or compute
     names = [v.name for v in variants(exp)]
     x, y, xt, yt = _load_data(exp)
     for v in variants(exp):
@@ -159,6 +165,12 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
     for o in configs:
         m = models_of[o]
         evaluation.check_applicable(m.apply_fn, m.params, xt, yt, exp.profile)
+    params_bytes = max(sum(np.asarray(a).nbytes for a in jax.tree_util.tree_leaves(m.params))
+                       for m in models_of.values())
+    epochs = max(v.recipe.epochs for v in variants(exp))
+    runfiles.preflight(out, estimate_bytes(len(runs), params_bytes, epochs),
+                       f"the ablation {exp.name!r} ({len(runs)} runs)")
+    runfiles.remove_stale_temporaries(out / "runs")  # left by a process killed mid-write
     _prepare_out(out, exp.name)
 
     ehash = eval_hash(exp)
@@ -177,6 +189,9 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
         todo.append(run)
     log(f"{exp.name}: {len(runs)} runs, {len(records)} finished, {len(reeval)} to re-evaluate, "
         f"{len(todo)} to train")
+    if records or reeval:
+        log(f"resuming {out}: {len(records) + len(reeval)} of {len(runs)} run(s) already "
+            f"trained there are kept")
     evaluators = {}
 
     def finish(run, params, history, seconds, group_size):
@@ -251,9 +266,7 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
              f"{exp.profile.eps} (PGD-{exp.profile.pgd_steps})."]
     write_atomic(out / "ablation.json", json.dumps(result, indent=1))
     write_atomic(out / "ablation.md", tabulate.markdown(exp.name, summary, columns, notes))
-    tmp = out / ".ablation.tmp.png"
-    tabulate.plot(tmp, exp.name, summary, columns)
-    os.replace(tmp, out / "ablation.png")
+    tabulate.plot(out / "ablation.png", exp.name, summary, columns)  # atomic (runfiles)
     log(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'}")
     return result
 

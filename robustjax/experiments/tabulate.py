@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from robustjax import runfiles
 from robustjax.experiments.evaluate import LOWER_IS_BETTER
 
 LABELS = {"clean": "clean acc", "pgd": "PGD acc", "apgd": "APGD-CE acc", "autoattack": "AutoAttack acc",
@@ -130,5 +131,5 @@ def plot(path, title: str, summary: Mapping, columns: Sequence[str]) -> None:
     fig.suptitle(f"{title}: difference from the full recipe (mean ± std over seeds)",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    runfiles.save_figure(fig, path, dpi=110)
     plt.close(fig)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import runfiles
 from robustjax.attacks import gradient as G
 from robustjax.attacks import search as S
 from robustjax.report.base import (
@@ -147,7 +148,7 @@ def _plot(ctx, eps, clean, rows):
     ax.legend(fontsize=8)
     fig.tight_layout()
     name = "attacks_accuracy_vs_eps.png"
-    fig.savefig(ctx.out_dir / name, dpi=100)
+    runfiles.save_figure(fig, ctx.out_dir / name, dpi=100)
     plt.close(fig)
     return (name,)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax import checkpoint, data
+from robustjax import checkpoint, data, runfiles
 from robustjax.cache import cache_dir
 from robustjax.certify import api, clever, smoothing
 from robustjax.certify.interpreter import UnsupportedPrimitiveError
@@ -109,7 +109,7 @@ def _plot(path, xs, curves, xlabel, ylabel):
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    runfiles.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import runfiles
 from robustjax.corruptions import (
     BENCHMARK_CORRUPTIONS,
     CORRUPTIONS,
@@ -117,7 +118,7 @@ def heatmap(errors: dict, severities, path, title: str):
     fig.colorbar(im, ax=ax, label="top-1 error")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    runfiles.save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -161,7 +162,7 @@ def prediction_panel(model: Model, x, class_names, key, path, *, corruption=("fo
                 ax.set_title(title)
         table[title] = rows
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    runfiles.save_figure(fig, path, dpi=90)
     plt.close(fig)
     return table
 

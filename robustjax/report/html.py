@@ -32,6 +32,8 @@ import re
 import sys
 from typing import Any, Mapping, Optional
 
+from robustjax.runfiles import atomic_write_text
+
 FIGURE_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg",
                 ".jpeg": "image/jpeg", ".gif": "image/gif", ".webp": "image/webp"}
 # section fields the runner adds around a section's own data
@@ -290,7 +292,7 @@ def write_html(report: Mapping[str, Any], out_dir: pathlib.Path) -> pathlib.Path
     if not out_dir.is_dir():
         raise FileNotFoundError(f"report folder {out_dir} does not exist; write the report first")
     path = out_dir / "report.html"
-    path.write_text(render_html(report, out_dir), encoding="utf-8")
+    atomic_write_text(path, render_html(report, out_dir), "report.html")
     return path
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import metrics as M
+from robustjax import runfiles
 from robustjax.report.base import (
     ReportContext,
     Section,
@@ -272,7 +273,7 @@ def _plot_curve(ctx, grid, curve) -> str:
     ax.legend()
     fig.tight_layout()
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(ctx.out_dir / FIGURE, dpi=100)
+    runfiles.save_figure(fig, ctx.out_dir / FIGURE, dpi=100)
     plt.close(fig)
     return FIGURE
 

@@ -5,6 +5,11 @@
 model is any ``Model`` (a registry name with a checkpoint, a user's ``module:function`` factory,
 the embedded default), the data any ``robustjax.data`` dataset (resized on request). Results are
 stored as they finish (``out_dir/store``), so an interrupted report resumes.
+
+Faults: every file is written atomically (``robustjax.runfiles``); before the model is loaded or
+any section runs, the output folder is checked for writability and for room for the report's
+estimated size (``estimate_bytes``), so a read-only folder or a full disk fails at once with a
+clear ``OutputError``. A rerun after a kill (even mid-write) resumes and says what it reused.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import jax
 import numpy as np
 
 from robustjax import data as datasets
+from robustjax import runfiles
 from robustjax.report.base import ReportContext, Section
 from robustjax.report.store import ResultStore, atomic_write_text
 
@@ -37,6 +43,17 @@ SECTIONS = {
 }
 REPORT_FORMAT = "robustjax-report-v1"
 STORE_DIR = "store"  # stored sections and batches (resumable report)
+# Room a section's files take at most (its figures, their base64 copy in report.html, its stored
+# batches), and per example (per-example data in report.json and the store). Measured: a quick
+# report's attacks section writes a 20 KiB figure and 3 KiB of stored results.
+SECTION_BYTES = 2 * runfiles.MiB
+EXAMPLE_BYTES = 1024
+
+
+def estimate_bytes(sections: int, examples: int, num_classes: int = 1000) -> int:
+    """An upper estimate of what a report writes: ``sections`` sections over ``examples``
+    examples, with the clean section's stored float32 logits [examples, num_classes]."""
+    return sections * SECTION_BYTES + examples * (EXAMPLE_BYTES + 4 * num_classes)
 
 
 def progress_bar(iterable, desc: str = "", total: Optional[int] = None, **kwargs):
@@ -99,6 +116,7 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     from robustjax.report import inputs
 
     out_dir = pathlib.Path(out_dir)
+    runfiles.remove_stale_temporaries(out_dir)  # a run killed mid-write left one behind
     _check_out_dir(out_dir, force)
     names = list(SECTIONS) if sections is None else list(sections)
     unknown = [n for n in names if n not in SECTIONS]
@@ -108,6 +126,8 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
         eps = tuple(float(e) for e in eps)
         if not eps or any(not 0 < e <= 1 for e in eps):
             raise ValueError(f"eps values must be in (0, 1] (pixel units), got {list(eps)}")
+    # Before anything is loaded, trained or computed: can out_dir hold the report at all?
+    runfiles.preflight(out_dir, estimate_bytes(len(names), 1), "the report")
     model, identity, extras = inputs.resolve_model(model, checkpoint, retrain=retrain,
                                                    progress=progress_bar, log=log)
     if "corruptions" in names and "imagenet_model" not in extras:
@@ -125,12 +145,21 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
                                       dataset=f"dataset {dataset!r} ({split})")
     if data_note:
         log(data_note)
+    runfiles.preflight(out_dir, estimate_bytes(len(names), n, int(model.spec.num_classes or 1000)),
+                       f"the report ({len(names)} sections, {n} examples)")
+    previous = _previous_status(out_dir)
+    runfiles.remove_stale_temporaries(out_dir / STORE_DIR)  # left by a process killed mid-write
     out_dir.mkdir(parents=True, exist_ok=True)
     identity_all = {"format": REPORT_FORMAT, "robustjax": _version(), "model": identity,
                     "dataset": dataset, "split": split, "examples": n, "quick": quick,
                     "seed": seed, "eps": list(eps) if eps is not None else None,
                     "resize": resize}
     store = ResultStore(out_dir / STORE_DIR, fresh=fresh)
+    stored = len(list(store.root.glob("*.*"))) if store.root.is_dir() and not fresh else 0
+    if stored:
+        how = "the interrupted report" if previous == "running" else "the earlier report"
+        log(f"resuming {how} in {out_dir}: {stored} stored result(s) found; those whose "
+            f"config matches are reused (--fresh recomputes everything)")
     ctx = ReportContext(model=model, x=x, y=y, key=jax.random.PRNGKey(seed), out_dir=out_dir,
                         quick=quick, progress=progress_bar, extras=extras, dataset=dataset,
                         eps=eps, identity=identity_all, store=store)
@@ -166,6 +195,9 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
         _write_json(out_dir / "report.json", report)
     report["status"] = "complete"
     report["resumed_sections"] = resumed
+    if resumed or store.loaded:
+        log(f"resumed: {len(resumed)} section(s) loaded ({', '.join(resumed) or 'none'}), "
+            f"{len(store.loaded)} stored batch result(s) reused, {len(store.computed)} computed")
     _write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report, done))
     from robustjax.report.html import write_html
@@ -174,6 +206,14 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     log(f"report written to {out_dir / 'report.md'}, {out_dir / 'report.html'} and "
         f"{out_dir / 'report.json'}")
     return report
+
+
+def _previous_status(out_dir: pathlib.Path) -> Optional[str]:
+    """``status`` of the report.json an earlier run left in ``out_dir`` (None if none)."""
+    try:
+        return json.loads((out_dir / "report.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _version() -> str:

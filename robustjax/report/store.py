@@ -3,8 +3,9 @@ under a hash of its config, so an interrupted report reloads what it had finishe
 
 A config is a JSON-able dict (model identity, dataset, examples, seed, section settings, batch
 name). ``config_hash`` is the SHA-256 of its canonical JSON. Files are written atomically
-(a temporary file in the same folder, then ``os.replace``), so a reader never sees a half-written
-result: a run killed mid-write leaves the old file or none, never a truncated one.
+(``robustjax.runfiles``: a temporary file in the same folder, then ``os.replace``), so a reader
+never sees a half-written result: a run killed mid-write leaves the old file or none, never a
+truncated one.
 
 Values are JSON (``ResultStore.cached``) or one numpy array (``ResultStore.cached_array``). A
 JSON value is returned as it reads back from disk even when it was just computed, so a resumed
@@ -21,14 +22,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+
+from robustjax.runfiles import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 HASH_CHARS = 16
 
@@ -76,34 +77,6 @@ def params_hash(params: Any) -> str:
     return h.hexdigest()[:HASH_CHARS]
 
 
-def atomic_write_bytes(path, payload: bytes) -> pathlib.Path:
-    """Write ``payload`` to ``path`` via a temporary file and ``os.replace``."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have made
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path, text: str) -> pathlib.Path:
-    return atomic_write_bytes(path, text.encode())
-
-
 def _slug(kind: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", kind).strip("_") or "result"
 
@@ -146,7 +119,7 @@ class ResultStore:
     def save(self, kind: str, config: Any, value: Any) -> pathlib.Path:
         path = self.path(kind, config)
         record = {"kind": kind, "config": config, "value": value}
-        atomic_write_text(path, json.dumps(record, default=to_jsonable))
+        atomic_write_text(path, json.dumps(record, default=to_jsonable), f"stored {kind}")
         self._written.add(path)
         return path
 
@@ -174,7 +147,7 @@ class ResultStore:
         value = np.asarray(compute())
         buf = io.BytesIO()
         np.save(buf, value, allow_pickle=False)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue(), f"stored {kind}")
         self._written.add(path)
         self.computed.append(kind)
         return value
