@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import validation
+
 Array = jax.Array
 Params = Any  # a pytree of arrays (flax variables: {"params": ..., "batch_stats": ...})
 ApplyFn = Callable[[Params, Array], Array]
@@ -197,61 +199,20 @@ def normalize(x: Array, mean, std) -> Array:
     return (x - mean) / std
 
 
-def _is_concrete(a) -> bool:
-    return not isinstance(a, jax.core.Tracer)
-
-
 def check_images(x, expected_shape: Optional[tuple[int, ...]] = None, name: str = "x") -> None:
-    """Raise a ValueError/TypeError that says what is wrong with an image batch.
+    """Raise a ``robustjax.validation.InputError`` that says what is wrong with an image batch.
 
-    Expects float NHWC in [0, 1]. ``expected_shape`` is ``(H, W, C)`` if the model fixes it.
-    Value checks are skipped under ``jit`` (tracers have no values).
+    Expects float NHWC in [0, 1], a non-empty batch. ``expected_shape`` is ``(H, W, C)`` if
+    the model fixes it. Value checks are skipped under ``jit`` (tracers have no values). The
+    checks live in ``robustjax.validation``, shared by every entry point.
     """
-    shape = tuple(np.shape(x))
-    dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
-    if len(shape) != 4:
-        raise ValueError(
-            f"{name} must be a batch of images with shape [batch, height, width, channels] "
-            f"(NHWC), got shape {shape}. For one image use x[None]."
-        )
-    if not np.issubdtype(dtype, np.floating):
-        raise TypeError(
-            f"{name} must be floating point in [0, 1], got dtype {dtype}. Integer images in "
-            f"0..255 should be converted with x.astype(np.float32) / 255."
-        )
-    if expected_shape is not None and tuple(shape[1:]) != tuple(expected_shape):
-        raise ValueError(
-            f"{name} has per-image shape {tuple(shape[1:])} but the model expects "
-            f"{tuple(expected_shape)} (H, W, C). Resize or crop the images first."
-        )
-    if _is_concrete(x) and shape[0] > 0:
-        lo, hi = float(jnp.min(x)), float(jnp.max(x))
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError(f"{name} contains NaN or inf values.")
-        if lo < 0.0 or hi > 1.0:
-            raise ValueError(
-                f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, {hi:.4g}]. "
-                f"robustjax models normalise internally: pass raw pixels scaled to [0, 1]."
-            )
+    validation.check_images(x, expected_shape, name)
 
 
 def check_labels(y, num_classes: Optional[int] = None, batch: Optional[int] = None,
                  name: str = "y") -> None:
-    """Raise if labels are not int [b] in ``[0, num_classes)``."""
-    shape = tuple(np.shape(y))
-    dtype = np.dtype(y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype)
-    if len(shape) != 1:
-        raise ValueError(f"{name} must be a vector of integer labels [batch], got shape {shape}.")
-    if not np.issubdtype(dtype, np.integer):
-        raise TypeError(f"{name} must be integer class indices, got dtype {dtype}.")
-    if batch is not None and shape[0] != batch:
-        raise ValueError(f"{name} has {shape[0]} labels but there are {batch} images.")
-    if num_classes is not None and _is_concrete(y) and shape[0] > 0:
-        lo, hi = int(jnp.min(y)), int(jnp.max(y))
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"{name} must be in [0, {num_classes}), got labels in [{lo}, {hi}]."
-            )
+    """Raise if labels are not int [b] in ``[0, num_classes)`` (``robustjax.validation``)."""
+    validation.check_labels(y, num_classes, batch, name)
 
 
 def check_batch(x, y=None, num_classes: Optional[int] = None,

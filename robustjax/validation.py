@@ -10,17 +10,26 @@ instead of NHWC, wrong channels or size) into an error that says so.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
-
 class InputError(ValueError):
     """An entry point was given inputs it cannot use; the message says what to do."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An input has the wrong dtype (e.g. integer pixels): an ``InputError`` and a
+    ``TypeError``, so ``except TypeError`` written for the old checks still catches it."""
+
+
+class ModelOutputError(InputError):
+    """The model returned NaN or inf logits for some inputs; the message names their indices."""
 
 
 class ModelProbe(NamedTuple):
@@ -96,6 +105,18 @@ def probe_model(apply_fn: Callable, params, x) -> ModelProbe:
         return _probe(apply_fn, jax.tree.unflatten(tree, specs), x_spec)
 
 
+def check_applies(fn: Callable, x) -> None:
+    """``fn(x)`` (a model-like function of the batch alone, e.g. an ``activations_fn``) can be
+    traced on ``x``'s shape and dtype; else the error says what robustjax expects (NHWC)."""
+    x_spec = _spec(x)
+    try:
+        jax.eval_shape(fn, x_spec)
+    except InputError:
+        raise
+    except Exception as err:  # any framework's shape error: say what robustjax expects
+        raise _model_error(x_spec.shape, x_spec.dtype, err) from err
+
+
 def check_eps(eps, batch: int) -> None:
     """A concrete eps is finite, >= 0, and a scalar or one value per example."""
     if eps is None or isinstance(eps, jax.core.Tracer):
@@ -118,7 +139,18 @@ def batch_stats(x, y=None):
 def _batch_stats(x, y):
     y_lo = jnp.min(y) if y is not None else jnp.int32(0)
     y_hi = jnp.max(y) if y is not None else jnp.int32(0)
-    return jnp.min(x), jnp.max(x), y_lo, y_hi
+    lo, hi = min_max(x)
+    return lo, hi, y_lo, y_hi
+
+
+def min_max(x):
+    """``(min(x), max(x))`` in one pass over ``x`` (a variadic reduction: two separate ones
+    read the batch twice, which an eager call pays on top of its computation)."""
+    x = x.astype(jnp.float32) if x.dtype != jnp.float32 else x
+    inf = jnp.float32(jnp.inf)
+    return jax.lax.reduce((x, x), (inf, -inf),
+                          lambda a, b: (jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1])),
+                          tuple(range(x.ndim)))
 
 
 @jax.jit
@@ -126,25 +158,33 @@ def _non_finite_images(x):
     return ~jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
 
 
+def _shape_dtype(a):
+    # arrays answer from their attributes (jnp.result_type's dtype lattice costs ~20-80 us a
+    # call, which an eager entry point pays on every call)
+    if isinstance(a, (jax.Array, np.ndarray)):
+        return a.shape, np.dtype(a.dtype)
+    return tuple(np.shape(a)), np.dtype(jnp.result_type(a))
+
+
 def check_shapes(x, y=None, name: str = "x") -> None:
     """NHWC float images, a non-empty batch, and int labels [b] (shapes and dtypes only)."""
-    shape = tuple(np.shape(x))
-    dtype = np.dtype(jnp.result_type(x))
+    shape, dtype = _shape_dtype(x)
     if len(shape) != 4:
         raise InputError(f"{name} must be a batch of images with shape [batch, height, width, "
                          f"channels] (NHWC), got shape {shape}. For one image use x[None].")
     if shape[0] == 0:
         raise InputError(f"{name} is an empty batch (shape {shape}); pass at least one image.")
     if not np.issubdtype(dtype, np.floating):
-        raise TypeError(f"{name} must be floating point in [0, 1], got dtype {dtype}. Integer "
-                        f"images in 0..255 should be converted with x.astype(np.float32) / 255.")
+        raise InputTypeError(f"{name} must be floating point in [0, 1], got dtype {dtype}. "
+                             f"Integer images in 0..255 should be converted with "
+                             f"x.astype(np.float32) / 255.")
     if y is not None:
-        y_shape, y_dtype = tuple(np.shape(y)), np.dtype(jnp.result_type(y))
+        y_shape, y_dtype = _shape_dtype(y)
         if len(y_shape) != 1:
             raise InputError(f"y must be a vector of integer labels [batch], got shape "
                              f"{y_shape}.")
         if not np.issubdtype(y_dtype, np.integer):
-            raise TypeError(f"y must be integer class indices, got dtype {y_dtype}.")
+            raise InputTypeError(f"y must be integer class indices, got dtype {y_dtype}.")
         if y_shape[0] != shape[0]:
             raise InputError(f"y has {y_shape[0]} labels but there are {shape[0]} images in "
                              f"{name}: pass one label per image.")
@@ -156,7 +196,7 @@ def check_batch_of_arrays(x, name: str = "x") -> None:
     if len(shape) < 1 or shape[0] == 0:
         raise InputError(f"{name} must be a non-empty batch [batch, ...], got shape {shape}.")
     if not np.issubdtype(np.dtype(jnp.result_type(x)), np.floating):
-        raise TypeError(f"{name} must be floating point, got dtype {jnp.result_type(x)}.")
+        raise InputTypeError(f"{name} must be floating point, got dtype {jnp.result_type(x)}.")
 
 
 def start_value_checks(x, y=None, num_classes=None, name: str = "x", *,
@@ -181,14 +221,16 @@ def value_checks_from(stats, x, num_classes=None, name: str = "x", *,
     if any(isinstance(v, jax.core.Tracer) for v in stats):
         return _nothing  # concrete x inside someone's trace (a loop body): shapes were checked
 
-    def finish() -> None:
-        lo, hi, y_lo, y_hi = jax.device_get(stats)
+    def finish(outputs=None) -> None:
+        # ``outputs``: the entry point's per-example results (e.g. ``(x_adv, loss)``); their
+        # finiteness is read in the same transfer as the input statistics (one round trip)
+        flag = _outputs_flag(outputs)
+        values = (*stats, flag)
+        if any(isinstance(v, jax.Array) for v in values):  # one transfer for all of them
+            values = jax.device_get(values)
+        lo, hi, y_lo, y_hi, ok = values
         if not (np.isfinite(lo) and np.isfinite(hi)):  # only now look for the images
-            bad = np.flatnonzero(np.asarray(_non_finite_images(x)))
-            shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
-            raise InputError(f"{name} holds NaN or inf values in {bad.size} image(s), at "
-                             f"indices [{shown}]; attacks and metrics need finite pixels in "
-                             f"[0, 1].")
+            raise _non_finite_error(x, name)
         if pixel_range and (lo < 0.0 or hi > 1.0):
             raise InputError(
                 f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
@@ -198,12 +240,54 @@ def value_checks_from(stats, x, num_classes=None, name: str = "x", *,
             raise InputError(
                 f"labels must be class indices in [0, {num_classes}) (the model's logits have "
                 f"{num_classes} classes), got labels in [{y_lo}, {y_hi}].")
+        if flag is not None and not ok:
+            _raise_non_finite_outputs(outputs, "the attack's result",
+                                      "the model returned NaN or inf for those inputs (or "
+                                      "for perturbed versions of them)")
 
     return finish
 
 
-def _nothing() -> None:
+def _outputs_flag(outputs):
+    if outputs is None:
+        return None
+    arrays = tuple(outputs)
+    if not arrays or not all(_concrete(a) for a in arrays):
+        return None
+    return _all_finite(arrays)
+
+
+def _raise_non_finite_outputs(arrays, name: str, what: str) -> None:
+    rows = np.zeros(np.shape(arrays[0])[0], bool)
+    for a in arrays:
+        rows |= np.asarray(_non_finite_images(a)) if np.ndim(a) > 1 else \
+            ~np.isfinite(np.asarray(a))
+    # an array non-finite exactly in the flagged rows, for the shared message
+    raise _non_finite_output_error(np.where(rows, np.nan, 0.0)[:, None], name, what)
+
+
+def _nothing(outputs=None) -> None:
+    del outputs  # values were not checked here (traced inputs): nothing to read
     return None
+
+
+def _indices(bad: np.ndarray) -> str:
+    return ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+
+
+def _non_finite_error(x, name: str) -> InputError:
+    bad = np.flatnonzero(np.asarray(_non_finite_images(x)))
+    return InputError(f"{name} holds NaN or inf values in {bad.size} image(s), at indices "
+                      f"[{_indices(bad)}]; attacks and metrics need finite pixels in [0, 1]. "
+                      f"Drop or repair those images first.")
+
+
+def _non_finite_output_error(values, name: str, what: str) -> ModelOutputError:
+    bad = np.flatnonzero(np.asarray(_non_finite_images(values)))
+    return ModelOutputError(
+        f"{name} holds NaN or inf for {bad.size} input(s), at indices [{_indices(bad)}]: "
+        f"{what}. Look at those inputs and at the model's numerics (a log of 0, an "
+        f"overflowing exp, a division by a norm that can be 0), or leave them out.")
 
 
 def check_attack_call(apply_fn, fn, params, x, y, config, *, gradient: bool):
@@ -217,3 +301,288 @@ def check_attack_call(apply_fn, fn, params, x, y, config, *, gradient: bool):
     probe = probe_model(fn, params, x)
     check_eps(getattr(config, "eps", None), np.shape(x)[0])
     return probe, start_value_checks(x, y, probe.num_classes)
+
+
+# ------------------------------------------------------------- the rest of the layer
+#
+# The checks below serve the entry points that are not attacks, corruptions or certifiers:
+# metrics (logits, image pairs, scores), defenses, training and the report. They follow the
+# same rule: shapes and dtypes always (they are static under jit), values only on concrete
+# inputs, in one fused reduction whose result is read after the entry point dispatched its own
+# computation (``completing``).
+
+
+def check_images(x, expected_shape: Optional[tuple] = None, name: str = "x") -> None:
+    """A batch of NHWC float images in [0, 1] (values checked when concrete, at once).
+
+    ``expected_shape`` is the ``(H, W, C)`` the model was built for, if it fixes one.
+    """
+    check_shapes(x, name=name)
+    _check_expected_shape(x, expected_shape, name)
+    start_checks(images=((name, x),))()
+
+
+def check_labels(y, num_classes: Optional[int] = None, batch: Optional[int] = None,
+                 name: str = "y") -> None:
+    """Integer labels ``[batch]``, in ``[0, num_classes)`` when that is given and ``y`` is
+    concrete (checked at once)."""
+    shape, dtype = tuple(np.shape(y)), np.dtype(jnp.result_type(y))
+    if len(shape) != 1:
+        raise InputError(f"{name} must be a vector of integer labels [batch], got shape "
+                         f"{shape}.")
+    if not np.issubdtype(dtype, np.integer):
+        raise InputTypeError(f"{name} must be integer class indices, got dtype {dtype}. "
+                             f"Convert with {name}.astype(np.int32).")
+    if batch is not None and shape[0] != batch:
+        raise InputError(f"{name} has {shape[0]} labels but there are {batch} images: pass "
+                         f"one label per image.")
+    if shape[0] == 0:
+        raise InputError(f"{name} is empty (shape {shape}); pass at least one label.")
+    if num_classes is not None:
+        start_checks(labels=(name, y), num_classes=num_classes)()
+
+
+def check_logits(logits, y=None, name: str = "logits", y_name: str = "y") -> None:
+    """Logits ``[batch, classes]`` (float, a non-empty batch) and, if given, integer labels
+    ``[batch]`` (shapes and dtypes only; ``start_checks`` reads the values)."""
+    shape, dtype = tuple(np.shape(logits)), np.dtype(jnp.result_type(logits))
+    if len(shape) != 2:
+        raise InputError(f"{name} must be a model's logits [batch, classes], got shape {shape}. "
+                         f"Pass apply_fn(params, x) (one row of class scores per image).")
+    if shape[0] == 0:
+        raise InputError(f"{name} is an empty batch (shape {shape}); pass at least one row.")
+    if shape[1] == 0:
+        raise InputError(f"{name} has no classes (shape {shape}).")
+    if not np.issubdtype(dtype, np.floating):
+        raise InputTypeError(f"{name} must be floating point class scores, got dtype {dtype}.")
+    if y is not None:
+        y_shape, y_dtype = tuple(np.shape(y)), np.dtype(jnp.result_type(y))
+        if len(y_shape) != 1:
+            raise InputError(f"{y_name} must be a vector of integer labels [batch], got shape "
+                             f"{y_shape}.")
+        if not np.issubdtype(y_dtype, np.integer):
+            raise InputTypeError(f"{y_name} must be integer class indices, got dtype "
+                                 f"{y_dtype}. Convert with {y_name}.astype(np.int32).")
+        if y_shape[0] != shape[0]:
+            raise InputError(f"{y_name} has {y_shape[0]} labels but {name} has {shape[0]} rows "
+                             f"(images): pass one label per image.")
+
+
+def check_same_shape(a, b, names: tuple = ("logits_clean", "logits_pert")) -> None:
+    """Two arrays that describe the same examples have the same shape."""
+    if tuple(np.shape(a)) != tuple(np.shape(b)):
+        raise InputError(f"{names[0]} has shape {tuple(np.shape(a))} but {names[1]} has shape "
+                         f"{tuple(np.shape(b))}; they must describe the same examples (same "
+                         f"batch, same image size or classes).")
+
+
+def logits_checks(*named_logits, y=None, y_name: str = "y",
+                  targets=None) -> Callable[[], None]:
+    """The checks of a metric on logits: every ``(name, logits)`` pair is ``[batch, classes]``
+    with the same shape, ``y`` (and ``targets``) one integer label per row; on concrete values
+    the logits are finite (the rows named) and the labels inside the classes. Returns the
+    function that completes the value checks (``completing``)."""
+    for name, logits in named_logits:
+        check_logits(logits, y, name, y_name)
+    for (n0, a), (n1, b) in zip(named_logits, named_logits[1:]):
+        check_same_shape(a, b, (n0, n1))
+    finish = start_checks(logits=named_logits,
+                          labels=(y_name, y) if y is not None else None)
+    if targets is None:
+        return finish
+    check_logits(named_logits[0][1], targets, named_logits[0][0], "target")
+    finish_targets = start_checks(labels=("target", targets),
+                                  num_classes=int(np.shape(named_logits[0][1])[-1]))
+
+    def both() -> None:
+        finish()
+        finish_targets()
+
+    return both
+
+
+def check_image_pair(x, x_adv, names: tuple = ("x", "x_adv")) -> None:
+    """Clean and perturbed NHWC image batches of one shape (shapes and dtypes only)."""
+    check_shapes(x, name=names[0])
+    check_shapes(x_adv, name=names[1])
+    check_same_shape(x, x_adv, names)
+
+
+def _concrete(a) -> bool:
+    return a is not None and not isinstance(a, jax.core.Tracer)
+
+
+@jax.jit
+def _fused_stats(images, logits, y):
+    return (tuple((jnp.min(a), jnp.max(a)) for a in images),
+            tuple(jnp.all(jnp.isfinite(a)) for a in logits),
+            (jnp.min(y), jnp.max(y)) if y is not None else None)
+
+
+def start_checks(*, images=(), logits=(), labels=None, num_classes: Optional[int] = None,
+                 pixel_range: bool = True, what: str = "the model returned non-finite logits "
+                 "for those inputs") -> Callable[[], None]:
+    """Dispatch the value checks of every concrete array given, as one compiled reduction, and
+    return the function that reads the result and raises (see ``start_value_checks``).
+
+    ``images``: ``(name, x)`` pairs, checked finite (the indices of bad images named) and in
+    [0, 1] (``pixel_range``). ``logits``: ``(name, array [b, ...])`` pairs, checked finite per
+    row (a ``ModelOutputError`` naming the rows; ``what`` says where the values came from).
+    ``labels``: ``(name, y)``, checked in ``[0, num_classes)``; ``num_classes`` defaults to the
+    last axis of the first logits. Tracers are skipped: under jit this costs nothing.
+    """
+    images = tuple((n, a) for n, a in images if _concrete(a))
+    logits_all = tuple(logits)
+    logits = tuple((n, a) for n, a in logits_all if _concrete(a))
+    if num_classes is None and logits_all:
+        num_classes = int(np.shape(logits_all[0][1])[-1])
+    if labels is not None and not _concrete(labels[1]):
+        labels = None
+    if labels is not None and num_classes is None:
+        labels = None
+    if not images and not logits and labels is None:
+        return _nothing
+    stats = _fused_stats(tuple(a for _, a in images), tuple(a for _, a in logits),
+                         labels[1] if labels is not None else None)
+    if any(isinstance(v, jax.core.Tracer) for v in jax.tree_util.tree_leaves(stats)):
+        return _nothing  # concrete arrays inside someone's trace: shapes were checked
+
+    def finish() -> None:
+        image_stats, finite, label_range = jax.device_get(stats)
+        for (name, x), (lo, hi) in zip(images, image_stats):
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise _non_finite_error(x, name)
+            if pixel_range and (lo < 0.0 or hi > 1.0):
+                raise InputError(
+                    f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
+                    f"{hi:.4g}]. robustjax models normalise internally: pass raw pixels "
+                    f"scaled to [0, 1].")
+        for (name, values), ok in zip(logits, finite):
+            if not ok:
+                raise _non_finite_output_error(values, name, what)
+        if label_range is not None:
+            y_lo, y_hi = label_range
+            if y_lo < 0 or y_hi >= num_classes:
+                raise InputError(
+                    f"{labels[0]} must be class indices in [0, {num_classes}) (the logits "
+                    f"have {num_classes} classes), got labels in [{y_lo}, {y_hi}].")
+
+    return finish
+
+
+@contextlib.contextmanager
+def completing(finish_checks: Callable[[], None]):
+    """Run the block (which dispatches the entry point's computation), then complete the
+    input checks: their round trip overlaps with the computation, and a bad input is reported
+    in place of whatever the block raised or returned."""
+    try:
+        yield
+    except Exception:
+        finish_checks()
+        raise
+    finish_checks()
+
+
+def _check_expected_shape(x, expected_shape, name: str) -> None:
+    if expected_shape is None or tuple(np.shape(x)[1:]) == tuple(expected_shape):
+        return
+    shape = tuple(np.shape(x))
+    if _looks_nchw(shape) and (shape[2], shape[3], shape[1]) == tuple(expected_shape):
+        n, c, h, w = shape
+        raise InputError(f"{name} has shape {shape}, which looks like NCHW (channels first); "
+                         f"the model expects NHWC images [batch, {h}, {w}, {c}]: pass "
+                         f"{name}.transpose(0, 2, 3, 1).")
+    raise InputError(f"{name} has per-image shape {shape[1:]} but the model expects "
+                     f"{tuple(expected_shape)} (H, W, C). Resize or crop the images first "
+                     f"(robustjax takes NHWC).")
+
+
+def check_model_call(apply_fn: Callable, params, x, y=None, name: str = "x",
+                     expected_shape: Optional[tuple] = None):
+    """The checks of an entry point that runs a model on ``x`` but is not an attack entry
+    (universal perturbations, metrics that query the model, training, defenses): NHWC float
+    images, a model that takes them, finite pixels in [0, 1], labels inside the model's
+    classes (and the ``(H, W, C)`` of the model's spec, ``expected_shape``, if it fixes one).
+    Returns the probe and the function that completes the value checks.
+
+    Inside an attack entry (``robustjax.entry``) the inputs were already checked on concrete
+    values: only the shapes are checked again.
+    """
+    from robustjax import entry
+
+    check_shapes(x, y, name=name)
+    _check_expected_shape(x, expected_shape, name)
+    probe = probe_model(apply_fn, params, x)
+    if entry.current_loop_hint() is not None:
+        return probe, _nothing
+    return probe, start_value_checks(x, y, probe.num_classes, name)
+
+
+def check_model_inputs(apply_fn: Callable, params, x, y=None, name: str = "x", *,
+                       gradient: bool = False,
+                       expected_shape: Optional[tuple] = None) -> ModelProbe:
+    """``check_model_call`` with the value checks completed at once, for entry points that
+    run their own host loop or are usually jitted by the caller (universal perturbations,
+    patches, searches, training). ``gradient``: warn on a model that is not differentiable."""
+    if gradient:
+        from robustjax.attacks._core import warn_if_not_differentiable
+
+        warn_if_not_differentiable(apply_fn)
+    probe, finish = check_model_call(apply_fn, params, x, y, name, expected_shape)
+    finish()
+    return probe
+
+
+def model_output_checks(apply_fn: Callable, params, x,
+                        name: str = "the model's logits on x") -> Callable[[], None]:
+    """Run the model once on a concrete ``x`` and dispatch the finiteness check of its logits
+    (per example; a ``ModelOutputError`` names the inputs). For entry points whose own result
+    would hide NaN logits (a search that compares predictions). Nothing under jit."""
+    if isinstance(x, jax.core.Tracer) or any(
+            isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(params)):
+        return _nothing
+    return start_checks(logits=((name, apply_fn(params, x)),))
+
+
+def check_scores(s, name: str = "scores", allow_empty: bool = False) -> np.ndarray:
+    """Detector scores: a concrete float vector ``[n]`` without NaN, as float64 numpy."""
+    try:
+        a = np.asarray(s, dtype=np.float64)
+    except Exception as e:  # noqa: BLE001 - e.g. a tracer: say what is expected
+        raise InputTypeError(f"{name} must be a concrete array of scores [n] (not a value "
+                             f"traced inside jit), got {type(s).__name__}: {e}") from None
+    if a.ndim != 1:
+        raise InputError(f"{name} must be a vector of per-example scores [n], got shape "
+                         f"{a.shape}.")
+    if a.size == 0 and not allow_empty:
+        raise InputError(f"{name} is empty; pass at least one score.")
+    bad = np.flatnonzero(np.isnan(a))
+    if bad.size:
+        raise InputError(f"{name} holds NaN scores at indices [{_indices(bad)}]; a detector "
+                         f"score must be a number (check the detector on those inputs).")
+    return a
+
+
+def check_outputs(values, name: str = "the attack's loss",
+                  what: str = "the model returned NaN or inf for those inputs (or for "
+                  "perturbed versions of them)") -> Callable[[], None]:
+    """Dispatch a finiteness check of per-example outputs (an array ``[b, ...]`` or a tuple of
+    them, e.g. ``(result.x_adv, result.loss)``) and return the function that raises a
+    ``ModelOutputError`` naming the examples. Costs one fused reduction; nothing under jit."""
+    arrays = values if isinstance(values, (tuple, list)) else (values,)
+    if not all(_concrete(a) for a in arrays):
+        return _nothing
+    flag = _all_finite(tuple(arrays))
+    if isinstance(flag, jax.core.Tracer):
+        return _nothing
+
+    def finish() -> None:
+        if not bool(jax.device_get(flag)):
+            _raise_non_finite_outputs(arrays, name, what)
+
+    return finish
+
+
+@jax.jit
+def _all_finite(arrays):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))

@@ -187,12 +187,15 @@ def test_loop_structures_agree():
 
 
 def test_input_checks_say_what_is_wrong():
+    # the attacks' checks live in robustjax.validation (one layer for every entry point)
+    from robustjax import validation
+
     x = np.zeros((2, 4, 4, 1), np.float32)
-    with pytest.raises(ValueError, match="NHWC"):
-        _core.check_attack_inputs(x[0], np.zeros(2, np.int32))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        _core.check_attack_inputs(x + 2, np.zeros(2, np.int32))
-    with pytest.raises(ValueError, match="eps must be"):
-        _core.check_attack_inputs(x, np.zeros(2, np.int32), eps=-1.0)
-    with pytest.raises(ValueError, match="2 images"):
-        _core.check_attack_inputs(x, np.zeros(3, np.int32))
+    with pytest.raises(validation.InputError, match="NHWC"):
+        validation.check_shapes(x[0], np.zeros(2, np.int32))
+    with pytest.raises(validation.InputError, match=r"\[0, 1\]"):
+        validation.start_value_checks(x + 2, np.zeros(2, np.int32), 10)()
+    with pytest.raises(validation.InputError, match="eps must be"):
+        validation.check_eps(-1.0, 2)
+    with pytest.raises(validation.InputError, match="2 images"):
+        validation.check_shapes(x, np.zeros(3, np.int32))

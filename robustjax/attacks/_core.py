@@ -1,4 +1,4 @@
-"""Shared pieces of every attack: the result type, steepest-ascent steps, random starts, input
+"""Shared pieces of every attack: the result type, steepest-ascent steps, random starts, norm
 checks and loop structure. The losses (``losses.py``) and norms and projections
 (``projections.py``) have their own modules and are re-exported here.
 
@@ -28,7 +28,6 @@ import numpy as np
 import optax
 
 from robustjax import entry, kernels
-from robustjax.types import check_batch
 
 # losses and projections live in their own modules; re-exported here for the attacks
 from robustjax.attacks.losses import (  # noqa: F401
@@ -208,43 +207,6 @@ def warn_if_not_differentiable(apply_fn) -> None:
             "accuracy is an overestimate. Attack robustjax.defenses.transforms.bpda(defended) "
             "(and eot(defended) for a randomized defense) instead.",
             GradientMaskingWarning, stacklevel=3)
-
-
-def check_attack_inputs(x, y, eps=None, apply_fn=None) -> None:
-    """Validate ``x`` (NHWC in [0, 1]) and ``y`` (int [b]); value checks only when concrete.
-
-    Concrete inputs go through ``robustjax.types.check_batch``; under ``jit`` only shapes and
-    dtypes can be checked (``check_batch`` converts to numpy, which tracers refuse). Gradient-
-    based attacks pass their ``apply_fn``: a non-differentiable one warns
-    (``warn_if_not_differentiable``). Inside an entry point (``robustjax.entry``) the inputs
-    were already checked, on concrete values, by ``robustjax.validation``: nothing to do.
-    """
-    if entry.current_loop_hint() is not None:
-        return
-    if apply_fn is not None:
-        warn_if_not_differentiable(apply_fn)
-    try:
-        check_batch(x, y)
-        return_shapes_only = False
-    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
-        # traced (jit, or a loop body where even constants become tracers)
-        return_shapes_only = True
-    if return_shapes_only:
-        if x.ndim != 4:
-            raise ValueError(f"x must be [batch, H, W, C] (NHWC), got shape {x.shape}")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"x must be floating point in [0, 1], got dtype {x.dtype}")
-        if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"y must be int labels [{x.shape[0]}], got shape {y.shape}")
-        if not jnp.issubdtype(y.dtype, jnp.integer):
-            raise TypeError(f"y must be integer class indices, got dtype {y.dtype}")
-    if eps is not None and not isinstance(eps, jax.core.Tracer):
-        e = np.asarray(eps)  # a concrete eps (tracers were excluded above)
-        if e.ndim > 1 or (e.ndim == 1 and e.shape[0] != np.shape(x)[0]):
-            raise ValueError(f"eps must be a scalar or one value per example [{np.shape(x)[0]}],"
-                             f" got shape {e.shape}")
-        if np.any(e < 0) or not np.all(np.isfinite(e)):
-            raise ValueError(f"eps must be finite and >= 0, got {e}")
 
 
 def finish(apply_fn, params, x: Array, x_adv: Array, y: Array, loss_value, norm: str,

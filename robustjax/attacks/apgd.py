@@ -290,7 +290,6 @@ def apgd(apply_fn, params, x, y, key, config: APGDConfig = APGDConfig()) -> Atta
 
     Example: ``apgd(f, p, x, y, key, APGDConfig(eps=8 / 255, loss="dlr"))``.
     """
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     loss = _core.get_loss(config.loss)
     (x_adv, _, best), queries = _runs(apply_fn, params, x, y, key, config,
                                       lambda j: (lambda z: loss(z, y)), 1)
@@ -304,7 +303,6 @@ def apgd_t(apply_fn, params, x, y, key, config: APGDTConfig = APGDTConfig()) -> 
     The number of targets is ``min(num_targets, k - 1)`` for ``k`` classes; the targeted DLR
     loss needs ``k >= 4`` (use ``loss="ce-targeted"`` below that).
     """
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     k = apply_fn(params, x[:1]).shape[-1]
     order = jnp.argsort(apply_fn(params, x), axis=-1)  # ascending; targets from the top
     n_t = min(config.num_targets, k - 1)

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 
 from robustjax.attacks import decision
-from robustjax.attacks._core import check_attack_inputs
 from robustjax.attacks.decision import DecisionResult, bcast, distance, fits
 from robustjax.attacks.gradient import config_class
 from robustjax.entry import attack_entry
@@ -132,7 +131,6 @@ def boundary(apply_fn, params, x: Array, y: Array, key: Array,
                                         config=BoundaryConfig(max_queries=5000)))(
             model.params, x, y, jax.random.key(0))
     """
-    check_attack_inputs(x, y)
     decision.check_start(x, starting_points)
     cfg = config
     if cfg.targeted and starting_points is None:

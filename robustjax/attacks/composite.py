@@ -42,9 +42,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from robustjax import validation
 from robustjax.attacks._core import (
     AttackResult,
-    check_attack_inputs,
     get_loss,
     lp_norm,
     project_l2,
@@ -227,7 +227,7 @@ def composite_search(apply_fn, params, x: Array, y: Array, key: Array,
                      config: CompositeConfig = CompositeConfig()):
     """The search with its choice: ``(AttackResult, best [b] int32)``, ``best[i]`` the index
     into :func:`sequences` of example ``i``'s strongest sequence."""
-    check_attack_inputs(x, y, apply_fn=apply_fn)
+    validation.check_model_inputs(apply_fn, params, x, y, gradient=True)
     loss_fn = get_loss(config.loss)
     seqs = sequences(config)
     advs, losses, oks = [], [], []

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from robustjax.attacks import _core
-from robustjax.attacks._core import AttackResult, check_attack_inputs, margin
+from robustjax.attacks._core import AttackResult, margin
 from robustjax.entry import attack_entry
 
 Array = jax.Array
@@ -154,7 +154,6 @@ def cw_l2(apply_fn, params, x: Array, y: Array, key: Array,
             model.params, x, y, jax.random.key(0))
     """
     del key  # deterministic: the modifier starts at 0 in every round
-    check_attack_inputs(x, y, apply_fn=apply_fn)
     cfg = config
     b = x.shape[0]
     kappa = cfg.confidence
@@ -237,7 +236,6 @@ def cw_linf(apply_fn, params, x: Array, y: Array, key: Array,
     ``x_adv`` (the last iterate) lies within eps (Linf) of ``x`` and in [0, 1]; ``loss`` is the
     capped margin at ``x_adv`` (positive = adversarial).
     """
-    check_attack_inputs(x, y, config.eps, apply_fn)
     cfg = config
 
     def obj(xa):

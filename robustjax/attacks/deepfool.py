@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from robustjax.attacks import _core
-from robustjax.attacks._core import AttackResult, check_attack_inputs, check_norm
+from robustjax.attacks._core import AttackResult, check_norm
 from robustjax.entry import attack_entry
 
 Array = jax.Array
@@ -67,7 +67,6 @@ def deepfool(apply_fn, params, x: Array, y: Array, key: Array,
         res = deepfool(model.apply_fn, model.params, x, y, key, DeepFoolConfig(norm="linf"))
     """
     del key
-    check_attack_inputs(x, y, apply_fn=apply_fn)
     cfg = config
     b = x.shape[0]
     logits0 = apply_fn(params, x)

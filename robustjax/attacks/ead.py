@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks._core import AttackResult, check_attack_inputs, margin
+from robustjax.attacks._core import AttackResult, margin
 from robustjax.attacks.cw import binary_search, kappa_success, track_step, update_const
 from robustjax.entry import attack_entry
 
@@ -77,7 +77,6 @@ def ead(apply_fn, params, x: Array, y: Array, key: Array,
     gradient evaluations per example.
     """
     del key
-    check_attack_inputs(x, y, apply_fn=apply_fn)
     cfg = config
     b = x.shape[0]
     bshape = (b,) + (1,) * (x.ndim - 1)

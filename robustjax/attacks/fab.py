@@ -223,7 +223,6 @@ def fab(apply_fn, params, x, y, key, config: FABConfig = FABConfig()) -> AttackR
     was found, and ``x_adv = x`` there); ``loss``: that minimal distance (``1e10`` where none was found);
     ``queries``: gradient evaluations (each iteration also does one forward pass).
     """
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     c = config
     b = x.shape[0]
     logits = apply_fn(params, x)

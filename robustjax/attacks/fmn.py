@@ -31,8 +31,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from robustjax import validation
 from robustjax.attacks import _core
-from robustjax.attacks._core import AttackResult, check_attack_inputs, margin, success_mask
+from robustjax.attacks._core import AttackResult, margin, success_mask
 from robustjax.entry import attack_entry
 
 Array = jax.Array
@@ -104,7 +105,6 @@ def fmn(apply_fn, params, x: Array, y: Array, key: Array,
     adversarial points instead (the reference's ``starting_points``).
     """
     del key
-    check_attack_inputs(x, y, apply_fn=apply_fn)
     eps0 = 1.0 if config.norm == "l0" else jnp.inf
     return _fmn_run(apply_fn, params, x, y, jnp.zeros_like(x), eps0, config)
 
@@ -120,7 +120,7 @@ def fmn_from(apply_fn, params, x: Array, y: Array, x_start: Array, key: Array,
     every norm.
     """
     del key
-    check_attack_inputs(x, y, apply_fn=apply_fn)
+    validation.check_model_inputs(apply_fn, params, x, y, gradient=True)
     cfg = config
     b = x.shape[0]
     bshape = (b,) + (1,) * (x.ndim - 1)

@@ -183,7 +183,6 @@ def fgsm_from_gradient(x, grad, eps, norm: str, l1_sparsity: float = 1.0):
 def fgsm(apply_fn, params, x, y, key, config: FGSMConfig = FGSMConfig()) -> AttackResult:
     """FGSM / FGM: one steepest-ascent step of size eps. ``key`` is unused (deterministic)."""
     del key
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     grad, _, _ = input_gradient(apply_fn, params, x, y, config.loss, config.targeted)
     x_adv = fgsm_from_gradient(x, grad, config.eps, config.norm, config.l1_sparsity)
     loss_fn = _core.get_loss(config.loss)
@@ -274,7 +273,6 @@ def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackR
 
     ``x`` float32 [b, H, W, C] in [0, 1]; ``y`` int32 [b] (targets if ``config.targeted``).
     """
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     c = config
     if not c.random_start:
         x0 = x
@@ -288,7 +286,6 @@ def pgd(apply_fn, params, x, y, key, config: PGDConfig = PGDConfig()) -> AttackR
 @attack_entry(eager_loop=_eager_loop)
 def bim(apply_fn, params, x, y, key, config: BIMConfig = BIMConfig()) -> AttackResult:
     """BIM / I-FGSM (Kurakin et al. 2017): PGD without random start."""
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     del key
     return _iterate(apply_fn, params, x, y, x, _bim_step, config.steps, config)
 
@@ -296,6 +293,5 @@ def bim(apply_fn, params, x, y, key, config: BIMConfig = BIMConfig()) -> AttackR
 @attack_entry(eager_loop=_eager_loop)
 def mifgsm(apply_fn, params, x, y, key, config: MIFGSMConfig = MIFGSMConfig()) -> AttackResult:
     """MI-FGSM (Dong et al. 2018): momentum on L1-normalised gradients, step eps / steps."""
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     del key
     return _iterate(apply_fn, params, x, y, x, _mi_step, config.steps, config)

@@ -37,7 +37,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.attacks import decision
-from robustjax.attacks._core import check_attack_inputs
 from robustjax.attacks.decision import DecisionResult, bcast, distance, fits
 from robustjax.attacks.gradient import config_class
 from robustjax.entry import attack_entry
@@ -220,7 +219,6 @@ def hopskipjump(apply_fn, params, x: Array, y: Array, key: Array,
                                         config=HopSkipJumpConfig(max_queries=1000)))(
             model.params, x, y, jax.random.key(0))
     """
-    check_attack_inputs(x, y)
     decision.check_start(x, starting_points)
     cfg = config
     if cfg.targeted and starting_points is None:

@@ -27,7 +27,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks._core import AttackResult, check_attack_inputs, margin, success_mask
+from robustjax.attacks._core import AttackResult, margin, success_mask
 from robustjax.attacks.l0 import l0_pixels
 from robustjax.entry import attack_entry
 
@@ -88,7 +88,6 @@ def jsma(apply_fn, params, x: Array, y: Array, key: Array,
             model.params, x, y, jax.random.key(0))
     """
     del key
-    check_attack_inputs(x, y)
     cfg = config
     b = x.shape[0]
     n = math.prod(x.shape[1:])

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 
 from robustjax.attacks._core import (
     AttackResult,
-    check_attack_inputs,
     get_loss,
     lp_norm,
     project,
@@ -130,7 +129,6 @@ def nes(apply_fn, params, x: Array, y: Array, key: Array,
         res = jax.jit(functools.partial(nes, model.apply_fn, config=NESConfig(eps=0.3)))(
             model.params, x, y, jax.random.key(0))
     """
-    check_attack_inputs(x, y, config.eps)
     cfg = config
     b, n = x.shape[0], cfg.samples_per_draw
     loss_of = get_loss(cfg.loss)

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from robustjax.attacks._core import check_attack_inputs, cross_entropy
+from robustjax import validation
+from robustjax.attacks._core import cross_entropy
 from robustjax.corruptions.spatial import warp_batch
 
 Array = jax.Array
@@ -165,7 +166,7 @@ def adversarial_patch(apply_fn, params, x_train: Array, y_train: Array, key: Arr
         x_adv, mask = apply_patch(x_test, res.patch, key2, PatchConfig(target=3))
     """
     cfg = config
-    check_attack_inputs(x_train, y_train)
+    validation.check_model_inputs(apply_fn, params, x_train, y_train, "x_train")
     if cfg.patch_shape[0] > x_train.shape[1] or cfg.patch_shape[1] > x_train.shape[2]:
         raise ValueError(f"patch_shape {cfg.patch_shape} is larger than the images "
                          f"{tuple(x_train.shape[1:3])}")

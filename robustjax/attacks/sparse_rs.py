@@ -35,7 +35,6 @@ import jax.numpy as jnp
 
 from robustjax.attacks._core import (
     AttackResult,
-    check_attack_inputs,
     cross_entropy,
     margin,
     success_mask,
@@ -123,7 +122,6 @@ def sparse_rs(apply_fn, params, x: Array, y: Array, key: Array,
                                         config=SparseRSConfig(k=10, n_queries=1000)))(
             model.params, x, y, jax.random.key(0))
     """
-    check_attack_inputs(x, y)
     cfg = config
     b = x.shape[0]
     alpha0 = cfg.alpha_init if cfg.alpha_init is not None else _DEFAULT_ALPHA[cfg.norm]

@@ -29,7 +29,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks._core import AttackResult, check_attack_inputs, get_loss, lp_norm
+from robustjax import validation
+from robustjax.attacks._core import AttackResult, get_loss, lp_norm
 from robustjax.corruptions import spatial as warps
 from robustjax.entry import attack_entry
 
@@ -137,7 +138,7 @@ def grid_search(apply_fn, params, x: Array, y: Array, key: Array,
     ``points[i] = (angle, dx, dy)`` of example ``i``'s strongest transformation (degrees,
     pixels); see :func:`spatial_grid` for the result's fields.
     """
-    check_attack_inputs(x, y)
+    validation.check_model_inputs(apply_fn, params, x, y)
     b = x.shape[0]
     pts = candidate_points(key, b, config)
     loss, success = evaluate_points(apply_fn, params, x, y, pts, config.loss, config.fill,

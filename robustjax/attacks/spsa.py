@@ -28,7 +28,6 @@ import optax
 
 from robustjax.attacks._core import (
     AttackResult,
-    check_attack_inputs,
     lp_norm,
     margin,
     project_linf,
@@ -94,7 +93,6 @@ def spsa(apply_fn, params, x: Array, y: Array, key: Array,
         res = jax.jit(functools.partial(spsa, model.apply_fn, config=SPSAConfig(eps=0.3)))(
             model.params, x, y, jax.random.key(0))
     """
-    check_attack_inputs(x, y, config.eps)
     cfg = config
     b = x.shape[0]
     n = cfg.num_samples

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from robustjax.attacks._core import AttackResult, check_attack_inputs, margin, success_mask
+from robustjax import validation
+from robustjax.attacks._core import AttackResult, margin, success_mask
 from robustjax.entry import attack_entry
 
 Array = jax.Array
@@ -126,7 +127,7 @@ def stadv_flow(apply_fn, params, x: Array, y: Array, key: Array,
                config: StAdvConfig = StAdvConfig()):
     """The stAdv attack with its flow: ``(AttackResult, flow [b, H, W, 2])``."""
     del key
-    check_attack_inputs(x, y, apply_fn=apply_fn)
+    validation.check_model_inputs(apply_fn, params, x, y, gradient=True)
     cfg = config
 
     def objective(f, xi, yi):  # one example: f [H, W, 2], xi [H, W, C], yi []

@@ -241,14 +241,12 @@ def difgsm(apply_fn, params, x, y, key, config: DIFGSMConfig = DIFGSMConfig()) -
     ``x`` float32 [b, W, W, c] in [0, 1]; ``y`` int32 [b] (targets if ``config.targeted``).
     ``queries`` counts gradient evaluations (``steps``).
     """
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     return _boosted(apply_fn, params, x, y, key, config, None)
 
 
 @attack_entry
 def tifgsm(apply_fn, params, x, y, key, config: TIFGSMConfig = TIFGSMConfig()) -> AttackResult:
     """TI-FGSM / TI-DIM (Dong et al. 2019) on the surrogate ``apply_fn``; see ``difgsm``."""
-    _core.check_attack_inputs(x, y, config.eps, apply_fn)
     if config.kernel_size > min(x.shape[1], x.shape[2]):
         raise ValueError(f"kernel_size {config.kernel_size} is larger than the "
                          f"{x.shape[1]}x{x.shape[2]} images; use a smaller odd kernel")

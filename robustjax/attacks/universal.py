@@ -29,7 +29,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks._core import check_attack_inputs, check_norm, cross_entropy, project
+from robustjax import validation
+from robustjax.attacks._core import check_norm, cross_entropy, project
 from robustjax.attacks.deepfool import DeepFoolConfig, deepfool
 from robustjax.metrics.equations import fooling_rate_stats
 
@@ -161,7 +162,7 @@ def universal_perturbation(apply_fn, params, x_train: Array, y_train: Optional[A
     del y_train
     cfg = config
     n = x_train.shape[0]
-    check_attack_inputs(x_train, jnp.zeros((n,), jnp.int32))
+    validation.check_model_inputs(apply_fn, params, x_train, None, "x_train", gradient=True)
     pred_clean = _predict(apply_fn, params, x_train, cfg.eval_batch)
     df = DeepFoolConfig(norm=cfg.deepfool_norm, steps=cfg.deepfool_steps, overshoot=cfg.overshoot,
                         candidates=cfg.candidates)
@@ -200,7 +201,8 @@ def sgd_universal_perturbation(apply_fn, params, x_train: Array, y_train: Array,
         res = sgd_universal_perturbation(m.apply_fn, m.params, x, y, key, SGDUAPConfig())
     """
     cfg = config
-    check_attack_inputs(x_train, y_train)
+    validation.check_model_inputs(apply_fn, params, x_train, y_train, "x_train",
+                                  gradient=True)
     n = x_train.shape[0]
     bs = min(cfg.batch_size, n)
     per_epoch = n // bs

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.attacks._core import AttackResult, check_attack_inputs, lp_norm
+from robustjax.attacks._core import AttackResult, lp_norm
 from robustjax.attacks.decision import bcast
 from robustjax.attacks.gradient import config_class
 from robustjax.entry import attack_entry
@@ -140,7 +140,6 @@ def zoo(apply_fn, params, x: Array, y: Array, key: Array,
         res = jax.jit(functools.partial(zoo, model.apply_fn, config=ZOOConfig(iterations=100)))(
             model.params, x, y, jax.random.key(0))
     """
-    check_attack_inputs(x, y)
     cfg = config
     b = x.shape[0]
     d = int(np.prod(x.shape[1:]))

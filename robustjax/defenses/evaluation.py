@@ -36,11 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import validation
 from robustjax.attacks import _core
 from robustjax.attacks.gradient import PGDConfig, pgd
 from robustjax.attacks.square import SquareConfig, square
 from robustjax.defenses.transforms.base import DefendedApply, adaptive
-from robustjax.types import Model, check_batch
+from robustjax.types import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,9 @@ def adaptive_evaluation(defended: Model, x, y, key: jax.Array,
       key: PRNG key for the attacks' random starts and Square's search.
       config: ``AdaptiveEvaluationConfig``.
     """
-    check_batch(x, y, expected_shape=defended.spec.input_shape)
+    # NHWC, the model's size and channels, finite pixels, labels inside its classes
+    validation.check_model_inputs(defended.apply_fn, defended.params, x, y,
+                                  expected_shape=defended.spec.input_shape)
     cfg = config
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
     pgd_cfg = PGDConfig(eps=cfg.eps, norm=cfg.norm, steps=cfg.steps,

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from robustjax import validation
 from robustjax.metrics.accumulators import Average
 from robustjax.metrics.task import _check_logits_labels
 
@@ -42,10 +43,13 @@ Array = jax.Array
 
 def attack_success(logits_adv: Array, y: Array, target: Optional[Array] = None) -> Array:
     """bool ``[b]``: untargeted ``argmax != y``; targeted (``target`` int ``[b]``) ``== target``."""
-    pred = jnp.argmax(logits_adv, axis=-1)
-    if target is None:
-        return pred != y
-    return pred == jnp.asarray(target)
+    logits_adv, y = jnp.asarray(logits_adv), jnp.asarray(y)
+    with validation.completing(validation.logits_checks(("logits_adv", logits_adv), y=y,
+                                                        targets=target)):
+        pred = jnp.argmax(logits_adv, axis=-1)
+        if target is None:
+            return pred != y
+        return pred == jnp.asarray(target)
 
 
 @struct.dataclass
@@ -80,7 +84,10 @@ class AdversarialStats:
             success rate, ACAC, ACTC and NTE only count examples correct on clean input.
           target: optional int ``[b]`` target labels of a targeted attack.
         """
-        return _adversarial_batch(logits_adv, y, logits_clean, target)
+        named = (("logits_adv", logits_adv),) + (
+            (("logits_clean", logits_clean),) if logits_clean is not None else ())
+        with validation.completing(validation.logits_checks(*named, y=y, targets=target)):
+            return _adversarial_batch(logits_adv, y, logits_clean, target)
 
     def merge(self, other: "AdversarialStats") -> "AdversarialStats":
         return type(self)(*(getattr(self, f).merge(getattr(other, f)) for f in _FIELDS))

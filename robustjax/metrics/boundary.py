@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from robustjax import validation
 from robustjax.metrics.accumulators import Average
 
 Array = jax.Array
@@ -89,7 +90,19 @@ def ebd1(apply_fn, params, x: Array, y: Array, key: Array,
     1)`` forward passes of the batch. Jit with ``config`` static.
     """
     if config.reduction not in ("min", "max"):
-        raise ValueError(f"reduction must be 'min' or 'max', got {config.reduction!r}")
+        raise validation.InputError(f"reduction must be 'min' or 'max', got "
+                                    f"{config.reduction!r}")
+    if config.num_directions < 1 or config.num_steps < 1 or not config.max_distance > 0:
+        raise validation.InputError(f"EBD1Config needs num_directions >= 1, num_steps >= 1 and "
+                                    f"max_distance > 0, got {config}")
+    _, finish = validation.check_model_call(apply_fn, params, x, y)
+    finish()
+    # a NaN logit would read as a flipped (or never flipped) prediction: name those inputs
+    with validation.completing(validation.model_output_checks(apply_fn, params, x)):
+        return _ebd1(apply_fn, params, x, y, key, config)
+
+
+def _ebd1(apply_fn, params, x, y, key, config) -> BoundaryResult:
     dirs = orthogonal_directions(key, x.shape[1:], config.num_directions)
     ts = jnp.arange(config.num_steps + 1, dtype=jnp.float32) * (
         config.max_distance / config.num_steps)
@@ -120,7 +133,16 @@ def ebd2(apply_fn, params, x: Array, y: Array, key: Array = None,
     The loop stops as soon as every example has flipped or ``max_steps`` steps were taken.
     """
     del key
+    if config.max_steps < 0 or not config.step_size > 0:
+        raise validation.InputError(f"EBD2Config needs max_steps >= 0 and step_size > 0, got "
+                                    f"{config}")
+    _, finish = validation.check_model_call(apply_fn, params, x, y)
+    finish()
+    with validation.completing(validation.model_output_checks(apply_fn, params, x)):
+        return _ebd2(apply_fn, params, x, y, config)
 
+
+def _ebd2(apply_fn, params, x, y, config) -> BoundaryResult:
     def loss_fn(xc):
         logits = apply_fn(params, xc)
         return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y)), logits

@@ -20,21 +20,46 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from robustjax import validation
 from robustjax.metrics.accumulators import Average
 from robustjax.metrics.task import _check_logits_labels
 
 Array = jax.Array
 
 
-@jax.jit
+def _checks(logits_clean, logits_pert, y, x, x_pert):
+    validation.check_image_pair(x, x_pert, ("x", "x_pert"))
+    finish_logits = validation.logits_checks(("logits_clean", logits_clean),
+                                             ("logits_pert", logits_pert), y=y)
+    if np.shape(logits_clean)[0] != np.shape(x)[0]:
+        raise validation.InputError(
+            f"logits_clean has {np.shape(logits_clean)[0]} rows but x has {np.shape(x)[0]} "
+            f"images: pass the model's logits on x and x_pert.")
+    finish_images = validation.start_checks(images=(("x", x), ("x_pert", x_pert)))
+
+    def finish():
+        finish_images()
+        finish_logits()
+
+    return finish
+
+
 def eni_values(logits_clean: Array, logits_pert: Array, y: Array, x: Array,
                x_pert: Array) -> tuple[Array, Array]:
     """Per-example ENI ratios float32 ``[b]`` and the bool mask ``[b]`` of defined ones.
 
-    ``logits_*`` float ``[b, K]`` of the model on ``x`` and ``x_pert`` (float NHWC).
+    ``logits_*`` float ``[b, K]`` of the model on ``x`` and ``x_pert`` (float NHWC in
+    [0, 1]); concrete inputs are checked (``robustjax.validation``).
     """
+    with validation.completing(_checks(logits_clean, logits_pert, y, x, x_pert)):
+        return _eni_values(logits_clean, logits_pert, y, x, x_pert)
+
+
+@jax.jit
+def _eni_values(logits_clean, logits_pert, y, x, x_pert):
     lc, lp, y = jnp.asarray(logits_clean, jnp.float32), jnp.asarray(logits_pert, jnp.float32), \
         jnp.asarray(y)
     _check_logits_labels(lc, y, "logits_clean")
@@ -48,14 +73,27 @@ def eni_values(logits_clean: Array, logits_pert: Array, y: Array, x: Array,
     return jnp.where(defined, dl / jnp.where(defined, dist, 1.0), 0.0), defined
 
 
-@jax.jit
 def eni_stats(logits_clean: Array, logits_pert: Array, y: Array, x: Array,
               x_pert: Array) -> Average:
     """Mergeable ``Average`` of ENI over the batch's defined examples; ``.compute()`` = ENI."""
-    values, defined = eni_values(logits_clean, logits_pert, y, x, x_pert)
+    with validation.completing(_checks(logits_clean, logits_pert, y, x, x_pert)):
+        return _eni_stats(logits_clean, logits_pert, y, x, x_pert)
+
+
+@jax.jit
+def _eni_stats(logits_clean, logits_pert, y, x, x_pert) -> Average:
+    values, defined = _eni_values(logits_clean, logits_pert, y, x, x_pert)
     return Average.from_values(values, defined)
 
 
 def eni(apply_fn, params, x: Array, y: Array, x_pert: Array) -> Array:
-    """ENI of a model on one batch: ``x``, ``x_pert`` float NHWC in [0, 1], ``y`` int ``[b]``."""
-    return eni_stats(apply_fn(params, x), apply_fn(params, x_pert), y, x, x_pert).compute()
+    """ENI of a model on one batch: ``x``, ``x_pert`` float NHWC in [0, 1], ``y`` int ``[b]``.
+
+    The model is checked against ``x`` (``robustjax.validation``: NHWC, its channels and
+    size, labels inside its classes) before it runs.
+    """
+    validation.check_image_pair(x, x_pert, ("x", "x_pert"))
+    _, finish = validation.check_model_call(apply_fn, params, x, y)
+    with validation.completing(finish):
+        logits_clean = apply_fn(params, x)
+    return eni_stats(logits_clean, apply_fn(params, x_pert), y, x, x_pert).compute()

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from robustjax import validation
 from robustjax.metrics.accumulators import Average
 from robustjax.metrics.task import _check_logits_labels
 
@@ -65,7 +66,9 @@ class DefenseStats:
     def from_batch(cls, logits_orig: Array, logits_def: Array, y: Array) -> "DefenseStats":
         """``logits_orig``/``logits_def`` float ``[b, K]`` of ``F`` and ``F^D`` on the same clean
         images; ``y`` int ``[b]``."""
-        return _defense_batch(logits_orig, logits_def, y)
+        with validation.completing(validation.logits_checks(
+                ("logits_orig", logits_orig), ("logits_def", logits_def), y=y)):
+            return _defense_batch(logits_orig, logits_def, y)
 
     def merge(self, other: "DefenseStats") -> "DefenseStats":
         return type(self)(*(getattr(self, f).merge(getattr(other, f)) for f in _FIELDS))
@@ -80,8 +83,7 @@ def _defense_batch(logits_orig, logits_def, y) -> DefenseStats:
                  jnp.asarray(y))
     _check_logits_labels(lo, y, "logits_orig")
     _check_logits_labels(ld, y, "logits_def")
-    if lo.shape != ld.shape:
-        raise ValueError(f"logits_orig {lo.shape} and logits_def {ld.shape} differ in shape")
+    validation.check_same_shape(lo, ld, ("logits_orig", "logits_def"))
     ok_o = jnp.argmax(lo, -1) == y
     ok_d = jnp.argmax(ld, -1) == y
     both = ok_o & ok_d

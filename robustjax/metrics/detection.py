@@ -32,25 +32,18 @@ from __future__ import annotations
 import numpy as np
 from flax import struct
 
+from robustjax import validation
+
 
 def _scores(s, name: str) -> np.ndarray:
-    try:
-        a = np.asarray(s, dtype=np.float64)
-    except Exception as e:  # noqa: BLE001 - e.g. a tracer: say what is expected
-        raise TypeError(f"{name} must be a concrete array of scores [n] (not a value traced "
-                        f"inside jit), got {type(s).__name__}: {e}") from None
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a vector of per-example scores [n], got shape "
-                         f"{a.shape}")
-    if np.any(np.isnan(a)):
-        raise ValueError(f"{name} contains NaN scores; a detector score must be a number")
-    return a
+    # concrete float vector without NaN (robustjax.validation); emptiness is checked per use
+    return validation.check_scores(s, name, allow_empty=True)
 
 
 def _check_fpr(fpr) -> float:
     fpr = float(fpr)
     if not 0.0 <= fpr <= 1.0:
-        raise ValueError(f"fpr must be a false-positive rate in [0, 1], got {fpr}")
+        raise validation.InputError(f"fpr must be a false-positive rate in [0, 1], got {fpr}")
     return fpr
 
 
@@ -78,7 +71,8 @@ def threshold_at_fpr(clean_scores, fpr: float = 0.05) -> float:
     s = _scores(clean_scores, "clean_scores")
     fpr = _check_fpr(fpr)
     if s.size == 0:
-        raise ValueError("clean_scores is empty; a threshold needs at least one clean score")
+        raise validation.InputError("clean_scores is empty; a threshold needs at least one "
+                                    "clean score")
     k = _allowed_false_positives(s.size, fpr)
     if k == s.size:
         return float("-inf")
@@ -92,7 +86,8 @@ def tpr_at_fpr(clean_scores, adv_scores, fpr: float = 0.05) -> float:
     """
     a = _scores(adv_scores, "adv_scores")
     if a.size == 0:
-        raise ValueError("adv_scores is empty; a true-positive rate needs adversarial scores")
+        raise validation.InputError("adv_scores is empty; a true-positive rate needs "
+                                    "adversarial scores")
     return float(np.mean(a > threshold_at_fpr(clean_scores, fpr)))
 
 
@@ -118,8 +113,8 @@ def auroc(clean_scores, adv_scores) -> float:
     c = _scores(clean_scores, "clean_scores")
     a = _scores(adv_scores, "adv_scores")
     if c.size == 0 or a.size == 0:
-        raise ValueError(f"AUROC needs clean and adversarial scores, got {c.size} clean and "
-                         f"{a.size} adversarial")
+        raise validation.InputError(f"AUROC needs clean and adversarial scores, got {c.size} "
+                                    f"clean and {a.size} adversarial")
     ranks = _average_ranks(np.concatenate([c, a]))
     u = np.sum(ranks[c.size:]) - a.size * (a.size + 1) / 2.0
     return float(u / (a.size * c.size))

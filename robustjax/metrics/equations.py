@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from robustjax import validation
 from robustjax.metrics.accumulators import Average, Ratio
 
 Array = jax.Array
@@ -47,22 +48,27 @@ def robustness_indicator(logits_clean: Array, logits_perturbed: Array,
         example (``[b, K]`` is taken as ``m = 1``).
       y: int ``[b]``, needed with ``require_correct=True``.
     """
-    lp = jnp.asarray(logits_perturbed)
+    lc, lp = jnp.asarray(logits_clean), jnp.asarray(logits_perturbed)
     if lp.ndim == 2:
         lp = lp[None]
-    if lp.shape[1:] != jnp.shape(logits_clean):
-        raise ValueError(f"logits_perturbed must be [m, b, K] with [b, K] = "
-                         f"{jnp.shape(logits_clean)}, got {jnp.shape(logits_perturbed)}")
-    pred = jnp.argmax(logits_clean, -1)
-    r = jnp.all(jnp.argmax(lp, -1) == pred[None], axis=0)
-    if require_correct:
-        if y is None:
-            raise ValueError("require_correct=True needs the labels y")
-        r = r & (pred == jnp.asarray(y))
-    return r
+    if lp.shape[1:] != lc.shape:
+        raise validation.InputError(
+            f"logits_perturbed must be [m, b, K] with [b, K] = {jnp.shape(logits_clean)} "
+            f"(the shape of logits_clean), got {jnp.shape(logits_perturbed)}")
+    if require_correct and y is None:
+        raise validation.InputError("require_correct=True needs the labels y")
+    finish = validation.logits_checks(("logits_clean", lc), y=y)
+    # per example (rows of [b, m * K]), so a bad row names the example
+    finish_perturbed = validation.start_checks(
+        logits=(("logits_perturbed", jnp.swapaxes(lp, 0, 1).reshape(lc.shape[0], -1)),))
+    with validation.completing(finish), validation.completing(finish_perturbed):
+        pred = jnp.argmax(lc, -1)
+        r = jnp.all(jnp.argmax(lp, -1) == pred[None], axis=0)
+        if require_correct:
+            r = r & (pred == jnp.asarray(y))
+        return r
 
 
-@functools.partial(jax.jit, static_argnames="reference")
 def fooling_rate_stats(logits_clean: Array, logits_perturbed: Array, y: Optional[Array] = None,
                        *, reference: str = "label") -> Average:
     """Eq. (3) as a mergeable ``Average``; ``.compute()`` is the fooling rate in [0, 1].
@@ -70,6 +76,20 @@ def fooling_rate_stats(logits_clean: Array, logits_perturbed: Array, y: Optional
     ``reference="label"`` needs ``y`` and counts clean-correct examples only;
     ``reference="prediction"`` compares with the clean prediction over all examples.
     """
+    if reference not in ("label", "prediction"):
+        raise validation.InputError(f"unknown reference {reference!r}; valid: 'label', "
+                                    f"'prediction'")
+    if reference == "label" and y is None:
+        raise validation.InputError("reference='label' needs the labels y (or pass "
+                                    "reference='prediction')")
+    finish = validation.logits_checks(("logits_clean", logits_clean),
+                                      ("logits_perturbed", logits_perturbed), y=y)
+    with validation.completing(finish):
+        return _fooling_rate_stats(logits_clean, logits_perturbed, y, reference=reference)
+
+
+@functools.partial(jax.jit, static_argnames="reference")
+def _fooling_rate_stats(logits_clean, logits_perturbed, y=None, *, reference="label"):
     pc, pp = jnp.argmax(logits_clean, -1), jnp.argmax(logits_perturbed, -1)
     if reference == "label":
         if y is None:
@@ -86,9 +106,16 @@ def fooling_rate(logits_clean, logits_perturbed, y=None, *, reference: str = "la
     return fooling_rate_stats(logits_clean, logits_perturbed, y, reference=reference).compute()
 
 
-@jax.jit
 def retention_rate_stats(logits_clean: Array, logits_corrupted: Array, y: Array) -> Ratio:
     """Eq. (4) as a mergeable ``Ratio`` (# correct on corrupted / # correct on clean)."""
+    finish = validation.logits_checks(("logits_clean", logits_clean),
+                                      ("logits_corrupted", logits_corrupted), y=y)
+    with validation.completing(finish):
+        return _retention_rate_stats(logits_clean, logits_corrupted, y)
+
+
+@jax.jit
+def _retention_rate_stats(logits_clean, logits_corrupted, y) -> Ratio:
     y = jnp.asarray(y)
     return Ratio.from_values(jnp.argmax(logits_corrupted, -1) == y,
                              jnp.argmax(logits_clean, -1) == y)
@@ -119,8 +146,19 @@ class RobustnessCurve:
         """``min_eps``: float ``[b]`` minimal perturbation sizes (``inf`` = not found)."""
         eps = jnp.asarray(eps, jnp.float32)
         if eps.ndim != 1:
-            raise ValueError(f"eps must be a 1-D grid of budgets, got shape {eps.shape}")
-        return cls(eps, _below(jnp.asarray(min_eps, jnp.float32), eps))
+            raise validation.InputError(f"eps must be a 1-D grid of budgets, got shape "
+                                        f"{eps.shape}")
+        min_eps = jnp.asarray(min_eps, jnp.float32)
+        if min_eps.ndim != 1 or min_eps.shape[0] == 0:
+            raise validation.InputError(f"min_eps must be a non-empty vector [b] of minimal "
+                                        f"perturbation sizes, got shape {min_eps.shape}")
+        if not isinstance(min_eps, jax.core.Tracer):
+            bad = np.flatnonzero(np.isnan(np.asarray(min_eps)))
+            if bad.size:
+                raise validation.InputError(
+                    f"min_eps is NaN at indices {bad[:10].tolist()}: use inf for an example "
+                    f"without an adversarial example and 0 for one misclassified already")
+        return cls(eps, _below(min_eps, eps))
 
     def merge(self, other: "RobustnessCurve") -> "RobustnessCurve":
         if self.eps.shape != other.eps.shape:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from robustjax import validation
 from robustjax.metrics.accumulators import Average
 
 Array = jax.Array
@@ -53,16 +54,24 @@ PSD_WEIGHTS = ("inverse_std", "one_minus_std", "std")
 
 
 def _check_pair(x, x_adv):
-    if x.ndim != 4 or x.shape != x_adv.shape:
-        raise ValueError(
-            f"x and x_adv must be NHWC batches of the same shape, got {x.shape} and {x_adv.shape}"
-        )
+    validation.check_image_pair(x, x_adv)
 
 
-@functools.partial(jax.jit, static_argnames="l0_tol")
+def _pair_checks(x, x_adv):
+    """Shapes now; the returned function completes the value checks (finite, in [0, 1])."""
+    validation.check_image_pair(x, x_adv)
+    return validation.start_checks(images=(("x", x), ("x_adv", x_adv)))
+
+
 def lp_distortions(x: Array, x_adv: Array, l0_tol: float = 1.0 / 512) -> dict[str, Array]:
     """Per-example distortions, each float32 ``[b]``: keys ``l0_abs, l0_rel, l0_fraction,
     l2_abs, l2_rel, linf_abs, linf_rel`` (see the module docstring)."""
+    with validation.completing(_pair_checks(x, x_adv)):
+        return _lp_distortions(x, x_adv, l0_tol=l0_tol)
+
+
+@functools.partial(jax.jit, static_argnames="l0_tol")
+def _lp_distortions(x: Array, x_adv: Array, l0_tol: float = 1.0 / 512) -> dict[str, Array]:
     x, x_adv = jnp.asarray(x, jnp.float32), jnp.asarray(x_adv, jnp.float32)
     _check_pair(x, x_adv)
     b = x.shape[0]
@@ -99,7 +108,6 @@ def _valid_filter(img: Array, w: np.ndarray) -> Array:
     return sum(float(w[i]) * out[:, :, i:i + wd] for i in range(k))
 
 
-@functools.partial(jax.jit, static_argnames=("data_range", "win_size", "sigma", "k1", "k2"))
 def ssim(x: Array, x_adv: Array, *, data_range: float = 1.0, win_size: int = 11,
          sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> Array:
     """Mean SSIM per example, float32 ``[b]`` (Wang et al. 2004; see the module docstring).
@@ -107,10 +115,19 @@ def ssim(x: Array, x_adv: Array, *, data_range: float = 1.0, win_size: int = 11,
     ``x``, ``x_adv``: float NHWC with ``H, W >= win_size``; 1.0 means identical images.
     Example: ``ssim(x, jnp.clip(x + 0.05 * noise, 0, 1)).mean()``.
     """
+    finish = _pair_checks(x, x_adv)
+    if min(np.shape(x)[1:3]) < win_size:
+        raise validation.InputError(f"SSIM needs images of at least {win_size}x{win_size}, got "
+                                    f"shape {tuple(np.shape(x))}; pass larger images or a "
+                                    f"smaller win_size")
+    with validation.completing(finish):
+        return _ssim(x, x_adv, data_range=data_range, win_size=win_size, sigma=sigma, k1=k1,
+                     k2=k2)
+
+
+@functools.partial(jax.jit, static_argnames=("data_range", "win_size", "sigma", "k1", "k2"))
+def _ssim(x, x_adv, *, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03):
     x, x_adv = jnp.asarray(x, jnp.float32), jnp.asarray(x_adv, jnp.float32)
-    _check_pair(x, x_adv)
-    if min(x.shape[1:3]) < win_size:
-        raise ValueError(f"SSIM needs images of at least {win_size}x{win_size}, got {x.shape}")
     w = _gaussian_window(win_size, sigma)
     # the five local statistics in one filtering pass over a [5b, H, W, C] stack (measured
     # fastest on XLA:CPU among stacking on a trailing axis, 5 passes, and banded matmuls)
@@ -132,13 +149,21 @@ def _local_std(x: Array) -> Array:
     return jnp.sqrt(jnp.mean((patches - mean) ** 2, axis=0))
 
 
-@functools.partial(jax.jit, static_argnames=("weight", "std_floor"))
 def psd(x: Array, x_adv: Array, *, weight: str = "inverse_std",
         std_floor: float = 1.0 / 255) -> Array:
     """Perturbation sensitivity distance per example, float32 ``[b]`` (module docstring).
 
     ``weight``: one of ``PSD_WEIGHTS``; ``std_floor`` only applies to ``"inverse_std"``.
     """
+    if weight not in PSD_WEIGHTS:
+        raise validation.InputError(f"unknown PSD weight {weight!r}; valid: "
+                                    f"{', '.join(PSD_WEIGHTS)}")
+    with validation.completing(_pair_checks(x, x_adv)):
+        return _psd(x, x_adv, weight=weight, std_floor=std_floor)
+
+
+@functools.partial(jax.jit, static_argnames=("weight", "std_floor"))
+def _psd(x, x_adv, *, weight="inverse_std", std_floor=1.0 / 255):
     x, x_adv = jnp.asarray(x, jnp.float32), jnp.asarray(x_adv, jnp.float32)
     _check_pair(x, x_adv)
     sd = _local_std(x)
@@ -176,7 +201,14 @@ class ImperceptibilityStats:
                    psd_weight: str = "inverse_std",
                    l0_tol: float = 1.0 / 512) -> "ImperceptibilityStats":
         """``x``, ``x_adv`` float NHWC in [0, 1]; ``mask`` bool ``[b]`` (e.g. attack success)."""
-        return _imperceptibility_batch(x, x_adv, mask, psd_weight, l0_tol)
+        if psd_weight not in PSD_WEIGHTS:
+            raise validation.InputError(f"unknown PSD weight {psd_weight!r}; valid: "
+                                        f"{', '.join(PSD_WEIGHTS)}")
+        if mask is not None and tuple(np.shape(mask)) != tuple(np.shape(x)[:1]):
+            raise validation.InputError(f"mask must be one bool per example [{np.shape(x)[0]}],"
+                                        f" got shape {tuple(np.shape(mask))}")
+        with validation.completing(_pair_checks(x, x_adv)):
+            return _imperceptibility_batch(x, x_adv, mask, psd_weight, l0_tol)
 
     def merge(self, other: "ImperceptibilityStats") -> "ImperceptibilityStats":
         return type(self)({f: self.stats[f].merge(other.stats[f]) for f in _FIELDS})
@@ -187,9 +219,9 @@ class ImperceptibilityStats:
 
 @functools.partial(jax.jit, static_argnums=(3, 4))
 def _imperceptibility_batch(x, x_adv, mask, psd_weight, l0_tol) -> ImperceptibilityStats:
-    values = lp_distortions(x, x_adv, l0_tol)
+    values = _lp_distortions(x, x_adv, l0_tol)
     if min(np.shape(x)[1:3]) >= 11:
-        values["ssim"] = ssim(x, x_adv)
-    values["psd"] = psd(x, x_adv, weight=psd_weight)
+        values["ssim"] = _ssim(x, x_adv)
+    values["psd"] = _psd(x, x_adv, weight=psd_weight)
     return ImperceptibilityStats({f: (Average.from_values(values[f], mask) if f in values
                                       else Average.empty()) for f in _FIELDS})

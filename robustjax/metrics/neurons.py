@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from robustjax import validation
 from robustjax.metrics.accumulators import AnySeen, Average, MinMax, merge_dicts
 from robustjax.types import normalize
 
@@ -89,6 +90,7 @@ def activations_fn(module: nn.Module, variables, *, mean: Sequence[float] = (0.0
         return method_name == "__call__" and isinstance(mdl, kinds)
 
     def f(x):
+        validation.check_shapes(x)  # NHWC floats, a non-empty batch (values: the callers)
         _, state = module.apply(variables, normalize(x, mean, std),
                                 capture_intermediates=capture, mutable=["intermediates"])
         out = {}
@@ -233,12 +235,21 @@ class LayerAverages:
         return {k: v.mean() for k, v in self.per_neuron().items()}
 
 
-@jax.jit
 def neuron_sensitivity(acts_clean: dict, acts_adv: dict) -> LayerAverages:
     """Neuron sensitivity statistics of one batch (Zhang et al. 2021; module docstring).
 
     ``acts_clean``/``acts_adv``: outputs of one ``activations_fn`` on ``x`` and on ``x_adv``.
     """
+    if set(acts_clean) != set(acts_adv):
+        raise validation.InputError(f"acts_clean and acts_adv must have the same layers, got "
+                                    f"{sorted(acts_clean)} and {sorted(acts_adv)}")
+    for k, a in acts_clean.items():
+        validation.check_same_shape(a, acts_adv[k], (f"acts_clean[{k!r}]", f"acts_adv[{k!r}]"))
+    return _neuron_sensitivity(acts_clean, acts_adv)
+
+
+@jax.jit
+def _neuron_sensitivity(acts_clean: dict, acts_adv: dict) -> LayerAverages:
     return LayerAverages({k: Average.from_values(_per_neuron(jnp.abs(acts_adv[k] - a)))
                           for k, a in acts_clean.items()})
 
@@ -251,7 +262,6 @@ class NeuronUncertaintyConfig:
     num_samples: int = 16
 
 
-@functools.partial(jax.jit, static_argnames=("acts_fn", "config"))
 def neuron_uncertainty(acts_fn: ActivationsFn, x: Array, key: Array,
                        config: NeuronUncertaintyConfig = NeuronUncertaintyConfig()
                        ) -> LayerAverages:
@@ -260,6 +270,17 @@ def neuron_uncertainty(acts_fn: ActivationsFn, x: Array, key: Array,
     Draws ``num_samples`` noisy copies (one key per draw, ``fold_in``), runs ``acts_fn`` on each
     and takes each activation's population variance over the draws.
     """
+    validation.check_shapes(x)
+    validation.check_applies(acts_fn, x)  # NCHW or the wrong channels: a clear error
+    if config.num_samples < 1 or not config.noise_std >= 0:
+        raise validation.InputError(f"NeuronUncertaintyConfig needs num_samples >= 1 and "
+                                    f"noise_std >= 0, got {config}")
+    with validation.completing(validation.start_checks(images=(("x", x),))):
+        return _neuron_uncertainty(acts_fn, x, key, config)
+
+
+@functools.partial(jax.jit, static_argnames=("acts_fn", "config"))
+def _neuron_uncertainty(acts_fn, x, key, config) -> LayerAverages:
     def one(i):
         e = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
         return acts_fn(jnp.clip(x + config.noise_std * e, 0.0, 1.0))

@@ -14,28 +14,34 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from robustjax import validation
 from robustjax.metrics.accumulators import Average
 
 Array = jax.Array
 
 
 def _check_logits_labels(logits, y, name="logits"):
-    if logits.ndim != 2:
-        raise ValueError(f"{name} must have shape [batch, classes], got {logits.shape}")
-    if y.shape != logits.shape[:1]:
-        raise ValueError(
-            f"labels must have shape [batch] = {logits.shape[:1]}, got {y.shape}"
-        )
+    """Shapes and dtypes (``robustjax.validation.check_logits``); inside jitted code."""
+    validation.check_logits(logits, y, name)
+
+
+def topk_correct(logits: Array, y: Array, k: int = 1) -> Array:
+    """bool ``[b]``: label ``y`` (int ``[b]``) is among the top-``k`` of ``logits`` ``[b, K]``.
+
+    Concrete inputs are checked (``robustjax.validation``): finite logits (a
+    ``ModelOutputError`` names the rows that are not) and labels inside the classes.
+    """
+    logits, y = jnp.asarray(logits), jnp.asarray(y)
+    if int(k) < 1:
+        raise validation.InputError(f"k must be >= 1, got {k}")
+    with validation.completing(validation.logits_checks(("logits", logits), y=y)):
+        return _topk_correct(logits, y, k=k)
 
 
 @functools.partial(jax.jit, static_argnames="k")
-def topk_correct(logits: Array, y: Array, k: int = 1) -> Array:
-    """bool ``[b]``: label ``y`` (int ``[b]``) is among the top-``k`` of ``logits`` ``[b, K]``."""
-    logits, y = jnp.asarray(logits), jnp.asarray(y)
+def _topk_correct(logits: Array, y: Array, k: int = 1) -> Array:
     _check_logits_labels(logits, y)
     k = min(int(k), logits.shape[-1])
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
     if k == 1:
         return jnp.argmax(logits, axis=-1) == y
     _, idx = jax.lax.top_k(logits, k)
@@ -56,7 +62,8 @@ class TaskStats:
     @classmethod
     def from_batch(cls, logits: Array, y: Array) -> "TaskStats":
         """``logits`` float ``[b, K]`` on clean images, ``y`` int ``[b]``."""
-        return _task_batch(logits, y)
+        with validation.completing(validation.logits_checks(("logits", logits), y=y)):
+            return _task_batch(logits, y)
 
     def merge(self, other: "TaskStats") -> "TaskStats":
         return type(self)(self.top1.merge(other.top1), self.top5.merge(other.top5))
@@ -67,8 +74,8 @@ class TaskStats:
 
 @jax.jit
 def _task_batch(logits, y) -> TaskStats:
-    return TaskStats(Average.from_values(topk_correct(logits, y, 1)),
-                     Average.from_values(topk_correct(logits, y, 5)))
+    return TaskStats(Average.from_values(_topk_correct(logits, y, 1)),
+                     Average.from_values(_topk_correct(logits, y, 5)))
 
 
 def accuracy(logits: Array, y: Array, k: int = 1) -> Array:

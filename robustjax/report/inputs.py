@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from robustjax import validation
 from robustjax.report.store import file_hash, params_hash
 from robustjax.types import Model
 
@@ -165,12 +166,15 @@ def fit_data(x: np.ndarray, y: np.ndarray, spec, *, resize: bool = False,
     antialiased) to the model's height and width. ``note`` says what was done (or None).
     Labels outside the model's classes are a ValueError either way.
     """
+    # NHWC floats, non-empty, finite, in [0, 1]; one integer label per image
+    validation.check_images(x, name=dataset)
+    validation.check_labels(y, batch=len(x), name=f"the labels of {dataset}")
     want = tuple(spec.input_shape)
     got = tuple(x.shape[1:])
     note = None
     if got != want:
         if not resize:
-            raise ValueError(
+            raise validation.InputError(
                 f"{dataset} has images of shape {got} (H, W, C) but model {spec.name!r} takes "
                 f"{want}. Pass --resize (run_report(resize=True)) to resize them to "
                 f"{want[0]}x{want[1]}" + (" and convert the channels" if got[-1:] != want[-1:]
@@ -181,15 +185,22 @@ def fit_data(x: np.ndarray, y: np.ndarray, spec, *, resize: bool = False,
             elif got[-1] == 3 and want[-1] == 1:
                 x = (x @ np.asarray(LUMA, np.float32))[..., None]
             else:
-                raise ValueError(f"--resize converts 1 <-> 3 channels only; {dataset} has "
-                                 f"{got[-1]} and model {spec.name!r} takes {want[-1]}")
+                raise validation.InputError(
+                    f"--resize converts 1 <-> 3 channels only; {dataset} has {got[-1]} and "
+                    f"model {spec.name!r} takes {want[-1]}")
         if tuple(x.shape[1:3]) != want[:2]:
             x = _resize(x, want[:2])
         note = (f"images resized from {got[0]}x{got[1]}x{got[2]} to {want[0]}x{want[1]}x"
                 f"{want[2]} (bilinear, antialiased" + (", channels converted)" if got[-1] !=
                                                        want[-1] else ")"))
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= spec.num_classes):
-        raise ValueError(f"{dataset} has labels in [{int(y.min())}, {int(y.max())}] but model "
-                         f"{spec.name!r} has {spec.num_classes} classes; evaluate it on data "
-                         "labelled in its own classes")
+        raise validation.InputError(
+            f"{dataset} has labels in [{int(y.min())}, {int(y.max())}] but model {spec.name!r} "
+            f"has {spec.num_classes} classes; evaluate it on data labelled in its own classes")
     return np.ascontiguousarray(x, np.float32), y, note
+
+
+def check_model(model: Model, x: np.ndarray, y: np.ndarray) -> None:
+    """Before any section runs: the model takes these images (NHWC, its channels and size) and
+    its logits have classes for every label (``robustjax.validation``; traced, no compute)."""
+    validation.check_model_inputs(model.apply_fn, model.params, x, y)

@@ -112,9 +112,12 @@ def train_certified(x, y, key, *, method: str = "ibp", eps: float = 0.15, epochs
     ramps from 0 to ``eps`` over ``ramp_epochs`` after ``warmup_epochs`` clean epochs.
     Returns ``(Model, history)``.
     """
+    from robustjax import validation
     from robustjax.models.registry import create
     from robustjax.train.loop import fit
 
+    validation.check_images(x)  # the model is built from x's shape: NHWC, before anything
+    validation.check_labels(y, batch=jnp.shape(x)[0])
     init_key, train_key = jax.random.split(key)
     model = create("cnn", num_classes=int(max(y)) + 1, key=init_key,
                    input_shape=tuple(x.shape[1:]), **(model_overrides or {}))

@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from robustjax import validation
 from robustjax.data import batches
-from robustjax.train import averaging, modes
-from robustjax.types import ApplyFn, Model, check_batch
+from robustjax.train import averaging, modes, sharding
+from robustjax.types import ApplyFn, Model
 
 LossFn = Callable[..., jax.Array]
 
@@ -116,7 +117,7 @@ def fit(apply_fn: ApplyFn, params, optimizer: optax.GradientTransformation, x, y
         eval_data: Optional[tuple] = None,
         eval_fn: Optional[Callable[[Any], float]] = None, keep_best: bool = False,
         patience: Optional[int] = None, progress: Optional[Callable] = None,
-        log: Optional[Callable[[str], None]] = None):
+        log: Optional[Callable[[str], None]] = None, mesh=None, fsdp: bool = False):
     """Train ``params`` for ``epochs`` passes over ``(x, y)``.
 
     Batches are drawn in a deterministic shuffled order (``shuffle_seed + epoch``); incomplete
@@ -130,12 +131,20 @@ def fit(apply_fn: ApplyFn, params, optimizer: optax.GradientTransformation, x, y
     If the optimizer chain holds a parameter average (``averaging.parameter_ema`` / ``swa``),
     evaluation and the returned parameters use the average.
 
+    Sharded training (``robustjax.train.sharding``): ``mesh`` (a ``jax.sharding.Mesh`` with
+    axis ``"batch"``, ``robustjax.parallel.data_mesh()``) runs each step data parallel over its
+    devices, the same numbers as one device to float32 rounding; ``fsdp=True`` also shards the
+    parameters and optimiser state over it. ``batch_size`` must divide over the devices.
+
     Returns ``(params, history)``: history has per-epoch mean ``loss``, ``eval_accuracy`` (if
     ``eval_data``), ``eval_metric`` (if ``eval_fn``), ``seconds``, and ``best_epoch``.
     """
-    check_batch(x, y)
+    # NHWC images the model takes, finite pixels in [0, 1], labels inside its classes: before
+    # any step compiles (robustjax.validation)
+    validation.check_model_inputs(apply_fn, params, x, y)
     if len(x) < batch_size:
-        raise ValueError(f"batch_size {batch_size} is larger than the dataset ({len(x)})")
+        raise validation.InputError(f"batch_size {batch_size} is larger than the dataset "
+                                    f"({len(x)}); pass a smaller batch_size or more data")
     if (keep_best or patience is not None) and eval_fn is None:
         raise ValueError("keep_best and patience need eval_fn (the held-out metric to select on)")
     if patience is not None and patience < 1:
@@ -145,9 +154,15 @@ def fit(apply_fn: ApplyFn, params, optimizer: optax.GradientTransformation, x, y
                       "stays in inference mode and its statistics are not updated. Pass "
                       "train_apply_fn=model.train_apply_fn (or use train.fit_model).",
                       stacklevel=2)
-    step_fn = jax.jit(functools.partial(train_step, apply_fn=apply_fn, optimizer=optimizer,
-                                        loss_fn=loss_fn, train_apply_fn=train_apply_fn))
+    place = sharding.placement(mesh, fsdp=fsdp)
+    step = functools.partial(train_step, apply_fn=apply_fn, optimizer=optimizer,
+                             loss_fn=loss_fn, train_apply_fn=train_apply_fn)
     state = init_state(params, optimizer)
+    if place is None:
+        step_fn = jax.jit(step)
+    else:
+        place.check_batch_size(batch_size)
+        step_fn, state = place.jit_step(step, state), place.put_state(state)
     history = {"loss": [], "eval_accuracy": [], "eval_metric": [], "seconds": [],
                "best_epoch": None}
     best, best_params, since_best = -np.inf, None, 0
@@ -160,6 +175,8 @@ def fit(apply_fn: ApplyFn, params, optimizer: optax.GradientTransformation, x, y
         for xb, yb in batches(x, y, batch_size, shuffle_seed=shuffle_seed + epoch,
                               drop_remainder=True):
             step_key = jax.random.fold_in(key, int(state.step))
+            if place is not None:
+                xb, yb = place.put_batch(xb, yb)
             state, loss = step_fn(state, xb, yb, step_key)
             losses.append(loss)
         history["loss"].append(float(np.mean(jax.device_get(losses))))

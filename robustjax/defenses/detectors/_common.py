@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.types import check_images
+from robustjax import validation
 
 
 def is_traced(*trees) -> bool:
@@ -29,7 +29,7 @@ def jitted(fn: Callable, static_argnums: tuple[int, ...]) -> Callable:
 
 def check_x(x, name: str = "x") -> jax.Array:
     """``x`` as float32 NHWC in [0, 1] (values checked outside ``jit``), or a clear error."""
-    check_images(x, name=name)
+    validation.check_images(x, name=name)
     return jnp.asarray(x, jnp.float32)
 
 

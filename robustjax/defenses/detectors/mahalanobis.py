@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from robustjax import validation
 from robustjax.defenses.detectors import _common
-from robustjax.types import check_labels
 
 Array = jax.Array
 
@@ -92,10 +92,10 @@ def fit_mahalanobis_features(features, y, num_classes: int | None = None,
     if f.ndim != 2:
         raise ValueError(f"features must be [n, d] (one feature vector per example), got shape "
                          f"{f.shape}")
-    check_labels(y, batch=f.shape[0])
+    validation.check_labels(y, batch=f.shape[0])
     y = np.asarray(y)
     k = int(y.max()) + 1 if num_classes is None else int(num_classes)
-    check_labels(y, num_classes=k, batch=f.shape[0])
+    validation.check_labels(y, num_classes=k, batch=f.shape[0])
     if f.shape[0] < 2:
         raise ValueError(f"fitting a covariance needs at least 2 examples, got {f.shape[0]}")
     onehot = jax.nn.one_hot(jnp.asarray(y), k, dtype=jnp.float32)  # [n, K]
@@ -119,7 +119,7 @@ def fit_mahalanobis(embed_fn, params, x_clean, y_clean,
     if not isinstance(config, MahalanobisConfig):
         raise TypeError(f"config must be a MahalanobisConfig, got {type(config).__name__}")
     x = _common.check_x(x_clean, "x_clean")
-    check_labels(y_clean, batch=x.shape[0], name="y_clean")
+    validation.check_labels(y_clean, batch=x.shape[0], name="y_clean")
     embed = _common.jitted(embed_fn, ())
     feats = _common.map_batches(lambda xb: embed(params, xb), x, config.batch_size)
     return fit_mahalanobis_features(feats.reshape(feats.shape[0], -1), y_clean, config=config)

@@ -39,8 +39,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 
+from robustjax import validation
 from robustjax.attacks import wrappers
-from robustjax.types import Model, check_images
+from robustjax.types import Model
 
 
 def identity(x, key=None):
@@ -83,7 +84,7 @@ class Transformation:
 
     def __call__(self, x, key: Optional[jax.Array] = None):
         """``transform(x, key)`` after checking ``x`` (NHWC float in [0, 1])."""
-        check_images(x)
+        validation.check_images(x)
         if self.randomized and key is None:
             raise ValueError(f"{self.name} is randomized: pass a PRNG key, e.g. "
                              f"t(x, jax.random.key(0))")
