@@ -131,28 +131,14 @@ def boundary(apply_fn, params, x: Array, y: Array, key: Array,
                                         config=BoundaryConfig(max_queries=5000)))(
             model.params, x, y, jax.random.key(0))
     """
-    decision.check_start(x, starting_points)
     cfg = config
-    if cfg.targeted and starting_points is None:
-        raise ValueError("a targeted Boundary attack needs starting_points (images of the "
-                         "target classes): uniform noise is almost never of a given class")
+    decision.check_start(x, starting_points, cfg.targeted, "Boundary attack")
     b = x.shape[0]
     k_every = cfg.update_stats_every_k
     is_adv = decision.label_oracle(apply_fn, params, y, cfg.targeted)
     k_init, k_loop = jax.random.split(key)
-
-    q = jnp.ones((b,), jnp.int32)
-    clean_adv = is_adv(x)  # 1 query: an already misclassified example is done
-    found, x_adv = clean_adv, x
-    if starting_points is not None:
-        sp = jnp.clip(starting_points.astype(x.dtype), 0.0, 1.0)
-        ask = ~found & fits(q, 1, cfg.max_queries)
-        ok = is_adv(sp) & ask
-        q = q + ask.astype(jnp.int32)
-        x_adv, found = jnp.where(bcast(ok, x), sp, x_adv), found | ok
-    x_noise, ok, q = decision.find_start(is_adv, x, k_init, q, ~found, cfg.init_trials,
-                                         cfg.max_queries)
-    x_adv, found = jnp.where(bcast(ok, x), x_noise, x_adv), found | ok
+    x_adv, found, clean_adv, q = decision.start(is_adv, x, k_init, starting_points,
+                                                cfg.init_trials, cfg.max_queries)
     running = found & ~clean_adv
 
     def one_step(i, st, with_stats):

@@ -134,10 +134,41 @@ def find_start(is_adv, x: Array, key: Array, queries: Array, need: Array, trials
     return jnp.where(bcast(found, x), x_start, x), found, queries
 
 
-def check_start(x: Array, starting_points: Optional[Array]) -> None:
+def check_start(x: Array, starting_points: Optional[Array], targeted: bool = False,
+                name: str = "decision-based attack") -> None:
+    """``starting_points`` (None or like ``x``) fit ``x``; a targeted attack needs them."""
     if starting_points is not None and starting_points.shape != x.shape:
         raise ValueError(f"starting_points must have the shape of x {x.shape}, got "
                          f"{starting_points.shape}")
+    if targeted and starting_points is None:
+        raise ValueError(f"a targeted {name} needs starting_points (images of the target "
+                         "classes): uniform noise is almost never of a given class")
+
+
+def start(is_adv, x: Array, key: Array, starting_points: Optional[Array], trials: int,
+          max_queries: Optional[int]):
+    """The adversarial start of both attacks (Brendel et al. 2018, Sec. 3.1; HSJ's code).
+
+    One query on ``x`` itself (an already misclassified example is done and keeps ``x``);
+    then the given ``starting_points`` (one query each, kept where adversarial); then, where
+    neither is, :func:`find_start`'s uniform noise and blend bisection.
+
+    Returns ``(x_start [b, ...], found [b] bool, clean_adv [b] bool, queries [b] int32)``:
+    ``x_start`` is adversarial where ``found`` (else ``x``); ``clean_adv`` marks the examples
+    misclassified from the start.
+    """
+    q = jnp.ones(x.shape[:1], jnp.int32)
+    clean_adv = is_adv(x)
+    found, x_start = clean_adv, x
+    if starting_points is not None:
+        sp = jnp.clip(starting_points.astype(x.dtype), 0.0, 1.0)
+        ask = ~found & fits(q, 1, max_queries)
+        ok = is_adv(sp) & ask
+        q = q + ask.astype(jnp.int32)
+        x_start, found = jnp.where(bcast(ok, x), sp, x_start), found | ok
+    x_noise, ok, q = find_start(is_adv, x, key, q, ~found, trials, max_queries)
+    x_start = jnp.where(bcast(ok, x), x_noise, x_start)
+    return x_start, found | ok, clean_adv, q
 
 
 def result(x: Array, x_adv: Array, found: Array, queries: Array, norm: str,

@@ -219,32 +219,15 @@ def hopskipjump(apply_fn, params, x: Array, y: Array, key: Array,
                                         config=HopSkipJumpConfig(max_queries=1000)))(
             model.params, x, y, jax.random.key(0))
     """
-    decision.check_start(x, starting_points)
     cfg = config
-    if cfg.targeted and starting_points is None:
-        raise ValueError("a targeted HopSkipJump needs starting_points (images of the target "
-                         "classes): uniform noise is almost never of a given class")
+    decision.check_start(x, starting_points, cfg.targeted, "HopSkipJump")
     b = x.shape[0]
     d = int(np.prod(x.shape[1:]))
     th = theta(cfg, d)
     is_adv = decision.label_oracle(apply_fn, params, y, cfg.targeted)
     k_init, k_loop = jax.random.split(key)
-
-    q = jnp.ones((b,), jnp.int32)
-    clean_adv = is_adv(x)  # 1 query: an already misclassified example is done
-    found = clean_adv
-    x_cur = x
-    if starting_points is not None:
-        sp = jnp.clip(starting_points.astype(x.dtype), 0.0, 1.0)
-        ask = ~found & fits(q, 1, cfg.max_queries)
-        ok = is_adv(sp) & ask
-        q = q + ask.astype(jnp.int32)
-        x_cur = jnp.where(bcast(ok, x), sp, x_cur)
-        found = found | ok
-    x_noise, ok, q = decision.find_start(is_adv, x, k_init, q, ~found, cfg.init_trials,
-                                         cfg.max_queries)
-    x_cur = jnp.where(bcast(ok, x), x_noise, x_cur)
-    found = found | ok
+    x_cur, found, clean_adv, q = decision.start(is_adv, x, k_init, starting_points,
+                                                cfg.init_trials, cfg.max_queries)
     # the start goes to the boundary first (the reference code's first binary_search_batch)
     active = found & ~clean_adv
     x_cur, q = boundary_search(is_adv, x, x_cur, q, active, cfg, th)
