@@ -10,6 +10,7 @@ min(jitted) / min(eager) (>= 0.95 is the goal). Also the real EfficientNet-Lite0
 issue's measurement.
 
     PYTHONPATH=. python benchmarks/eager_speed.py [--reps 5] [--batch 64] [--skip-imagenet]
+    PYTHONPATH=. python benchmarks/eager_speed.py --same-program   # eager program == jitted?
 
 Results: benchmarks/results/eager_speed.md.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import time
 
 import jax
@@ -105,6 +107,38 @@ def other_rows(model, x_all, y_all, batch, reps):
     return rows
 
 
+def _optimized_hlo(lowered) -> list:
+    text = lowered.compile().as_text()
+    text = re.sub(r", metadata=\{[^}]*\}", "", text)  # source locations differ, nothing else
+    text = re.sub(r"^(FileNames|FunctionNames|FileLocations|StackFrames)[\s\S]*?\n\n", "",
+                  text, flags=re.M)
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("HloModule")]
+
+
+def same_program_rows(model, x, y, eps, only=None):
+    """For each attack: is the program an eager call runs the one ``jax.jit(attack)`` runs?
+
+    Compares XLA's optimized HLO of the two (source metadata stripped). Where they are equal,
+    any gap in the timings is the fixed cost of the eager call's input checks, or noise.
+    """
+    rows = []
+    key = jax.random.key(1)
+    for name, (attack, config_class) in attacks.ATTACKS.items():
+        if only and name not in only:
+            continue
+        cfg = moderate(config_class, eps)
+        static = entry._static_config(cfg)
+        fn = entry.model_function(model.apply_fn)
+        with entry._hinting(entry.loop_hint(fn, model.params, x)):
+            eager = _optimized_hlo(entry._jitted(attack.body, static).lower(
+                fn, model.params, x, y, key, cfg))
+        jitted = _optimized_hlo(jax.jit(attack, static_argnums=(0, 5) if static else (0,)).lower(
+            model.apply_fn, model.params, x, y, key, cfg))
+        rows.append((f"attacks.{name}", len(eager), eager == jitted))
+        print(rows[-1], flush=True)
+    return rows
+
+
 def imagenet_rows(reps):
     from robustjax.models import efficientnet
 
@@ -140,11 +174,19 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--skip-imagenet", action="store_true")
     ap.add_argument("--only", default=None, help="comma list of ATTACKS names (default: all)")
+    ap.add_argument("--same-program", action="store_true",
+                    help="only compare the optimized programs of eager and jitted attacks")
     args = ap.parse_args()
     model = models.embedded_default()
     x, y = data.load("mnist5k")
     x, y = jnp.asarray(x[:4 * args.batch]), jnp.asarray(y[:4 * args.batch]).astype(jnp.int32)
     only = set(args.only.split(",")) if args.only else None
+    if args.same_program:
+        rows = same_program_rows(model, x[:args.batch], y[:args.batch], 0.1, only)
+        print("\n| entry point | HLO lines | eager program == jitted program |\n|---|---|---|")
+        for name, n, same in rows:
+            print(f"| {name} | {n} | {'yes' if same else 'NO'} |")
+        return
     rows = attack_rows(model, x, y, args.batch, args.reps, eps=0.1, only=only)
     if not args.only:
         rows += other_rows(model, x, y, args.batch, args.reps)
