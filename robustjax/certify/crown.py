@@ -37,8 +37,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from robustjax.certify import relax
 from robustjax.certify.ibp import IBP_RULES, Interval, input_interval, is_interval
 from robustjax.certify.interpreter import Graph, Lit, evaluate, interpret, read
+
+REGIONS = "relax_regions"  # env key of the graph's ``relax.Regions`` (set by ``forward``)
 
 # Primitives that are affine in their bounded inputs (given that the other inputs are
 # constant); ``_linear_ok`` adds the conditions for the bilinear ones.
@@ -188,6 +191,7 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     ``upper=False`` skips the upper bound (half the work; ``upper`` is then empty).
     """
     s, batched = spec.shape[0], inputs.batched
+    regions = env.get(REGIONS)
     coeffs = {start: jnp.concatenate([spec, spec] if upper else [spec]).astype(jnp.float32)}
     bias = jnp.zeros(coeffs[start].shape[:2 if batched else 1], jnp.float32)
     end = graph.producer.get(start, -1) + 1
@@ -213,6 +217,13 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
             for i, ct in zip(bound_pos, cts):
                 key = eqn.inputs[i]
                 coeffs[key] = coeffs[key] + ct if key in coeffs else ct
+        elif mode is not None and regions is not None and (
+                moved := _relax_step(graph, env, k, eqn, values, bound_pos, A, s, batched,
+                                     regions)) is not None:
+            targets, extra = moved
+            bias = bias + extra
+            for key, ct in targets:
+                coeffs[key] = coeffs[key] + ct if key in coeffs else ct
         elif relu_pos is not None and mode is not None:
             x = values[relu_pos]
             c = values[1 - relu_pos]
@@ -234,6 +245,86 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
             raise RuntimeError(f"linear coefficients left at node {key}, which is no input")
         bias = bias + _concretize_input(A, s, inputs)
     return bias[:s], bias[s:]
+
+
+def _relax_step(graph, env, k, eqn, values, bound_pos, A, s, batched, regions):
+    """The backward step through a non-ReLU nonlinearity (``relax``); None if none applies.
+
+    Returns ``([(input id, coefficients), ...], bias [2s, ...])``.
+    """
+    sum_rest = lambda a: _sum_rest(a, batched)
+    out = eqn.outputs[0]
+    cache = ("lines", k)  # the lines depend on the (final) input bounds only: once per node
+    if out in regions.fused:
+        root, eqns = regions.fused[out]
+        if cache not in env:
+            x = env[root]
+            env[cache] = _or_interval(relax.envelope(
+                relax.region_fn(graph, env, root, eqns, out), x.lower, x.upper), env[out])
+        new, extra = relax.apply_lines(A, s, env[cache], sum_rest)
+        return [(root, new)], extra
+    if len(bound_pos) == 1 and len(values) == 1:
+        if cache not in env:
+            lines = relax.unary_lines(eqn, values[0])
+            env[cache] = None if lines is None else _or_interval(lines, env[out])
+        if env[cache] is None:
+            return None
+        new, extra = relax.apply_lines(A, s, env[cache], sum_rest)
+        return [(eqn.inputs[0], new)], extra
+    if eqn.name in ("reduce_max", "reduce_window_max") and bound_pos == [0]:
+        new, extra = relax.max_lines(eqn, values[0], A, s, sum_rest)
+        return [(eqn.inputs[0], new)], extra
+    if eqn.name == "mul" and bound_pos == [0, 1] and eqn.inputs[0] == eqn.inputs[1]:
+        x = values[0]
+        new, extra = relax.apply_lines(A, s, relax.square_lines(x.lower, x.upper), sum_rest)
+        return [(eqn.inputs[0], new)], extra
+    if eqn.name in ("mul", "dot_general") and bound_pos == [0, 1]:
+        f = lambda u, v: evaluate(eqn, [u, v])[0]
+        A_x, A_y, extra = relax.bilinear(f, A, s, values[0], values[1], sum_rest)
+        return [(eqn.inputs[0], A_x), (eqn.inputs[1], A_y)], extra
+    if eqn.name == "div" and 1 in bound_pos:
+        y = values[1]
+        recip = relax.reciprocal_interval(y)
+        if bound_pos == [0, 1]:
+            A_x, A_r, extra = relax.bilinear(lambda u, v: u * v, A, s, values[0], recip,
+                                             sum_rest)
+            targets = [(eqn.inputs[0], A_x)]
+        else:
+            A_r, extra, targets = A * values[0], 0.0, []
+        lines = _or_interval(relax.reciprocal_lines(y.lower, y.upper), recip)
+        new, extra2 = relax.apply_lines(A_r, s, lines, sum_rest)
+        return targets + [(eqn.inputs[1], new)], extra + extra2
+    return None
+
+
+def _or_interval(lines, box):
+    """Where a relaxation has no finite lines, the constant lines of the IBP interval."""
+    lo, hi = jnp.broadcast_to(box.lower, lines.a_lo.shape), jnp.broadcast_to(box.upper,
+                                                                          lines.a_lo.shape)
+    bad_lo, bad_up = ~jnp.isfinite(lines.b_lo), ~jnp.isfinite(lines.b_up)
+    return relax.Lines(jnp.where(bad_lo, 0.0, lines.a_lo), jnp.where(bad_lo, lo, lines.b_lo),
+                       jnp.where(bad_up, 0.0, lines.a_up), jnp.where(bad_up, hi, lines.b_up))
+
+
+def needs_bounds(eqn, values, k, regions) -> list:
+    """Positions (or, for a fused region, the root id as ``("root", id)``) of the bounded
+    inputs whose intervals a relaxation of ``eqn`` uses."""
+    bound = [i for i, v in enumerate(values) if is_interval(v)]
+    if not bound or k in regions.inside:
+        return []
+    if eqn.outputs[0] in regions.fused:
+        return [("root", regions.fused[eqn.outputs[0]][0])]
+    if relu_input(eqn, values) is not None:
+        return bound
+    if len(values) == 1 and (eqn.name in relax.UNARY or eqn.name in relax.SMOOTH):
+        return bound
+    if eqn.name in ("reduce_max", "reduce_window_max"):
+        return bound
+    if eqn.name in ("mul", "dot_general") and len(bound) == 2:
+        return bound
+    if eqn.name == "div" and 1 in bound:
+        return bound
+    return []
 
 
 # Affine in one bounded operand without summing over it (elementwise with constants, moving
@@ -280,14 +371,19 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
     if intermediate not in ("ibp", "crown", "fastlin"):
         raise ValueError(f"intermediate must be ibp, crown or fastlin, got {intermediate!r}")
 
-    def hook(k, eqn, values, env):
-        pos = relu_input(eqn, values)
-        if pos is None or intermediate == "ibp":
-            return values
-        key = eqn.inputs[pos]
-        if inputs.norm == "linf" and ibp_is_exact(graph, env, key):
-            return values
-        shape = values[pos].lower.shape
+    bounded = {i for i, a in zip(graph.inputs, args) if is_interval(a)}
+    for eqn in graph.eqns:
+        if any(not isinstance(a, Lit) and a in bounded for a in eqn.inputs):
+            bounded.update(eqn.outputs)
+    regions = relax.elementwise_regions(graph, bounded)
+    done = set()
+
+    def tighten(key, env, relu: bool):
+        if key in done or (inputs.norm == "linf" and ibp_is_exact(graph, env, key)):
+            return
+        done.add(key)
+        box = env[key]
+        shape = box.lower.shape
         # One row per neuron of one example, the same rows for every example.
         per_example = shape[1:] if inputs.batched else shape
         n = math.prod(per_example)
@@ -297,13 +393,27 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
                           intermediate)
         if inputs.batched:  # [n, b] -> [b, n]
             lo, hi = lo.T, hi.T
-        tight = Interval(lo.reshape(shape), hi.reshape(shape))
-        env[key] = tight
-        values = list(values)
-        values[pos] = tight
-        return values
+        lo, hi = lo.reshape(shape), hi.reshape(shape)
+        if not relu:  # ReLU inputs keep CROWN's bounds as auto_LiRPA does; others intersect
+            lo, hi = jnp.maximum(lo, box.lower), jnp.minimum(hi, box.upper)
+        env[key] = Interval(lo, hi)
 
-    return interpret(graph, IBP_RULES, args, is_interval, hook)
+    def hook(k, eqn, values, env):
+        env.setdefault(REGIONS, regions)  # the backward passes below read it
+        if eqn.name == "sub" and relax._member(eqn.inputs[1], regions.shift) and is_interval(values[1]):
+            # softmax's shift: any constant gives the same softmax (relax._softmax_shifts)
+            env[eqn.inputs[1]] = values[1].upper
+            values = [values[0], values[1].upper]
+        if intermediate == "ibp":
+            return values
+        relu = relu_input(eqn, values) is not None
+        for pos in needs_bounds(eqn, values, k, regions):
+            tighten(pos[1] if isinstance(pos, tuple) else eqn.inputs[pos], env, relu)
+        return [read(env, a) if is_interval(v) else v for a, v in zip(eqn.inputs, values)]
+
+    env = interpret(graph, IBP_RULES, args, is_interval, hook)
+    env[REGIONS] = regions
+    return env
 
 
 def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,

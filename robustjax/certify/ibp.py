@@ -61,26 +61,38 @@ def _neg(prim, x, **params):
     return Interval(-x.upper, -x.lower)
 
 
+def _times(u, v):
+    """``u * v`` for bound end points, with ``0 * inf = 0`` (the interval-arithmetic rule for
+    real-valued factors: an end point of 0 bounds a real number, not a limit). An overflowed
+    bound (``exp`` of a wide interval, a saturating softmax) then stays NaN-free."""
+    p = u * v
+    return jnp.where((u == 0) | (v == 0), jnp.zeros_like(p), p)
+
+
 def _mul_intervals(a: Interval, b: Interval) -> Interval:
-    p = jnp.stack(jnp.broadcast_arrays(a.lower * b.lower, a.lower * b.upper,
-                                       a.upper * b.lower, a.upper * b.upper))
+    p = jnp.stack(jnp.broadcast_arrays(_times(a.lower, b.lower), _times(a.lower, b.upper),
+                                       _times(a.upper, b.lower), _times(a.upper, b.upper)))
     return Interval(jnp.min(p, axis=0), jnp.max(p, axis=0))
 
 
 def _mul(prim, a, b, **params):
+    if a is b and isinstance(a, Interval):  # x * x of one node (the interpreter reads it once)
+        return _square(prim, a)
     if isinstance(a, Interval) and isinstance(b, Interval):
         return _mul_intervals(a, b)
     x, c = (a, b) if isinstance(a, Interval) else (b, a)
     # End points rather than centre/radius: exact, and [0, u] * c never dips below 0.
-    lo, hi = x.lower * c, x.upper * c
+    lo, hi = _times(x.lower, c), _times(x.upper, c)
     return Interval(jnp.minimum(lo, hi), jnp.maximum(lo, hi))
 
 
 def _reciprocal(x: Interval) -> Interval:
-    """1/x; unbounded where the interval contains 0."""
-    straddles = (x.lower <= 0) & (x.upper >= 0)
-    lo = jnp.where(straddles, -jnp.inf, 1 / x.upper)
-    hi = jnp.where(straddles, jnp.inf, 1 / x.lower)
+    """1/x; unbounded where the interval contains 0 inside it. An end point of 0 leaves the
+    other side bounded: ``1/[0, u] = [1/u, inf]`` (a sum of ``exp`` that underflowed to 0 in
+    a softmax's denominator), ``1/[l, 0] = [-inf, 1/l]``."""
+    straddles = ((x.lower < 0) & (x.upper > 0)) | ((x.lower == 0) & (x.upper == 0))
+    lo = jnp.where(straddles | (x.upper == 0), -jnp.inf, 1 / x.upper)
+    hi = jnp.where(straddles | (x.lower == 0), jnp.inf, 1 / x.lower)
     return Interval(lo, hi)
 
 
