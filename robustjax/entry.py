@@ -31,8 +31,9 @@ import threading
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import numpy as np
 
-from robustjax import validation
+from robustjax import parallel, validation
 
 _state = threading.local()
 
@@ -125,6 +126,38 @@ def loop_hint(apply_fn: Callable, params, x) -> LoopHint:
     return LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
 
 
+# ------------------------------------------------------------------------------- meshes
+
+
+def _on_mesh(mesh_axis, run, fn, params, per_example, replicated, *, wrap_model: bool):
+    """``run(fn, params, per_example, replicated)`` data-parallel over ``mesh_axis`` (see
+    ``robustjax.parallel``): the per-example arrays padded to a multiple of the shards and
+    split over the batch axis, params and keys on every device, the model run per shard
+    (``wrap_model``; not for bodies that interpret the model's jaxpr), the padding cut off."""
+    mesh, axis = mesh_axis
+    per_example, (params, replicated), n, padded = parallel.place(
+        per_example, (params, replicated), mesh, axis)
+    if wrap_model:
+        try:
+            fn = parallel.sharded_model(fn, mesh, axis)
+        except TypeError:  # unhashable model function: not cached
+            fn = parallel.sharded_model.__wrapped__(fn, mesh, axis)
+    return parallel.unplace(run(fn, params, per_example, replicated), n, padded)
+
+
+def data_parallel(run: Callable, apply_fn: Callable, params, per_example, replicated=None, *,
+                  wrap_model: bool = True):
+    """``run(apply_fn, params, per_example, replicated)`` on the current mesh
+    (``robustjax.parallel.active_mesh()``) when there is one, else exactly as called: for host
+    loops that call their own jitted steps (AutoAttack's cascade). ``per_example``: a pytree
+    of arrays with the batch as leading dimension; the result's leaves of the padded batch
+    size are cut back to the batch."""
+    mesh = parallel.active_mesh()
+    if mesh is None:
+        return run(apply_fn, params, per_example, replicated)
+    return _on_mesh(mesh, run, apply_fn, params, per_example, replicated, wrap_model=wrap_model)
+
+
 # ------------------------------------------------------------------------------ attacks
 
 
@@ -194,9 +227,15 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
                                                             gradient=gradient)
         hint = LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
         with _checked(finish_checks), _hinting(hint):
+            mesh = None if traced else parallel.active_mesh()
             if traced or (eager_loop is not None and eager_loop(config, hint)):
-                return body(fn, params, x, y, key, config, **extras)
-            return _jitted(body, _static_config(config))(fn, params, x, y, key, config, **extras)
+                run = body
+            else:
+                run = _jitted(body, _static_config(config))
+            if mesh is None:
+                return run(fn, params, x, y, key, config, **extras)
+            return _on_mesh(mesh, lambda f, p, b, k: run(f, p, b[0], b[1], k, config, **b[2]),
+                            fn, params, (x, y, extras), key, wrap_model=True)
 
     attack.body = body
     return attack
@@ -205,13 +244,34 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
 # ------------------------------------------------------------------ other model entry points
 
 
+def _per_example(value, b: int) -> bool:
+    return (isinstance(value, (jax.Array, np.ndarray)) and value.ndim > 0
+            and value.shape[0] == b)
+
+
+@functools.lru_cache(maxsize=64)
+def _per_shard(body, fn, static_items: tuple, mesh, axis: str, names: tuple, others: tuple):
+    """``body`` run by every device on its own rows (``jax.shard_map``), compiled once per
+    model, static arguments, mesh and argument names: for per-example deterministic bodies
+    (bound propagation), whose partitioned program would otherwise round differently."""
+    P = jax.sharding.PartitionSpec
+
+    def local(params, batched, rest):
+        return body(apply_fn=fn, params=params, **dict(static_items),
+                    **dict(zip(names, batched)), **dict(zip(others, rest)))
+
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), P()),
+                                 out_specs=P(axis), check_vma=False))
+
+
 @functools.lru_cache(maxsize=None)
 def _jitted_named(body, static: tuple):
     return jax.jit(body, static_argnames=static)
 
 
 def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: Optional[str] = None,
-                accelerate: bool = True, compile: bool = True, images: bool = True):
+                accelerate: bool = True, compile: bool = True, images: bool = True,
+                per_shard: bool = False):
     """Decorator for an entry point ``body(apply_fn, params, x, ...)`` that is not an attack
     (certifiers, metrics): the same checks, acceleration and compile-once caching.
 
@@ -222,10 +282,17 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
     still get the checks and the accelerated model; their own jitted pieces are cached).
     ``images=False`` for entry points that take any batch of arrays (randomized smoothing):
     a non-empty batch of finite floats, not necessarily NHWC pixels.
+
+    On a mesh (``robustjax.parallel.current_mesh()``, default all local devices when there are
+    several) an eager call pads and shards its per-example arguments (those with the batch as
+    leading dimension) over the batch axis and replicates the parameters; ``per_shard=True``
+    runs the whole body on each device's rows (``jax.shard_map``), for bodies whose outputs are
+    all per-example and deterministic (certifiers): the same program as on one device.
     """
     if body is None:
         return functools.partial(model_entry, static=static, labels=labels,
-                                 accelerate=accelerate, compile=compile, images=images)
+                                 accelerate=accelerate, compile=compile, images=images,
+                                 per_shard=per_shard)
     signature = inspect.signature(body)
     static = tuple(static)
 
@@ -250,9 +317,31 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
         dynamic = [v for k, v in arguments.items() if k not in static and k != "apply_fn"]
         with _checked(finish_checks), \
                 _hinting(LoopHint(probe.xla_convolutions, probe.onednn_convolutions)):
-            if not compile or is_traced(dynamic):
-                return body(**arguments)
-            return _jitted_named(body, ("apply_fn",) + static)(**arguments)
+            traced = is_traced(dynamic)
+            run = body if not compile or traced else _jitted_named(body, ("apply_fn",) + static)
+            mesh = None if traced else parallel.active_mesh()
+            if mesh is None:
+                return run(**arguments)
+            b = x.shape[0]
+            batched = {k: v for k, v in arguments.items() if k not in static and k not in
+                       ("apply_fn", "params") and _per_example(v, b)}
+
+            if per_shard and compile:
+                names = tuple(batched)
+                others = tuple(k for k in arguments if k not in static and k not in names
+                               and k not in ("apply_fn", "params"))
+                local = _per_shard(body, fn, tuple((k, arguments[k]) for k in static),
+                                   mesh[0], mesh[1], names, others)
+
+                def on_mesh(f, p, per_example, _):
+                    return local(p, tuple(per_example[k] for k in names),
+                                 tuple(arguments[k] for k in others))
+            else:
+                def on_mesh(f, p, per_example, _):
+                    return run(**{**arguments, "apply_fn": f, "params": p, **per_example})
+
+            return _on_mesh(mesh, on_mesh, fn, params, batched, None,
+                            wrap_model=accelerate and not per_shard)
 
     call.body = body
     return call

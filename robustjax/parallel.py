@@ -33,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from typing import Any, Optional, Sequence, Tuple
 
@@ -89,29 +90,40 @@ def batch_size(mesh: Mesh, axis: str = BATCH) -> int:
 # ------------------------------------------------------------------------- current mesh
 
 
+_UNSET = object()
+
+
+@functools.lru_cache(maxsize=None)
+def _local_default() -> Optional[Tuple[Mesh, str]]:
+    devices = jax.local_devices()
+    return (data_mesh(devices), BATCH) if len(devices) > 1 else None
+
+
 def current_mesh() -> Optional[Tuple[Mesh, str]]:
-    """``(mesh, axis)`` set by the innermost ``use_mesh`` block, or None (one device)."""
-    return getattr(_state, "mesh", None)
+    """``(mesh, axis)`` the entry points shard over now: the innermost ``use_mesh`` block's, or
+    by default ``data_mesh(local=True)`` (all of this process's devices) when there are several;
+    None for one device or inside ``use_mesh(None)``."""
+    entry = getattr(_state, "mesh", _UNSET)
+    return _local_default() if entry is _UNSET else entry
 
 
 @contextlib.contextmanager
-def use_mesh(mesh: Optional[Mesh] = None, *, axis: str = BATCH):
-    """Within the block, robustjax's entry points shard their batch over ``mesh`` (default:
-    ``data_mesh()``, all devices). ``use_mesh(None)`` inside a block switches sharding off.
-    A mesh of one device is the same as none: the one-device path runs unchanged."""
-    previous = getattr(_state, "mesh", None)
+def use_mesh(mesh: Optional[Mesh], *, axis: str = BATCH):
+    """Within the block, robustjax's entry points shard their batch over ``mesh``'s ``axis``;
+    ``use_mesh(None)`` switches sharding off (everything on the default device, as on one
+    device). Without any block the default is all local devices. A mesh of one device is the
+    same as none: the one-device path runs unchanged."""
+    previous = getattr(_state, "mesh", _UNSET)
     if mesh is not None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"use_mesh: expected a jax.sharding.Mesh or None, received "
+                            f"{type(mesh).__name__}; build one with robustjax.parallel.data_mesh()")
         _check_axis(mesh, axis)
     _state.mesh = None if mesh is None else (mesh, axis)
     try:
         yield mesh
     finally:
         _state.mesh = previous
-
-
-def default_mesh() -> Mesh:
-    """``data_mesh()``: the mesh used when a caller asks for sharding without naming one."""
-    return data_mesh()
 
 
 def active_mesh() -> Optional[Tuple[Mesh, str]]:
@@ -196,6 +208,77 @@ def shard_batch(tree, mesh: Mesh, axis: str = BATCH):
 def replicate(tree, mesh: Mesh):
     """Place every leaf of ``tree`` on every device of ``mesh`` (``replicated_sharding``)."""
     return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def _same_batch(leaf, n: int) -> bool:
+    shape = np.shape(leaf)
+    return len(shape) > 0 and shape[0] == n
+
+
+def place(per_example, replicated, mesh: Mesh, axis: str = BATCH):
+    """What an entry point does before running on ``mesh``: pad the per-example tree (its
+    array leaves with the batch as leading dimension; other leaves, such as None, pass) to a
+    multiple of the batch shards, put it on ``batch_sharding``, and put ``replicated``
+    (parameters, keys) on every device. Returns ``(per_example, replicated, n, padded)``.
+
+    Arrays that already live on the mesh (``global_batch`` under ``jax.distributed``) are used
+    as they are; a mesh spanning several processes needs them, since one process's values
+    cannot be spread over another's devices."""
+    leaves = [a for a in jax.tree_util.tree_leaves(per_example) if np.ndim(a) > 0]
+    n = int(np.shape(leaves[0])[0])
+    sharding = batch_sharding(mesh, axis)
+    if not all(_same_batch(a, n) for a in leaves):
+        raise ValueError(f"expected every per-example array to have {n} rows, received shapes "
+                         f"{[np.shape(a) for a in leaves]}")
+    if not mesh.is_multi_process or all(isinstance(a, jax.Array) and a.sharding == sharding
+                                        for a in leaves):
+        pass
+    else:
+        raise ValueError(
+            "the mesh spans several processes: pass global arrays built with "
+            "robustjax.parallel.global_batch(local_rows, mesh) (received process-local values), "
+            "or shard over this process's devices with use_mesh(data_mesh(local=True))")
+    multiple = batch_size(mesh, axis)
+    target = padded_size(n, multiple)
+    if target != n:
+        if mesh.is_multi_process:
+            raise ValueError(f"a global batch of {n} does not divide the {multiple} shards of "
+                             f"axis {axis!r}: pad each process's rows with pad_batch first")
+        per_example = jax.tree_util.tree_map(
+            lambda a: pad_batch(a, multiple)[0] if _same_batch(a, n) else a, per_example)
+    per_example = jax.tree_util.tree_map(
+        lambda a: jax.device_put(a, sharding) if _same_batch(a, target) else a, per_example)
+    replicated = jax.device_put(replicated, replicated_sharding(mesh))
+    return per_example, replicated, n, target
+
+
+def unplace(tree, n: int, padded: int):
+    """The result of a call placed with ``place``: leaves with ``padded`` rows cut to ``n``."""
+    if padded == n:
+        return tree
+    return jax.tree_util.tree_map(lambda a: a[:n] if _same_batch(a, padded) else a, tree)
+
+
+@functools.lru_cache(maxsize=256)
+def sharded_model(apply_fn, mesh: Mesh, axis: str = BATCH):
+    """``apply_fn(params, x)`` run data-parallel: ``jax.shard_map`` gives each device its rows
+    of ``x`` and all of ``params``, and the logits come back sharded the same way. Exact for a
+    per-example model (inference BatchNorm, no cross-example op), and it lets custom calls that
+    XLA cannot partition (robustjax's oneDNN convolutions) run on each device's rows instead of
+    on the gathered batch. A batch that does not divide the shards is run as given (XLA
+    partitions it as it can). Cached per (apply_fn, mesh, axis): ``jit``'s cache stays hot."""
+    n = int(mesh.shape[axis])
+
+    def apply(params, x, *args, **kwargs):
+        if np.ndim(x) == 0 or x.shape[0] % n or args or kwargs:
+            return apply_fn(params, x, *args, **kwargs)
+        run = jax.shard_map(apply_fn, mesh=mesh, in_specs=(PartitionSpec(), PartitionSpec(axis)),
+                            out_specs=PartitionSpec(axis), check_vma=False)
+        return run(params, x)
+
+    apply._robustjax_accelerated = getattr(apply_fn, "_robustjax_accelerated", False)
+    apply.__wrapped__ = apply_fn
+    return apply
 
 
 # --------------------------------------------------------------------------- multi-host

@@ -280,12 +280,18 @@ def run_checks(apply_fn, params, x, y, config: AutoAttackConfig, names) -> int:
 def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttackConfig(), *,
                log: Optional[Callable[[str], None]] = None,
                checkpoint: Optional[Callable[[AutoAttackState], None]] = None,
-               resume: Optional[AutoAttackState] = None) -> AutoAttackResult:
+               resume: Optional[AutoAttackState] = None,
+               batch_offset: Optional[int] = None) -> AutoAttackResult:
     """Run AutoAttack on ``x`` [n, H, W, C] float32 in [0, 1] with labels ``y`` int [n].
 
     ``key`` seeds every attack (attack ``a``, batch ``b`` use ``fold_in(fold_in(key, a), b)``).
     Returns an ``AutoAttackResult``; see the module docstring for the versions and the
     cascade, ``log``, ``checkpoint`` and ``resume``.
+
+    ``batch_offset`` (multi-host shares, ``robustjax.report.autoattack``): ``x`` is the part
+    of a larger dataset that starts at its batch ``batch_offset``; with ``schedule="mask"``
+    batch ``b`` of ``x`` then uses ``fold_in(fold_in(key, a), batch_offset + b)``, the key the
+    whole dataset's run gives it, so the shares' results are the one-process run's.
     """
     validation.check_shapes(x, y)
     x = np.asarray(x, np.float32)
@@ -299,11 +305,13 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
     plan = attack_plan(config)
     names = tuple(name for name, _, _ in plan)
     n, bs = x.shape[0], config.batch_size
+    if batch_offset is not None and config.schedule != "mask":
+        raise ValueError(f"batch_offset needs schedule='mask' (fixed batches, keyed by their "
+                         f"place in the dataset), received schedule={config.schedule!r}")
     for note in attack_plan_notes(config):
         say(f"note: {note}")
     say(f"using {config.version} version including {', '.join(names)}.")
     run_checks(apply_fn, params, x, y, config, names)
-    predict = _predictor(apply_fn)
 
     if resume is not None:
         state = resume
@@ -316,7 +324,8 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
         t0 = time.perf_counter()
         robust = np.zeros(n, bool)
         for idx in _batches(np.arange(n), bs):
-            pred = np.asarray(predict(params, jnp.asarray(x[_pad(idx, bs)])))[:len(idx)]
+            pred = np.asarray(entry.data_parallel(lambda f, p, b, _: _predictor(f)(p, b), apply_fn,
+                                                  params, jnp.asarray(x[_pad(idx, bs)])))[:len(idx)]
             robust[idx] = pred == y[idx]
         acc = float(robust.mean())
         state = AutoAttackState(
@@ -348,13 +357,15 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
         else:
             bs_a = bs
             batches = [b for b in _batches(np.arange(n), bs) if np.isin(b, state.todo).any()]
-        run = _runner(apply_fn, fn, cfg, config.norm, float(config.eps))
         key_a = jax.random.fold_in(key, a)
         for bi in range(state.batches_done, len(batches)):
             idx = batches[bi]
             padded = _pad(idx, bs_a)
-            x_out, broken = run(params, jnp.asarray(x[padded]), jnp.asarray(y[padded]),
-                                jax.random.fold_in(key_a, bi))
+            x_out, broken = entry.data_parallel(  # sharded over the mesh, if there is one
+                lambda f, p, b, k: _runner(f, fn, cfg, config.norm, float(config.eps))(p, *b, k),
+                apply_fn, params, (jnp.asarray(x[padded]), jnp.asarray(y[padded])),
+                jax.random.fold_in(key_a, bi if batch_offset is None
+                                   else batch_offset + int(idx[0]) // bs))
             x_out, broken = np.asarray(x_out)[:len(idx)], np.asarray(broken)[:len(idx)]
             live = state.robust[idx]
             hit = broken & live

@@ -81,7 +81,7 @@ def _trace(apply_fn, params, x, batch: int):
 
 
 @entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config", "upper"),
-                   accelerate=False)
+                   accelerate=False, per_shard=True)
 def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str = "linf",
            spec: Optional[jax.Array] = None, chunk_size: Optional[int] = None,
            alpha_config: AlphaCrownConfig = AlphaCrownConfig(), upper: bool = True):
@@ -163,7 +163,7 @@ def margin_condition(margin_lower: jax.Array, y: jax.Array) -> jax.Array:
 
 
 @entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config"), labels="y",
-                   accelerate=False)
+                   accelerate=False, per_shard=True)
 def certify(apply_fn, params, x: jax.Array, y: jax.Array, eps, method: str = "crown",
             norm: str = "linf", chunk_size: Optional[int] = None,
             alpha_config: AlphaCrownConfig = AlphaCrownConfig()) -> jax.Array:

@@ -147,6 +147,122 @@ def run_autoattack(model, x, y, config: AutoAttackConfig, *, key=None, state_pat
     return robustbench_entry(result, config, name=name, dataset=dataset)
 
 
+def process_state_path(state_path, process_index: int, process_count: int) -> pathlib.Path:
+    """Where process ``process_index`` of ``process_count`` keeps its share's state:
+    ``aa.state.npz`` -> ``aa.state.process1-of-2.npz`` (one file per host: each resumes its
+    own share)."""
+    p = pathlib.Path(state_path)
+    return p.with_name(f"{p.stem}.process{process_index}-of-{process_count}{p.suffix}")
+
+
+def _gather(local: np.ndarray, rows: int) -> np.ndarray:
+    """Every process's ``local`` rows (padded to ``rows``), stacked in process order."""
+    from jax.experimental import multihost_utils
+
+    pad = np.zeros((rows - len(local),) + local.shape[1:], local.dtype)
+    return np.asarray(multihost_utils.process_allgather(np.concatenate([local, pad])))
+
+
+def check_same_run(description: dict) -> None:
+    """Fail fast, before any compute, when the processes of a multi-host job were started with
+    different configurations, data or models: every process hashes ``description`` and the
+    hashes are compared across processes (``jax.experimental.multihost_utils``)."""
+    from robustjax.report.store import config_hash
+
+    mine = np.frombuffer(bytes.fromhex(config_hash(description)), np.uint8)
+    hashes = _gather(mine[None], 1)[:, 0]
+    differ = [i for i in range(len(hashes)) if not np.array_equal(hashes[i], hashes[0])]
+    if differ:
+        raise ValueError(f"the processes of this multi-host run were started with different "
+                         f"configurations: process(es) {differ} differ from process 0 "
+                         f"(hashes {[h.tobytes().hex() for h in hashes]}); start every process "
+                         f"with the same command, model, data and seed")
+
+
+def run_autoattack_sharded(model, x, y, config: AutoAttackConfig, *, key=None, state_path=None,
+                           name: str = "model", dataset: str = "",
+                           log: Optional[Callable] = None) -> dict:
+    """AutoAttack split over the processes of a ``jax.distributed`` job (one process: the
+    same computation, as the reference to compare with).
+
+    ``x``, ``y`` are the whole dataset (e.g. memory-mapped); process ``p`` reads only its
+    share, whole batches of ``config.batch_size`` (``robustjax.parallel.process_slice`` over
+    the batches), attacks it on its own devices, and keeps its own state file
+    (``process_state_path``): an interrupted job resumes every share where it stopped. The
+    per-example outcomes are gathered (``multihost_utils.process_allgather``) and every process
+    returns the merged RobustBench-style entry; process 0 writes it (``parallel.is_coordinator``).
+    ``config.schedule`` must be ``"mask"``: fixed batches keyed by their place in the dataset,
+    so the numbers equal the one-process run's exactly. Mixed configurations across processes
+    fail at start (``check_same_run``)."""
+    from robustjax import parallel
+    from robustjax.report.store import params_hash
+
+    if config.schedule != "mask":
+        raise ValueError(f"a multi-host AutoAttack needs schedule='mask' (fixed batches, each "
+                         f"keyed by its place in the dataset, so every process's share gives "
+                         f"the one-process numbers); received schedule={config.schedule!r}")
+    key = jax.random.key(0) if key is None else key
+    n, bs = int(np.shape(x)[0]), config.batch_size
+    count, index = jax.process_count(), jax.process_index()
+    key_words = np.asarray(jax.random.key_data(key)) if jax.dtypes.issubdtype(
+        key.dtype, jax.dtypes.prng_key) else np.asarray(key)
+    check_same_run({"config": dataclasses.asdict(config), "n": n, "shape": list(np.shape(x)),
+                    "params": params_hash(model.params), "key": key_words.tolist(),
+                    "name": name, "dataset": dataset, "processes": count})
+    batches = parallel.process_slice(-(-n // bs))
+    rows = slice(batches.start * bs, min(batches.stop * bs, n))
+    xs, ys = np.asarray(x[rows]), np.asarray(y[rows])
+    if len(xs) == 0:
+        raise ValueError(f"{n} examples in batches of {bs} leave process {index} of {count} "
+                         f"nothing to do: use fewer processes or a smaller --batch-size")
+    share_state = None if state_path is None else process_state_path(state_path, index, count)
+    resume, fp = None, ""
+    if share_state is not None:
+        runfiles.preflight(share_state.parent, state_bytes(xs), "the AutoAttack state")
+        runfiles.remove_stale_temporaries(share_state.parent)
+        fp = fingerprint(model.params, xs, ys, key) + f"-rows{rows.start}"
+        if share_state.exists():
+            resume, saved_fp = _read_state(share_state)
+            if saved_fp and saved_fp != fp:
+                raise ValueError(f"{share_state} holds the state of another evaluation "
+                                 f"(fingerprint {saved_fp}, this share {fp}); delete it to "
+                                 f"start over")
+            if log:
+                log(_resume_line(share_state, resume))
+    checkpoint = (lambda s: save_state(share_state, s, fp)) if share_state is not None else None
+    local = autoattack(model.apply_fn, model.params, xs, ys, key, config, log=log,
+                       checkpoint=checkpoint, resume=resume, batch_offset=batches.start)
+    if count > 1:
+        most = max(parallel.process_slice(-(-n // bs), process_index=p).stop
+                   - parallel.process_slice(-(-n // bs), process_index=p).start
+                   for p in range(count)) * bs
+        sizes = [min(s.stop * bs, n) - s.start * bs for s in
+                 (parallel.process_slice(-(-n // bs), process_index=p) for p in range(count))]
+        g = _gather(np.asarray(local.broken_by), most)
+        broken_by = np.concatenate([g[p, :sizes[p]] for p in range(count)])
+        ran = np.array([nm in local.accuracy_after for nm in local.attacks], np.int32)
+        ran = _gather(ran[None], 1)[:, 0].max(axis=0)
+        secs = np.array([local.seconds.get(k, 0.0) for k in ("clean",) + local.attacks])
+        secs = _gather(secs[None], 1)[:, 0].max(axis=0)
+    else:
+        broken_by = local.broken_by
+        ran = np.array([nm in local.accuracy_after for nm in local.attacks], np.int32)
+        secs = np.array([local.seconds.get(k, 0.0) for k in ("clean",) + local.attacks])
+    robust = broken_by < 0
+    after = {"clean": float(np.mean(broken_by != 0))}
+    for j, nm in enumerate(local.attacks):
+        if ran[j]:
+            after[nm] = float(np.mean((broken_by < 0) | (broken_by > j + 1)))
+    merged = AutoAttackResult(  # adversarial images stay with their process (not gathered)
+        x_adv=local.x_adv if count == 1 else None, robust=robust, broken_by=broken_by, attacks=local.attacks,
+        clean_accuracy=after["clean"], robust_accuracy=float(robust.mean()),
+        accuracy_after=after,
+        seconds={k: float(v) for k, v in zip(("clean",) + local.attacks, secs)})
+    entry = robustbench_entry(merged, config, name=name, dataset=dataset)
+    entry["processes"] = count
+    return entry
+
+
 def _resume_line(path, state: AutoAttackState) -> str:
     m = len(state.attacks)
     if state.current >= m:
