@@ -198,11 +198,11 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     if resumed or store.loaded:
         log(f"resumed: {len(resumed)} section(s) loaded ({', '.join(resumed) or 'none'}), "
             f"{len(store.loaded)} stored batch result(s) reused, {len(store.computed)} computed")
-    _write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.md", render_markdown(report, done))
     from robustjax.report.html import write_html
 
     write_html(report, out_dir)
+    _write_json(out_dir / "report.json", report)  # last: "complete" on disk means every file is
     log(f"report written to {out_dir / 'report.md'}, {out_dir / 'report.html'} and "
         f"{out_dir / 'report.json'}")
     return report
