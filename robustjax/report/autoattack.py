@@ -28,7 +28,6 @@ import jax
 import numpy as np
 
 from robustjax import runfiles
-
 from robustjax.attacks.autoattack import (
     DISPLAY_NORM,
     AutoAttackConfig,
