@@ -3,8 +3,10 @@
 All work on the flat graph of ``robustjax.certify.interpreter``, traced on a whole batch:
 
 * a forward pass computes an ``Interval`` for every bounded node with the IBP rules; before
-  each ReLU (``max(x, c)`` with a constant ``c``) the bounds of its input are tightened by a
-  backward pass from that input (CROWN and Fast-Lin) or left at IBP (CROWN-IBP);
+  each ReLU (``max(x, c)`` with a constant ``c``) and each other relaxed nonlinearity
+  (``needs_bounds``) the bounds of its inputs are tightened by a backward pass from that
+  input (CROWN and Fast-Lin; intersected with IBP's except at ReLUs, as auto_LiRPA keeps
+  them) or left at IBP (CROWN-IBP);
 * ``backward`` carries linear coefficients ``A`` from a node to the input for every example
   and every specification row at once: ``A`` is ``[2s, b, *node_shape[1:]]`` (``s`` rows for
   the lower bound, ``s`` for the upper bound of ``C @ output``; row ``r`` of example ``i``
@@ -13,9 +15,13 @@ All work on the flat graph of ``robustjax.certify.interpreter``, traced on a who
   batch of ``2s * b`` cotangents, never a dense Jacobian; its offset is ``f(0)``); a ReLU is
   replaced by linear lower/upper bounds (Zhang et al. 2018, "Efficient Neural Network
   Robustness Certification with General Activation Functions", eqs. for the ReLU case);
-  any other nonlinearity (exp, tanh, products, ...) is concretised with its IBP interval, so
-  CROWN runs on every network IBP runs on. At the input the bound is concretised over the
-  Linf or L2 ball intersected with the [0, 1] box.
+  exp, log, sqrt, rsqrt, 1/x, x^2, products of two bounded tensors (attention), division,
+  max / max pooling and smooth elementwise functions (GELU, SiLU, tanh, erf, found as fused
+  regions) by the linear relaxations of ``relax`` (auto_LiRPA's; Shi et al. 2020, Xu et al.
+  2020), their inputs' intervals tightened by their own backward passes like a ReLU's; any
+  other nonlinearity is concretised with its IBP interval, so CROWN runs on every network
+  IBP runs on. At the input the bound is concretised over the Linf or L2 ball intersected
+  with the [0, 1] box.
 
 The batched layout needs a graph in which every bounded node keeps the examples on its
 leading axis and no primitive mixes them (``batch_major``); ``api.bounds`` falls back to a
