@@ -175,6 +175,13 @@ def test_entry_points_refuse_before_any_compute(tmp_path, read_only, monkeypatch
             assert cli.main(argv) == 2, argv
             err = capsys.readouterr().err
             assert f"robustjax {argv[0]}: error: cannot " in err, (argv, err)
+    # the default model is trained only when its cache can take the weights
+    from robustjax.models import default
+
+    monkeypatch.setattr(default, "train_default", no_compute)
+    monkeypatch.setenv("ROBUSTJAX_CACHE", str(read_only / "cache"))
+    with pytest.raises(OutputError, match="cannot write the default model's cache"):
+        default.embedded_default()
     _disk_with(monkeypatch, 2 * runfiles.MiB)
     assert cli.main(["report", "--quick", "--out", str(tmp_path / "rep")]) == 2
     assert "not enough free space for the report" in capsys.readouterr().err

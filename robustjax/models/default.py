@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import optax
 
-from robustjax import checkpoint, data
+from robustjax import checkpoint, data, runfiles
 from robustjax.cache import ENV_VAR, cache_dir
 from robustjax.models.registry import MODELS, create, wrap
 from robustjax.types import Model
@@ -102,6 +102,9 @@ def embedded_default(*, retrain: bool = False, use_cache: bool = True, progress=
                 f"the cached default model {path} is unreadable ({e}). Delete it or retrain "
                 f"(robustjax.models.embedded_default(retrain=True), CLI: robustjax report "
                 f"--retrain); set ${ENV_VAR} to use another cache folder.") from None
+    if use_cache:  # before training: a cache that cannot take the weights fails now
+        runfiles.preflight(path.parent, 4 << 20, f"the default model's cache (set ${ENV_VAR} "
+                           f"to a writable folder, or use_cache=False)")
     model, info = train_default(progress=progress, log=log)
     if use_cache:
         checkpoint.save(path, model.params, model.spec,
