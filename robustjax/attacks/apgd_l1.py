@@ -43,11 +43,31 @@ def sparse_l1_direction(grad, topk):
     b = grad.shape[0]
     g = grad.reshape(b, -1)
     n = g.shape[1]
-    srt = jnp.sort(jnp.abs(g), axis=-1)
     idx = jnp.clip((1.0 - topk) * n, 0, n - 1).astype(jnp.int32)  # truncation, as .long()
-    thr = jnp.take_along_axis(srt, idx[:, None], axis=-1)
+    thr = kth_smallest(jnp.abs(g), idx)[:, None]  # sort(|g|)[idx]
     s = jnp.where(jnp.abs(g) >= thr, jnp.sign(g), 0.0)
     return (s / (jnp.sum(jnp.abs(s), -1, keepdims=True) + 1e-10)).reshape(grad.shape)
+
+
+def kth_smallest(a, k):
+    """``sort(a, -1)[:, k]`` for non-negative floats ``a`` [b, n] and ranks ``k`` int [b].
+
+    Without sorting (XLA:CPU's sort of ``[b, 3072]`` costs ~1 s a step): bisection over the bit
+    patterns of ``a``, which non-negative floats order like their values, for the smallest
+    pattern with more than ``k`` entries at or below it; exact after ``bits`` halvings.
+    """
+    int_type = {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[a.dtype.itemsize]
+    keys = jax.lax.bitcast_convert_type(a, int_type)
+
+    def halve(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(keys <= mid[:, None], axis=-1) > k
+        return jnp.where(enough, lo, mid), jnp.where(enough, mid, hi)
+
+    lo = jnp.full(k.shape, -1, int_type)
+    _, hi = jax.lax.fori_loop(0, 8 * a.dtype.itemsize, halve, (lo, jnp.max(keys, axis=-1)))
+    return jax.lax.bitcast_convert_type(hi, a.dtype)
 
 
 def _run(apply_fn, params, x, y, key, eps, steps, loss_fn, loop, eot_iter, x_init=None):
