@@ -29,38 +29,49 @@ SCRIPT = textwrap.dedent("""
         return max(float(jnp.max(jnp.abs(jnp.asarray(u) - jnp.asarray(v))))
                    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
-    # PGD-AT on the small CNN, Adam: no mesh vs 2 devices (data parallel) vs 2 devices FSDP
-    cnn = models.create("cnn", num_classes=4, input_shape=(8, 8, 1), channels=(4, 8),
-                        hidden=512)
-    kw = dict(epochs=1, batch_size=8, key=jax.random.PRNGKey(1),
-              loss_fn=train.pgd_at_loss(train.PGDATConfig(eps=0.1, step_size=0.05, steps=1)))
-    ref, h_ref = train.fit(cnn.apply_fn, cnn.params, optax.adam(1e-2), x, y, **kw)
-    fs, h_fs = train.fit(cnn.apply_fn, cnn.params, optax.adam(1e-2), x, y, mesh=mesh2,
-                         fsdp=True, **kw)
-    out["pgd_at"] = {"fsdp": diff(ref, fs), "moved": diff(ref, cnn.params),
-                     "loss": [h_ref["loss"], h_fs["loss"]]}
-    kernel = fs["params"]["dense0"]["kernel"]  # 32 x 512: split over the devices
-    out["fsdp_spec"] = str(tuple(kernel.sharding.spec))
-    out["fsdp_shard_shape"] = list(kernel.addressable_shards[0].data.shape)
-    out["fsdp_bytes"] = sorted(sharding.bytes_per_device(fs).values())
-    replicated = jax.device_put(fs, parallel.replicated_sharding(mesh2))
-    out["dp_bytes"] = sorted(sharding.bytes_per_device(replicated).values())
-
-    # BatchNorm in train mode: statistics of the global batch, not of each device's half
-    class BN(nn.Module):
+    # PGD-AT on a conv + BatchNorm + MLP net, SGD with momentum (Adam's g / sqrt(v) would
+    # amplify the float32 noise of near-zero gradient entries to lr-sized steps): no mesh (one device) vs a 2-device mesh
+    # with FSDP (data parallel batch, parameters and momenta split over the devices).
+    # BatchNorm runs in train mode: the statistics must be the global batch's.
+    class Net(nn.Module):
         @nn.compact
         def __call__(self, x, features=False, train=False):
             h = nn.Conv(4, (3, 3))(x)
             h = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.5)(h))
-            return nn.Dense(4)(h.reshape((x.shape[0], -1)))
+            h = nn.relu(nn.Dense(64)(h.reshape((x.shape[0], -1))))  # kernel 256 x 64
+            return nn.Dense(4)(h)
 
-    bn = models.wrap(BN(), BN().init(jax.random.PRNGKey(2), x[:1]), ModelSpec("bn", (8, 8, 1), 4))
-    kw = dict(epochs=1, batch_size=16, key=jax.random.PRNGKey(3))
-    ref, _ = train.fit_model(bn, optax.sgd(0.1), x, y, **kw)
-    dp, _ = train.fit_model(bn, optax.sgd(0.1), x, y, mesh=mesh2, **kw)
-    out["dp_spec"] = str(tuple(dp.params["params"]["Dense_0"]["kernel"].sharding.spec))
-    out["bn"] = {"dp": diff(ref.params, dp.params),
-                 "moved": diff(ref.params["batch_stats"], bn.params["batch_stats"])}
+    net = models.wrap(Net(), Net().init(jax.random.PRNGKey(2), x[:1]),
+                      ModelSpec("net", (8, 8, 1), 4))
+    kw = dict(epochs=1, batch_size=16, key=jax.random.PRNGKey(1),
+              loss_fn=train.pgd_at_loss(train.PGDATConfig(eps=0.1, step_size=0.05, steps=1)))
+    ref, h_ref = train.fit_model(net, optax.sgd(0.1, momentum=0.9), x, y, **kw)
+    fs, h_fs = train.fit_model(net, optax.sgd(0.1, momentum=0.9), x, y, mesh=mesh2,
+                               fsdp=True, **kw)
+    out["pgd_at"] = {"fsdp": diff(ref.params, fs.params), "moved": diff(ref.params, net.params),
+                     "stats_moved": diff(ref.params["batch_stats"], net.params["batch_stats"]),
+                     "loss": [h_ref["loss"], h_fs["loss"]]}
+    kernel = fs.params["params"]["Dense_0"]["kernel"]
+    out["fsdp_spec"] = str(tuple(kernel.sharding.spec))
+    out["fsdp_shard_shape"] = list(kernel.addressable_shards[0].data.shape)
+    out["small_spec"] = str(tuple(fs.params["params"]["Dense_1"]["kernel"].sharding.spec))
+    out["fsdp_bytes"] = sorted(sharding.bytes_per_device(fs.params).values())
+    replicated = jax.device_put(fs.params, parallel.replicated_sharding(mesh2))
+    out["dp_bytes"] = sorted(sharding.bytes_per_device(replicated).values())
+    dp_place = sharding.placement(mesh2)
+    out["dp_spec"] = str(tuple(dp_place.state_shardings(kernel).spec))
+    cnn = models.create("mlp", num_classes=4, input_shape=(8, 8, 1), hidden=(16,))
+
+    # the ablation runner's vmapped groups: two runs (two seeds: per-run batches), PGD-AT, MLP
+    from robustjax.experiments import Recipe, group_runs, train_group
+    recipes = [Recipe(loss="pgd_at", epochs=1, batch_size=16, eps=0.1, step_size=0.05,
+                      attack_steps=1, optimizer="sgd", lr=0.1)] * 2
+    static = group_runs(recipes, "pgd_at")[0][0]
+    inits = [cnn.params, jax.tree.map(lambda a: a * 0.5, cnn.params)]
+    one, h_one = train_group(cnn.apply_fn, inits, recipes, [0, 1], x, y, static)
+    two, h_two = train_group(cnn.apply_fn, inits, recipes, [0, 1], x, y, static, mesh=mesh2)
+    out["group"] = {"diff": diff(one, two), "moved": diff(one, inits),
+                    "loss": [h_one["loss"], h_two["loss"]]}
 
     errors = []
     for bad in (dict(batch_size=7, mesh=mesh2), dict(batch_size=8, fsdp=True)):
@@ -92,18 +103,25 @@ def two_devices():
 def test_two_devices_train_what_one_device_trains(two_devices):
     pgd = two_devices["pgd_at"]
     assert pgd["moved"] > 1e-2  # training changed the parameters...
-    assert pgd["fsdp"] < 1e-5  # ...identically on 1 and 2 devices (data parallel + FSDP)
+    assert pgd["stats_moved"] > 1e-3  # ...and the running statistics (train mode)...
+    # ...identically on 1 and 2 devices (data parallel + FSDP, global-batch BatchNorm)
+    assert pgd["fsdp"] < 1e-5
     ref, fs = pgd["loss"]
     assert abs(ref[0] - fs[0]) < 1e-5
-    bn = two_devices["bn"]
-    assert bn["moved"] > 1e-3  # running statistics were updated (train mode)
-    assert bn["dp"] < 1e-5  # from the global batch's statistics
+
+
+def test_ablation_groups_train_the_same_on_two_devices(two_devices):
+    group = two_devices["group"]
+    assert group["moved"] > 1e-3 and group["diff"] < 1e-5
+    one, two = group["loss"]
+    assert max(abs(a - b) for r1, r2 in zip(one, two) for a, b in zip(r1, r2)) < 1e-5
 
 
 def test_fsdp_shards_parameters_over_the_mesh(two_devices):
     assert two_devices["dp_spec"] == "()"  # data parallel: replicated parameters
-    assert two_devices["fsdp_spec"] == "(None, 'batch')"
-    assert two_devices["fsdp_shard_shape"] == [32, 256]  # half of the 32 x 512 kernel
+    assert two_devices["fsdp_spec"] == "('batch',)"
+    assert two_devices["fsdp_shard_shape"] == [128, 64]  # half of the 256 x 64 kernel
+    assert two_devices["small_spec"] == "()"  # 64 x 4: below MIN_FSDP_SIZE, replicated
     # replicated: both devices hold everything; FSDP: the large leaves split in two
     dp, fs = two_devices["dp_bytes"], two_devices["fsdp_bytes"]
     assert dp[0] == dp[1] and fs[0] == fs[1]

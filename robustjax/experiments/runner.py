@@ -127,7 +127,7 @@ def _read(path: pathlib.Path):
 
 def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablation", *,
            force: bool = False, vectorise: bool = True, progress: Optional[Callable] = None,
-           log: Optional[Callable[[str], None]] = None) -> dict:
+           log: Optional[Callable[[str], None]] = None, mesh=None) -> dict:
     """Run (or resume) an ablation study and write its results into ``out``.
 
     Args:
@@ -139,6 +139,8 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
       progress: ``progress(iterable, desc=..., total=...)``, e.g. ``tqdm.tqdm``: one bar over
         the groups of runs, one over each group's epochs.
       log: receives one line per event (``print`` for a console).
+      mesh: train data parallel over this ``jax.sharding.Mesh`` (``parallel.data_mesh()``;
+        ``robustjax.train.sharding``); None trains on one device. Results are the same.
 
     Returns the content of ``ablation.json``: ``runs`` (one record per run), ``columns`` and
     ``summary`` (``{variant: {column: {mean, std, n, delta}}}``).
@@ -240,13 +242,13 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
             run = group[0]
             params, hist = train_reference(apply_fn, inits[o, run.seed].params,
                                            run.variant.recipe, x, y, run.seed,
-                                           progress=progress)
+                                           progress=progress, mesh=mesh)
             trained, losses = [params], [hist["loss"]]
         else:
             trained, hist = train_group(apply_fn, [inits[o, r.seed].params for r in group],
                                         [r.variant.recipe for r in group],
                                         [r.seed for r in group], x, y, static,
-                                        progress=progress)
+                                        progress=progress, mesh=mesh)
             losses = hist["loss"]
         seconds = time.perf_counter() - start
         for run, params, loss in zip(group, trained, losses):

@@ -36,12 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
-from robustjax import train
+from robustjax import parallel, train
 from robustjax.data import batches
 from robustjax.experiments.augment import random_crop_flip
 from robustjax.experiments.spec import Recipe
-from robustjax.train import schedules
+from robustjax.kernels import use_onednn
+from robustjax.train import schedules, sharding
 
 
 class Hyper(NamedTuple):
@@ -180,14 +182,16 @@ def reference_optimizer(recipe: Recipe, total_steps: int) -> optax.GradientTrans
     return optax.chain(*parts)
 
 
-def train_reference(apply_fn, params, recipe: Recipe, x, y, seed: int, progress=None):
-    """One run with ``robustjax.train.fit`` (the sequential baseline) -> (params, history)."""
+def train_reference(apply_fn, params, recipe: Recipe, x, y, seed: int, progress=None,
+                    mesh=None):
+    """One run with ``robustjax.train.fit`` (the sequential baseline) -> (params, history);
+    ``mesh``: data parallel over it (``robustjax.train.sharding``)."""
     spe = len(x) // recipe.batch_size
     return train.fit(apply_fn, params, reference_optimizer(recipe, spe * recipe.epochs), x, y,
                      epochs=recipe.epochs, batch_size=recipe.batch_size,
                      key=jax.random.fold_in(jax.random.PRNGKey(seed), 1),
                      loss_fn=reference_loss(recipe, spe), shuffle_seed=seed,
-                     progress=progress)
+                     progress=progress, mesh=mesh)
 
 
 # ---------------------------------------------------------------- many runs, one program
@@ -250,7 +254,7 @@ def unstack(tree, n):
 
 
 def train_group(apply_fn, params: Sequence, recipes: Sequence[Recipe], seeds: Sequence[int],
-                x, y, static: Static, *, progress: Optional[Callable] = None):
+                x, y, static: Static, *, progress: Optional[Callable] = None, mesh=None):
     """Train ``len(recipes)`` runs in one vmapped program.
 
     Args:
@@ -259,6 +263,8 @@ def train_group(apply_fn, params: Sequence, recipes: Sequence[Recipe], seeds: Se
       recipes, seeds: per run; the recipes must agree on ``static`` (``group_runs``).
       x, y: training data (float32 NHWC in [0, 1], int32 labels).
       progress: ``progress(iterable, desc=..., total=...)`` around the epochs.
+      mesh: shard every batch over this mesh's ``"batch"`` axis, runs' states replicated
+        (``robustjax.train.sharding``: the same numbers as one device to float32 rounding).
 
     Returns ``(evaluated params per run, history)`` with ``history["loss"]`` ``[R][epochs]``
     (per-epoch mean losses, as ``fit``) and ``history["seconds"]``.
@@ -280,6 +286,13 @@ def train_group(apply_fn, params: Sequence, recipes: Sequence[Recipe], seeds: Se
     shared = len(set(seeds)) == 1
     init, step, select = _programs(apply_fn, static, spe, shared)
     state = init(stack(params), hyper)
+    place = sharding.placement(mesh)
+    if place is not None:
+        place.check_batch_size(static.batch_size)
+        state = jax.device_put(state, parallel.replicated_sharding(mesh))
+        # the batch axis: axis 0 of a shared batch, axis 1 of per-run stacked batches
+        rows = NamedSharding(mesh, PartitionSpec(place.axis) if shared
+                             else PartitionSpec(None, place.axis))
     history = {"loss": [[] for _ in range(n)], "seconds": []}
     start = time.perf_counter()
     epochs = range(static.epochs)
@@ -296,7 +309,12 @@ def train_group(apply_fn, params: Sequence, recipes: Sequence[Recipe], seeds: Se
             else:
                 xb = np.stack([per_seed[s][0] for s in seeds])
                 yb = np.stack([per_seed[s][1] for s in seeds])
-            state, loss = step(state, hyper, xb, yb, keys)
+            if place is None:
+                state, loss = step(state, hyper, xb, yb, keys)
+            else:
+                xb, yb = jax.device_put((xb, yb), rows)
+                with use_onednn(False):  # custom calls cannot be partitioned (train.sharding)
+                    state, loss = step(state, hyper, xb, yb, keys)
             losses.append(loss)
         mean = np.mean(np.asarray(jax.device_get(losses)), axis=0)
         for i in range(n):
