@@ -1,4 +1,4 @@
-"""Data-parallel and multi-host placement on JAX's own runtime (``jax.sharding``, ``jax.distributed``).
+"""Data-parallel and multi-host placement on JAX's own runtime (jax.sharding, jax.distributed).
 
 A robustness evaluation is embarrassingly parallel over examples: every attack, corruption,
 certifier and metric computes row ``i`` of its output from row ``i`` of its input (and the
@@ -16,7 +16,10 @@ parallelism without a scheduler of its own:
   ``[b, ...]`` draw does not depend on ``b`` beyond ``i`` nor on the sharding, so padding and
   sharding leave the first ``b`` rows' random numbers, and hence the results, unchanged.
 * ``use_mesh(mesh)`` / ``current_mesh()``: the mesh the entry points (``robustjax.entry``) shard
-  over. ``None`` (the default) means one device: the call runs exactly as it always did.
+  over; by default all local devices, ``use_mesh(None)`` for none. With one device (or none)
+  a call runs exactly as it always did. ``place`` / ``unplace`` / ``sharded_model`` are what
+  the entry points do with it: pad and place the batch, run the model per shard
+  (``jax.shard_map``), cut the padding off.
 * ``process_slice(n)`` / ``process_rows``: the deterministic contiguous share of an ``n``-example
   dataset that this process (``jax.process_index()`` of ``jax.process_count()``) reads and
   computes under ``jax.distributed``; shares differ in size by at most one and cover ``[0, n)``.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 from typing import Any, Optional, Sequence, Tuple
 
@@ -95,14 +99,17 @@ _UNSET = object()
 
 @functools.lru_cache(maxsize=None)
 def _local_default() -> Optional[Tuple[Mesh, str]]:
+    if os.environ.get("ROBUSTJAX_DATA_PARALLEL", "1").strip().lower() in ("0", "false", "off"):
+        return None
     devices = jax.local_devices()
     return (data_mesh(devices), BATCH) if len(devices) > 1 else None
 
 
 def current_mesh() -> Optional[Tuple[Mesh, str]]:
     """``(mesh, axis)`` the entry points shard over now: the innermost ``use_mesh`` block's, or
-    by default ``data_mesh(local=True)`` (all of this process's devices) when there are several;
-    None for one device or inside ``use_mesh(None)``."""
+    by default ``data_mesh(local=True)`` (all of this process's devices) when there are several
+    (``ROBUSTJAX_DATA_PARALLEL=0`` switches the default off); None for one device or inside
+    ``use_mesh(None)``."""
     entry = getattr(_state, "mesh", _UNSET)
     return _local_default() if entry is _UNSET else entry
 

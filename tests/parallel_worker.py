@@ -41,30 +41,33 @@ def main():
     key = jax.random.key(1)
     meshes = {1: None, 2: parallel.data_mesh(jax.devices()[:2]), n_dev: parallel.data_mesh()}
 
-    aa_cfg = AutoAttackConfig(eps=0.05, version="custom", attacks=("apgd-ce", "square"),
+    aa_cfg = AutoAttackConfig(eps=0.01, version="custom", attacks=("apgd-ce", "square"),
                               steps=5, n_queries=20, batch_size=4)
-    calls = {
-        "pgd": lambda: attacks.pgd(f, params, x, y, key,
-                                   attacks.PGDConfig(eps=0.05, steps=3, random_start=True)),
-        "apgd": lambda: attacks.apgd(f, params, x, y, key, attacks.APGDConfig(eps=0.05, steps=5)),
-        "square": lambda: attacks.square(f, params, x, y, key,
-                                         attacks.SquareConfig(eps=0.05, n_queries=20)),
-        "autoattack": lambda: autoattack(f, params, x, y, key, aa_cfg)[:3],
-        "fog": lambda: corruptions.corrupt(x, "fog", 3, key),
-        "gaussian_noise": lambda: corruptions.corrupt(x, "gaussian_noise", 3, key),
-        "ibp": lambda: certify.bounds(f, params, x, 0.01, "ibp"),
-        "crown": lambda: certify.bounds(f, params, x, 0.01, "crown"),
-        "certify_crown_ibp": lambda: certify.certify(f, params, x, y, 0.005, "crown_ibp"),
+    calls = {  # name -> (call, meshes compared with one device)
+        "pgd": (lambda: attacks.pgd(f, params, x, y, key,
+                                    attacks.PGDConfig(eps=0.05, steps=3, random_start=True)),
+                (2, n_dev)),
+        "square": (lambda: attacks.square(f, params, x, y, key,
+                                          attacks.SquareConfig(eps=0.05, n_queries=20)),
+                   (2, n_dev)),
+        # APGD-CE, then Square on the examples APGD left robust
+        "autoattack": (lambda: autoattack(f, params, x, y, key, aa_cfg)[:3], (2, n_dev)),
+        "ibp": (lambda: certify.bounds(f, params, x, 0.01, "ibp"), (2, n_dev)),
+        "fog": (lambda: corruptions.corrupt(x, "fog", 3, key), (n_dev,)),
+        "gaussian_noise": (lambda: corruptions.corrupt(x, "gaussian_noise", 3, key), (n_dev,)),
+        "crown": (lambda: certify.bounds(f, params, x, 0.01, "crown"), (n_dev,)),
+        "certify_crown_ibp": (lambda: certify.certify(f, params, x, y, 0.005, "crown_ibp"),
+                              (n_dev,)),
     }
     out = {"devices": n_dev}
     results = {}
-    for name, call in calls.items():
+    for name, (call, counts) in calls.items():
         results[name] = {}
-        for nd, mesh in meshes.items():
-            with parallel.use_mesh(mesh):
+        for nd in (1,) + counts:
+            with parallel.use_mesh(meshes[nd]):
                 results[name][nd] = jax.tree_util.tree_map(np.asarray, call())
-        out[name] = {str(nd): compare(results[name][1], results[name][nd]) for nd in meshes
-                     if nd != 1}
+        out[name] = {str(nd): compare(results[name][1], results[name][nd]) for nd in counts}
+    out["autoattack_broken_by"] = results["autoattack"][1][2].tolist()
 
     # metrics: per-device accumulators merged == one accumulator over the batch
     logits_clean = f(params, x)
@@ -77,7 +80,7 @@ def main():
     out["metrics_merge"] = compare(whole.compute(), merged.compute())
     # and the same statistics computed in one jitted program over sharded logits
     mesh = parallel.data_mesh()
-    (la, yy, lc), n = parallel.shard_batch((logits_adv[:4], y[:4], logits_clean[:4]), mesh)
+    (la, yy, lc), _ = parallel.shard_batch((logits_adv[:4], y[:4], logits_clean[:4]), mesh)
     sharded = jax.jit(lambda a, t, c: AdversarialStats.from_batch(a, t, logits_clean=c))(la, yy, lc)
     out["metrics_sharded"] = compare(
         AdversarialStats.from_batch(logits_adv[:4], y[:4], logits_clean=logits_clean[:4]).compute(),
@@ -105,7 +108,8 @@ if __name__ == "__main__" and len(sys.argv) == 1:
     main()
 
 
-def autoattack_share(process_id: int, processes: int, port: int, state: str, out: str):
+def autoattack_share(process_id: int, processes: int, port: int, state: str, out: str,
+                     eps: float = 0.01):
     """One process of a ``jax.distributed`` AutoAttack job (or the one-process reference)."""
     if processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -117,11 +121,12 @@ def autoattack_share(process_id: int, processes: int, port: int, state: str, out
     x = np.asarray(jax.random.uniform(jax.random.key(0), (10, 12, 12, 3)))
     y = np.asarray(jnp.argmax(model.apply_fn(model.params, x), -1)).astype(np.int32)
     y[0] = (y[0] + 1) % 10  # one example wrong when clean
-    cfg = AutoAttackConfig(eps=float(sys.argv[7]) if len(sys.argv) > 7 else 0.05,
+    cfg = AutoAttackConfig(eps=eps,
                            version="custom", attacks=("apgd-ce", "square"), steps=5,
                            n_queries=20, batch_size=2, schedule="mask")
-    entry = run_autoattack_sharded(model, x, y, cfg, key=jax.random.key(3), state_path=state or None,
-                                   name="tiny")
+    entry = run_autoattack_sharded(model, x, y, cfg, key=jax.random.key(3),
+                                   state_path=state or None, name="tiny",
+                                   log=lambda line: print(line, file=sys.stderr))
     if parallel.is_coordinator():
         entry.pop("seconds")
         write_entry(out, entry)
@@ -129,4 +134,4 @@ def autoattack_share(process_id: int, processes: int, port: int, state: str, out
 
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "autoattack":
     autoattack_share(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
-                     sys.argv[6])
+                     sys.argv[6], float(sys.argv[7]))

@@ -362,7 +362,8 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
             idx = batches[bi]
             padded = _pad(idx, bs_a)
             x_out, broken = entry.data_parallel(  # sharded over the mesh, if there is one
-                lambda f, p, b, k: _runner(f, fn, cfg, config.norm, float(config.eps))(p, *b, k),
+                lambda f, p, b, k, fn=fn, cfg=cfg: _runner(f, fn, cfg, config.norm,
+                                                           float(config.eps))(p, *b, k),
                 apply_fn, params, (jnp.asarray(x[padded]), jnp.asarray(y[padded])),
                 jax.random.fold_in(key_a, bi if batch_offset is None
                                    else batch_offset + int(idx[0]) // bs))

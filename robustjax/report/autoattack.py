@@ -253,7 +253,8 @@ def run_autoattack_sharded(model, x, y, config: AutoAttackConfig, *, key=None, s
         if ran[j]:
             after[nm] = float(np.mean((broken_by < 0) | (broken_by > j + 1)))
     merged = AutoAttackResult(  # adversarial images stay with their process (not gathered)
-        x_adv=local.x_adv if count == 1 else None, robust=robust, broken_by=broken_by, attacks=local.attacks,
+        x_adv=local.x_adv if count == 1 else None, robust=robust, broken_by=broken_by,
+        attacks=local.attacks,
         clean_accuracy=after["clean"], robust_accuracy=float(robust.mean()),
         accuracy_after=after,
         seconds={k: float(v) for k, v in zip(("clean",) + local.attacks, secs)})
