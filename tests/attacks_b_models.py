@@ -64,3 +64,27 @@ def affine_binary(b: int = 8, seed: int = 0):
 
 def predict(apply_fn, params, x):
     return np.asarray(jnp.argmax(apply_fn(params, x), -1))
+
+
+def no_grad(apply_fn):
+    """``apply_fn`` whose backward pass raises: a score-based attack must never differentiate."""
+
+    @jax.custom_vjp
+    def f(p, x):
+        return apply_fn(p, x)
+
+    def bwd(res, g):
+        raise AssertionError("a score-based attack asked for a gradient of the model")
+
+    f.defvjp(lambda p, x: (f(p, x), None), bwd)
+    return f
+
+
+def counting(apply_fn, log):
+    """``apply_fn`` that appends the number of images of every call to ``log`` (a list)."""
+
+    def f(p, xb):
+        jax.debug.callback(lambda n: log.append(int(n)), jnp.int32(xb.shape[0]))
+        return apply_fn(p, xb)
+
+    return f

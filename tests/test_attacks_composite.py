@@ -119,9 +119,13 @@ def test_search_is_the_strongest_of_its_sequences():
     res, best = jax.jit(composite_search, static_argnums=(0, 5))(apply_fn, params, x, y, key,
                                                                 cfg)
     losses, oks = [], []
-    one = jax.jit(run_sequence, static_argnums=(0, 5, 6))
-    for j, seq in enumerate(sequences(cfg)):  # brute force, the search's keys
-        xa, _ = one(apply_fn, params, x, y, jax.random.fold_in(key, j), seq, cfg)
+
+    @jax.jit
+    def brute_force(params, x, y):  # every sequence on its own, the search's keys; one program
+        return [run_sequence(apply_fn, params, x, y, jax.random.fold_in(key, j), seq, cfg)[0]
+                for j, seq in enumerate(sequences(cfg))]
+
+    for xa in brute_force(params, x, y):
         logits = apply_fn(params, xa)
         losses.append(-np.asarray(jax.nn.log_softmax(logits))[np.arange(24), np.asarray(y)])
         oks.append(np.asarray(jnp.argmax(logits, -1) != y))

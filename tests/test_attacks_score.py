@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attacks_b_models
-from attacks_b_models import predict
+from attacks_b_models import counting, no_grad, predict
 
 from robustjax.attacks.nes import NESConfig, nes, nes_gradient
 from robustjax.attacks.zoo import ZOOConfig, zoo, zoo_gradient
@@ -17,28 +17,6 @@ from robustjax.attacks.zoo import ZOOConfig, zoo, zoo_gradient
 @pytest.fixture(scope="module")
 def digits_mlp():
     return attacks_b_models.digits_mlp(24)
-
-
-def no_grad(apply_fn):
-    """apply_fn whose backward pass raises: a score-based attack must never differentiate."""
-
-    @jax.custom_vjp
-    def f(p, x):
-        return apply_fn(p, x)
-
-    def bwd(res, g):
-        raise AssertionError("a score-based attack asked for a gradient of the model")
-
-    f.defvjp(lambda p, x: (f(p, x), None), bwd)
-    return f
-
-
-def counting(apply_fn, log):
-    def f(p, xb):
-        jax.debug.callback(lambda n: log.append(int(n)), jnp.int32(xb.shape[0]))
-        return apply_fn(p, xb)
-
-    return f
 
 
 def smooth_loss(b=4, seed=0):
