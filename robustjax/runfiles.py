@@ -67,6 +67,8 @@ def _fault(index: int, stage: str) -> None:
     num, _, when = spec.partition(":")
     try:
         target = int(num)
+        if when not in ("", "partial"):
+            raise ValueError
     except ValueError:
         raise ValueError(f"{FAULT_ENV} must be N or N:partial (N an integer >= 1), got "
                          f"{spec!r}; unset it for a normal run") from None

@@ -60,12 +60,13 @@ def test_sigkill_after_and_during_a_write_leaves_only_whole_files(tmp_path):
     live.write_text("in flight")
     assert runfiles.remove_stale_temporaries(during) == tmps
     assert sorted(p.name for p in during.iterdir()) == sorted([live.name, "r1.json", "r2.json"])
-    with pytest.raises(ValueError, match="N or N:partial"):
-        os.environ[runfiles.FAULT_ENV] = "two"
-        try:
-            runfiles.atomic_write_text(tmp_path / "x.json", "{}")
-        finally:
-            del os.environ[runfiles.FAULT_ENV]
+    for bad in ("two", "2:midway"):
+        with pytest.raises(ValueError, match="N or N:partial"):
+            os.environ[runfiles.FAULT_ENV] = bad
+            try:
+                runfiles.atomic_write_text(tmp_path / "x.json", "{}")
+            finally:
+                del os.environ[runfiles.FAULT_ENV]
 
 
 def _blocked_by_chmod(folder) -> bool:
