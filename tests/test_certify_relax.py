@@ -109,7 +109,7 @@ def _check_bilinear(f, x_shape, y_shape, seed):
     assert jnp.all(val[:, s:] <= lin[:, s:] + 1e-4)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0])
 def test_bilinear_products_hold(seed):
     _check_bilinear(lambda a, b: a * b, (4, 3), (4, 3), seed)
     _check_bilinear(lambda a, b: a @ b, (4, 3), (3, 5), seed)  # attention-like products
