@@ -443,7 +443,8 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
 
 
 def _crown_slopes(graph: Graph, env: dict, start: int) -> dict:
-    """CROWN's lower slopes ``{relu equation index: [b, ...]}`` of the ReLUs before ``start``."""
+    """CROWN's lower slopes ``{relu equation index: [b, ...]}`` of the ReLUs before
+    ``start``."""
     alphas = {}
     for k, eqn in enumerate(graph.eqns):
         if k > graph.producer.get(start, -1):
