@@ -426,7 +426,8 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
 
     def hook(k, eqn, values, env):
         env.setdefault(REGIONS, regions)  # the backward passes below read it
-        if eqn.name == "sub" and relax._member(eqn.inputs[1], regions.shift) and is_interval(values[1]):
+        if (eqn.name == "sub" and relax._member(eqn.inputs[1], regions.shift)
+                and is_interval(values[1])):
             # softmax's shift: any constant gives the same softmax (relax._softmax_shifts)
             env[eqn.inputs[1]] = values[1].upper
             values = [values[0], values[1].upper]
