@@ -43,38 +43,10 @@ ROOT = pathlib.Path(__file__).resolve().parent
 
 def art_update(apply_fn, params, x_train, key, cfg):
     """robustjax's Alg. 1 loop with ART 1.20's update ``v <- P(clip(x_i + v + dv_i) - x_i)``."""
-    import jax
-    import jax.numpy as jnp
+    from robustjax.attacks.universal import _algorithm1
 
-    from robustjax.attacks._core import project
-    from robustjax.attacks.deepfool import DeepFoolConfig, deepfool
-    from robustjax.attacks.universal import UniversalResult, _fool_rate, apply_universal
-
-    n = x_train.shape[0]
-    pred_clean = jnp.argmax(apply_fn(params, x_train), -1)
-    df = DeepFoolConfig(norm=cfg.deepfool_norm, steps=cfg.deepfool_steps,
-                        overshoot=cfg.overshoot, candidates=cfg.candidates)
-
-    def visit(v, i):
-        xv = apply_universal(x_train[i][None], v)
-        res = deepfool(apply_fn, params, xv, pred_clean[i][None], key, df)
-        v_new = project((res.x_adv[0] - x_train[i])[None], jnp.zeros_like(v)[None], cfg.xi,
-                        cfg.norm)[0]
-        return jnp.where(res.success[0], v_new, v), None
-
-    def epoch(state):
-        v, e, _ = state
-        order = jax.random.permutation(jax.random.fold_in(key, e), n)
-        v, _ = jax.lax.scan(visit, v, order)
-        return v, e + 1, _fool_rate(apply_fn, params, x_train, v, pred_clean, 0)
-
-    def keep_going(state):
-        _, e, fr = state
-        return (e < cfg.max_epochs) & (fr < 1.0 - cfg.delta)
-
-    v0 = jnp.zeros(x_train.shape[1:], x_train.dtype)
-    v, e, fr = jax.lax.while_loop(keep_going, epoch, (v0, jnp.int32(0), jnp.float32(0.0)))
-    return UniversalResult(v, fr, e)
+    return _algorithm1(apply_fn, params, x_train, key, cfg,
+                       lambda v, x_i, x_v, x_df: x_df - x_i)
 
 
 def stage_jax(a):

@@ -160,9 +160,16 @@ def universal_perturbation(apply_fn, params, x_train: Array, y_train: Optional[A
                           res.perturbation))
     """
     del y_train
-    cfg = config
-    n = x_train.shape[0]
     validation.check_model_inputs(apply_fn, params, x_train, None, "x_train", gradient=True)
+    # Alg. 1: v <- P(v + dv_i), dv_i the DeepFool step from x_i + v (the authors' v = v + dr)
+    return _algorithm1(apply_fn, params, x_train, key, config,
+                       lambda v, x_i, x_v, x_df: v + x_df - x_v)
+
+
+def _algorithm1(apply_fn, params, x_train, key, cfg: UAPConfig, update) -> UniversalResult:
+    """Alg. 1's passes with the update ``update(v, x_i, x_i + v clipped, DeepFool's point)``
+    of ``v`` before the projection (a seam for ``benchmarks/universal_art_ablation.py``)."""
+    n = x_train.shape[0]
     pred_clean = _predict(apply_fn, params, x_train, cfg.eval_batch)
     df = DeepFoolConfig(norm=cfg.deepfool_norm, steps=cfg.deepfool_steps, overshoot=cfg.overshoot,
                         candidates=cfg.candidates)
@@ -172,8 +179,8 @@ def universal_perturbation(apply_fn, params, x_train: Array, y_train: Optional[A
         # DeepFool leaves an image alone when k(x_i + v) != k(x_i) already
         res = deepfool(apply_fn, params, xv, pred_clean[i][None], key, df)
         # as the authors' code and ART: v moves only where DeepFool changed the label
-        v_new = project((v + res.x_adv[0] - xv[0])[None], jnp.zeros_like(v)[None], cfg.xi,
-                        cfg.norm)[0]
+        v_new = project(update(v, x_train[i], xv[0], res.x_adv[0])[None],
+                        jnp.zeros_like(v)[None], cfg.xi, cfg.norm)[0]
         return jnp.where(res.success[0], v_new, v), None
 
     def epoch(state):
