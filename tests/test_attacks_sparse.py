@@ -24,20 +24,7 @@ from robustjax.attacks.sparse_rs import SparseRSConfig, alpha_schedule, sparse_r
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "sparse_reference.npz"
 predict = attacks_b_models.predict
-
-
-def no_grad(apply_fn):
-    """apply_fn whose backward pass raises: the score-based attacks never differentiate."""
-
-    @jax.custom_vjp
-    def f(p, x):
-        return apply_fn(p, x)
-
-    def bwd(res, g):
-        raise AssertionError("a score-based attack asked for a gradient of the model")
-
-    f.defvjp(lambda p, x: (f(p, x), None), bwd)
-    return f
+no_grad = attacks_b_models.no_grad
 
 
 @pytest.fixture(scope="module")
