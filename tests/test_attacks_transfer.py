@@ -141,9 +141,9 @@ def test_attack_succeeds_on_the_surrogate_and_vmaps_over_eps(tiny):
 
 def test_ensemble_fusions(tiny):
     model, x, _ = tiny
-    other = create("cnn", key=jax.random.PRNGKey(4), input_shape=(12, 12, 3),
-                   channels=(4, 8), hidden=16)
-    fns, params = (model.apply_fn, other.apply_fn), (model.params, other.params)
+    # a second network of the same architecture: other weights (no second initialisation)
+    other = jax.tree_util.tree_map(lambda a: -0.8 * a[::-1], model.params)
+    fns, params = (model.apply_fn, model.apply_fn), (model.params, other)
     z1, z2 = jax.jit(lambda p, x: (fns[0](p[0], x), fns[1](p[1], x)))(params, x)
     fused = jax.jit(T.ensemble(fns, (0.25, 0.75)))(params, x)
     np.testing.assert_allclose(fused, 0.25 * z1 + 0.75 * z2, rtol=1e-5, atol=1e-6)
