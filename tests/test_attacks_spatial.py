@@ -72,9 +72,16 @@ def test_flow_loss_closed_form():
     np.testing.assert_allclose(flow_loss(f, eps), [want], rtol=1e-5)
 
 
-def test_grid_matches_brute_force():
+@pytest.fixture(scope="module")
+def small_grid():
+    """The SMALL grid on 24 digits, eager and unchunked: ``(model, (result, chosen))``."""
     apply_fn, params, x, y = digits_mlp(24)
-    res, chosen = grid_search(apply_fn, params, x, y, jax.random.key(0), SMALL)
+    return (apply_fn, params, x, y), grid_search(apply_fn, params, x, y, jax.random.key(0),
+                                                 SMALL)
+
+
+def test_grid_matches_brute_force(small_grid):
+    (apply_fn, params, x, y), (res, chosen) = small_grid
     angles = np.linspace(-20, 20, 5)
     shifts = np.linspace(-1, 1, 3)
     losses, succ = [], []
@@ -98,12 +105,11 @@ def test_grid_matches_brute_force():
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
 
 
-def test_grid_chunking_and_jit_agree():
-    apply_fn, params, x, y = digits_mlp(8)
+def test_grid_chunking_and_jit_agree(small_grid):
+    """Jitted with 4 grid points per chunk == eager with the whole grid at once."""
+    (apply_fn, params, x, y), (a, _) = small_grid
     cfg = SpatialGridConfig(max_rotation=20.0, max_translation=1.0, n_rotations=5,
                             n_translations=3, chunk=4)
-    a = jax.jit(spatial_grid, static_argnums=(0, 5))(apply_fn, params, x, y, jax.random.key(0),
-                                                     SMALL)
     b = jax.jit(spatial_grid, static_argnums=(0, 5))(apply_fn, params, x, y, jax.random.key(0),
                                                      cfg)
     np.testing.assert_allclose(a.loss, b.loss, rtol=1e-6)
