@@ -62,17 +62,24 @@ def _neg(prim, x, **params):
 
 
 def _times(u, v):
-    """``u * v`` for bound end points, with ``0 * inf = 0`` (the interval-arithmetic rule for
-    real-valued factors: an end point of 0 bounds a real number, not a limit). An overflowed
-    bound (``exp`` of a wide interval, a saturating softmax) then stays NaN-free."""
+    """``u * v`` with ``0 * inf = 0``: for an exact constant factor 0 (a weight), whatever
+    the other bound, the product is 0."""
     p = u * v
     return jnp.where((u == 0) | (v == 0), jnp.zeros_like(p), p)
 
 
 def _mul_intervals(a: Interval, b: Interval) -> Interval:
-    p = jnp.stack(jnp.broadcast_arrays(_times(a.lower, b.lower), _times(a.lower, b.upper),
-                                       _times(a.upper, b.lower), _times(a.upper, b.upper)))
-    return Interval(jnp.min(p, axis=0), jnp.max(p, axis=0))
+    # Between two bounds, 0 * inf is undetermined: the 0 may be an underflowed positive
+    # number (``exp`` of a very negative bound) and the inf an overflowed one (``1 /`` such a
+    # sum in a saturating softmax), whose true product can be anything. It leaves that end
+    # open (-inf / +inf) instead of NaN; two non-negative factors keep a lower bound of 0.
+    p = jnp.stack(jnp.broadcast_arrays(a.lower * b.lower, a.lower * b.upper,
+                                       a.upper * b.lower, a.upper * b.upper))
+    undetermined = jnp.isnan(p)
+    lo = jnp.min(jnp.where(undetermined, -jnp.inf, p), axis=0)
+    hi = jnp.max(jnp.where(undetermined, jnp.inf, p), axis=0)
+    nonnegative = (a.lower >= 0) & (b.lower >= 0)
+    return Interval(jnp.where(nonnegative, jnp.maximum(lo, 0.0), lo), hi)
 
 
 def _mul(prim, a, b, **params):
