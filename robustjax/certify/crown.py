@@ -81,6 +81,11 @@ class AlphaCrownConfig:
 
     steps: int = 20
     lr: float = 0.1
+    # Also optimise the slopes of the intermediate bounds' backward passes (auto_LiRPA's
+    # CROWN-Optimized): one slope per (bounded node, its bound's row, ReLU neuron), and per
+    # specification row for the output; the gradient of the output bound flows through
+    # every intermediate bound (each step costs a whole CROWN pass).
+    intermediate: bool = False
 
 
 def _linear_ok(name: str, bound_pos: list[int]) -> bool:
@@ -238,10 +243,14 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
             a_lo, b_lo, a_up, b_up = relu_relaxation(
                 x.lower, x.upper, c, "alpha" if alpha is not None else mode, alpha)
             pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
-            new = jnp.concatenate([pos[:s] * a_lo + neg[:s] * a_up,
-                                   pos[s:] * a_up + neg[s:] * a_lo])
-            bias = bias + jnp.concatenate([_sum_rest(pos[:s] * b_lo + neg[:s] * b_up, batched),
-                                           _sum_rest(pos[s:] * b_up + neg[s:] * b_lo, batched)])
+            if a_lo.ndim == A.ndim:  # one slope per row (alpha-CROWN, intermediate=True)
+                (a_l1, a_l2), (b_l1, b_l2) = (a_lo[:s], a_lo[s:]), (b_lo[:s], b_lo[s:])
+            else:
+                (a_l1, a_l2), (b_l1, b_l2) = (a_lo, a_lo), (b_lo, b_lo)
+            new = jnp.concatenate([pos[:s] * a_l1 + neg[:s] * a_up,
+                                   pos[s:] * a_up + neg[s:] * a_l2])
+            bias = bias + jnp.concatenate([_sum_rest(pos[:s] * b_l1 + neg[:s] * b_up, batched),
+                                           _sum_rest(pos[s:] * b_up + neg[s:] * b_l2, batched)])
             key = eqn.inputs[relu_pos]
             coeffs[key] = coeffs[key] + new if key in coeffs else new
         else:
@@ -384,9 +393,15 @@ def ibp_is_exact(graph: Graph, env: dict, start: int) -> bool:
     return True
 
 
-def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
+def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
+            alphas: Optional[dict] = None, record: Optional[dict] = None) -> dict:
     """IBP forward pass; ReLU inputs tightened by ``intermediate`` (``ibp``/``crown``/
-    ``fastlin``) backward passes. Returns the environment (id -> Interval or array)."""
+    ``fastlin``) backward passes. Returns the environment (id -> Interval or array).
+
+    ``alphas``: ``{(node, relu equation index): lower slopes}`` for the backward pass that
+    bounds ``node`` (alpha-CROWN of intermediate bounds); ``record``, if a dict, receives
+    CROWN's slopes under those keys (the starting point).
+    """
     if intermediate not in ("ibp", "crown", "fastlin"):
         raise ValueError(f"intermediate must be ibp, crown or fastlin, got {intermediate!r}")
 
@@ -408,8 +423,13 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
         n = math.prod(per_example)
         eye = jnp.eye(n, dtype=jnp.float32).reshape((n, *([1] if inputs.batched else []),
                                                      *per_example))
+        if record is not None:  # a slope per row (2n: lower and upper) as auto_LiRPA
+            record.update({(key, j): jnp.broadcast_to(a, (2 * n, *a.shape))
+                           for j, a in _crown_slopes(graph, env, key).items()})
+        mine = None if alphas is None else {j: a for (node, j), a in alphas.items()
+                                            if node == key}
         lo, hi = backward(graph, env, key, jnp.broadcast_to(eye, (n, *shape)), inputs,
-                          intermediate)
+                          intermediate, mine or None)
         if inputs.batched:  # [n, b] -> [b, n]
             lo, hi = lo.T, hi.T
         lo, hi = lo.reshape(shape), hi.reshape(shape)
@@ -419,7 +439,8 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
 
     def hook(k, eqn, values, env):
         env.setdefault(REGIONS, regions)  # the backward passes below read it
-        if eqn.name == "sub" and relax._member(eqn.inputs[1], regions.shift) and is_interval(values[1]):
+        if (eqn.name == "sub" and relax._member(eqn.inputs[1], regions.shift)
+                and is_interval(values[1])):
             # softmax's shift: any constant gives the same softmax (relax._softmax_shifts)
             env[eqn.inputs[1]] = values[1].upper
             values = [values[0], values[1].upper]
@@ -435,13 +456,9 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str) -> dict:
     return env
 
 
-def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
-                config: AlphaCrownConfig = AlphaCrownConfig()):
-    """Lower bounds of ``spec @ node(start)`` with optimised ReLU lower slopes.
-
-    Returns ``(lower, upper)`` (shapes as ``backward``'s): the best lower bound over the
-    optimisation (starting from CROWN's slopes), the upper bound of CROWN.
-    """
+def _crown_slopes(graph: Graph, env: dict, start: int) -> dict:
+    """CROWN's lower slopes ``{relu equation index: [b, ...]}`` of the ReLUs before
+    ``start``."""
     alphas = {}
     for k, eqn in enumerate(graph.eqns):
         if k > graph.producer.get(start, -1):
@@ -451,6 +468,17 @@ def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
         if pos is not None:
             x, c = values[pos], values[1 - pos]
             alphas[k] = (x.upper - c > c - x.lower).astype(jnp.float32)
+    return alphas
+
+
+def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
+                config: AlphaCrownConfig = AlphaCrownConfig()):
+    """Lower bounds of ``spec @ node(start)`` with optimised ReLU lower slopes.
+
+    Returns ``(lower, upper)`` (shapes as ``backward``'s): the best lower bound over the
+    optimisation (starting from CROWN's slopes), the upper bound of CROWN.
+    """
+    alphas = _crown_slopes(graph, env, start)
     lower0, upper0 = backward(graph, env, start, spec, inputs, "crown")
     if not alphas:
         return lower0, upper0
@@ -458,6 +486,20 @@ def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     def loss(a):
         lo, _ = backward(graph, env, start, spec, inputs, "crown", a, upper=False)
         return -jnp.sum(lo), lo
+
+    if config.intermediate:
+        # Re-run the forward pass with optimised slopes everywhere; the interval input is
+        # the last graph input's value in ``env``.
+        args = [env[i] for i in graph.inputs]
+        record: dict = {}
+        forward(graph, args, inputs, "crown", record=record)
+        alphas = {"out": {j: jnp.broadcast_to(a, (spec.shape[0], *a.shape))
+                          for j, a in alphas.items()}, "mid": record}
+
+        def loss(a):  # noqa: F811
+            e = forward(graph, args, inputs, "crown", alphas=a["mid"])
+            lo, _ = backward(graph, e, start, spec, inputs, "crown", a["out"], upper=False)
+            return -jnp.sum(lo), lo
 
     opt = optax.adam(config.lr)
 
