@@ -1,5 +1,6 @@
 """Encoder attacks: PGD on an embedding distance (away from the clean or toward a target)."""
 
+import dataclasses
 import functools
 
 import jax
@@ -78,8 +79,9 @@ def test_away_and_toward_respect_the_budget_and_move_the_embedding(encoder, norm
 
 
 def test_transfer_from_a_surrogate_encoder(encoder):
-    victim = create("cnn", key=jax.random.PRNGKey(7), input_shape=(12, 12, 1),
-                    channels=(4, 8), hidden=16)
+    # a victim of the same architecture with other weights (no second initialisation)
+    victim = dataclasses.replace(encoder, params=jax.tree_util.tree_map(
+        lambda a: -0.8 * a[::-1], encoder.params))
     x = jax.random.uniform(jax.random.PRNGKey(5), (4, 12, 12, 1))
     cfg = E.EmbeddingPGDConfig(eps=0.2, step_size=0.05, steps=5)
     res = _jitted(encoder.embed_fn)(encoder.params, x, encoder.embed_fn(encoder.params, x),
