@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import attacks_b_models
-from attacks_b_models import predict
+from attacks_b_models import counting, predict
 
 from robustjax.attacks import decision
 from robustjax.attacks.boundary import BoundaryConfig, boundary
@@ -41,14 +41,6 @@ def labels_only(apply_fn):
     def f(p, xb):
         logits = apply_fn(p, xb)
         return jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
-
-    return f
-
-
-def counting(apply_fn, log):
-    def f(p, xb):
-        jax.debug.callback(lambda n: log.append(int(n)), jnp.int32(xb.shape[0]))
-        return apply_fn(p, xb)
 
     return f
 
