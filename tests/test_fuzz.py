@@ -19,7 +19,7 @@ import robustjax
 from robustjax import attacks, certify, corruptions, metrics, validation
 
 ROBUSTJAX_DIR = os.path.dirname(robustjax.__file__)
-FUZZ = settings(max_examples=8, deadline=None,
+FUZZ = settings(max_examples=6, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
