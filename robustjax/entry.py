@@ -226,16 +226,28 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
         probe, finish_checks = validation.check_attack_call(apply_fn, fn, params, x, y, config,
                                                             gradient=gradient)
         hint = LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
-        with _checked(finish_checks), _hinting(hint):
-            mesh = None if traced else parallel.active_mesh()
-            if traced or (eager_loop is not None and eager_loop(config, hint)):
-                run = body
-            else:
-                run = _jitted(body, _static_config(config))
-            if mesh is None:
-                return run(fn, params, x, y, key, config, **extras)
-            return _on_mesh(mesh, lambda f, p, b, k: run(f, p, b[0], b[1], k, config, **b[2]),
-                            fn, params, (x, y, extras), key, wrap_model=True)
+        with _hinting(hint):
+            try:
+                mesh = None if traced else parallel.active_mesh()
+                if traced or (eager_loop is not None and eager_loop(config, hint)):
+                    run = body
+                else:
+                    run = _jitted(body, _static_config(config))
+                if mesh is None:
+                    result = run(fn, params, x, y, key, config, **extras)
+                else:
+                    result = _on_mesh(mesh, lambda f, p, b, k: run(f, p, b[0], b[1], k, config,
+                                                                   **b[2]),
+                                      fn, params, (x, y, extras), key, wrap_model=True)
+            except Exception:
+                finish_checks()  # a bad input is reported in place of what the body raised
+                raise
+        # one transfer: the input checks and whether the result is finite (a model that returns
+        # NaN for some inputs is reported with their indices)
+        outputs = tuple(a for a in (getattr(result, "x_adv", None), getattr(result, "loss", None))
+                        if a is not None and getattr(a, "ndim", 0) > 0)
+        finish_checks(outputs or None)
+        return result
 
     attack.body = body
     return attack

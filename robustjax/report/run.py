@@ -145,6 +145,7 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
                                       dataset=f"dataset {dataset!r} ({split})")
     if data_note:
         log(data_note)
+    inputs.check_model(model, x, y)  # NCHW, wrong channels, labels beyond the classes: now
     runfiles.preflight(out_dir, estimate_bytes(len(names), n, int(model.spec.num_classes or 1000)),
                        f"the report ({len(names)} sections, {n} examples)")
     previous = _previous_status(out_dir)
