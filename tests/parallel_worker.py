@@ -49,10 +49,10 @@ def main():
                 (2, n_dev)),
         "square": (lambda: attacks.square(f, params, x, y, key,
                                           attacks.SquareConfig(eps=0.05, n_queries=20)),
-                   (2, n_dev)),
+                   (n_dev,)),
         # APGD-CE, then Square on the examples APGD left robust
-        "autoattack": (lambda: autoattack(f, params, x, y, key, aa_cfg)[:3], (2, n_dev)),
-        "ibp": (lambda: certify.bounds(f, params, x, 0.01, "ibp"), (2, n_dev)),
+        "autoattack": (lambda: autoattack(f, params, x, y, key, aa_cfg)[:3], (n_dev,)),
+        "ibp": (lambda: certify.bounds(f, params, x, 0.01, "ibp"), (n_dev,)),
         "fog": (lambda: corruptions.corrupt(x, "fog", 3, key), (n_dev,)),
         "gaussian_noise": (lambda: corruptions.corrupt(x, "gaussian_noise", 3, key), (n_dev,)),
         "crown": (lambda: certify.bounds(f, params, x, 0.01, "crown"), (n_dev,)),
