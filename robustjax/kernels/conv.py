@@ -222,8 +222,33 @@ def _conv_transpose_lhs(ct, x, w, **params):
     return conv_backward_data_p.bind(ct, w, lhs_shape=lhs_shape, **params)
 
 
+def _trim_unread(x, rhs_shape, params):
+    """``x`` without the trailing rows/columns the convolution never reads, and its padding.
+
+    oneDNN 3.x's strided 1x1 backward-weights kernel (the "reduce to unit stride" driver)
+    writes past its buffers when the input has such rows (e.g. 1x1 stride 2 on an even size):
+    a heap corruption or a hang in the next call. A geometry whose windows end exactly at the
+    input's (padded) edge gives the same weight gradient and is the case oneDNN handles.
+    """
+    padding = list(params["padding"])
+    cut = []
+    for axis in (0, 1):
+        size, k = x.shape[1 + axis], rhs_shape[axis]
+        (lo, hi), s, d = padding[axis], params["window_strides"][axis], params["rhs_dilation"][axis]
+        span = (k - 1) * d + 1
+        out = (size + lo + hi - span) // s + 1
+        excess = lo + size + hi - ((out - 1) * s + span)
+        from_pad = min(max(hi, 0), excess)
+        padding[axis] = (lo, hi - from_pad)
+        cut.append(size - (excess - from_pad))
+    if cut == [x.shape[1], x.shape[2]] and tuple(padding) == tuple(params["padding"]):
+        return x, params
+    return x[:, :cut[0], :cut[1], :], dict(params, padding=tuple(padding))
+
+
 def _weight_gradient(x, dy, rhs_shape, **params):
     if build.status().available:
+        x, params = _trim_unread(x, rhs_shape, params)
         return conv_backward_weights_p.bind(x, dy, rhs_shape=tuple(rhs_shape), **params)
     return _lax_backward_weights(x, dy, rhs_shape=tuple(rhs_shape), **params)
 
