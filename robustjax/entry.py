@@ -243,7 +243,8 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
                 finish_checks()  # a bad input is reported in place of what the body raised
                 raise
         # one transfer: the input checks and whether the result is finite (a model that returns
-        # NaN for some inputs is reported with their indices)
+        # NaN for some inputs is reported with their indices; a loss may be +inf, see
+        # validation._bad_values)
         outputs = tuple(a for a in (getattr(result, "x_adv", None), getattr(result, "loss", None))
                         if a is not None and getattr(a, "ndim", 0) > 0)
         finish_checks(outputs or None)

@@ -261,7 +261,7 @@ def _raise_non_finite_outputs(arrays, name: str, what: str) -> None:
     rows = np.zeros(np.shape(arrays[0])[0], bool)
     for a in arrays:
         rows |= np.asarray(_non_finite_images(a)) if np.ndim(a) > 1 else \
-            ~np.isfinite(np.asarray(a))
+            np.isnan(np.asarray(a))
     # an array non-finite exactly in the flagged rows, for the shared message
     raise _non_finite_output_error(np.where(rows, np.nan, 0.0)[:, None], name, what)
 
@@ -583,6 +583,12 @@ def check_outputs(values, name: str = "the attack's loss",
     return finish
 
 
+def _bad_values(a):
+    # images must be finite; a per-example value (a loss, a distance) only not NaN: +inf is
+    # what a decision-based attack reports where it found no adversarial example
+    return jnp.isnan(a) if a.ndim == 1 else ~jnp.isfinite(a)
+
+
 @jax.jit
 def _all_finite(arrays):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays]))
+    return ~jnp.any(jnp.stack([jnp.any(_bad_values(a)) for a in arrays]))

@@ -266,3 +266,9 @@ def test_attack_checks_read_the_outputs_in_the_same_transfer():
                 finish((result.x_adv, result.loss))
         else:
             finish((result.x_adv, result.loss))  # finite: nothing raised
+    # the public entry point, eager: the same report
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(validation.ModelOutputError, match=r"at indices \[1, 4\]"):
+        attacks.pgd(nan_for_bright, PARAMS, x, y, key, attacks.PGDConfig(steps=2))
+    assert attacks.pgd(tiny_apply, PARAMS, x, y, key,
+                       attacks.PGDConfig(steps=2)).x_adv.shape == x.shape
