@@ -9,6 +9,11 @@
 * ``.safetensors``: 8-byte little-endian header length, a JSON header, raw little-endian bytes.
 * ``.npz``: numpy archives, read with ``allow_pickle=False``.
 
+Every size a file declares (storage and tensor sizes, strides and offsets, zip member sizes,
+pickle record lengths, safetensors header and offsets, ``.npy`` shapes) is checked against the
+bytes the file really holds before memory is allocated for it, and zip archives are never
+extracted (member names with ``..`` or an absolute path are refused). See SECURITY.md.
+
 ``read_state_dict(path)`` returns a flat ``dict[str, np.ndarray]`` (``"layer.0.weight" -> array``)
 with tensors as numpy arrays in PyTorch layout; converting layouts and names is the job of the
 model families (``robustjax.models.loading``).
@@ -24,6 +29,7 @@ from __future__ import annotations
 import collections
 import io
 import json
+import math
 import os
 import pathlib
 import pickle
@@ -46,6 +52,16 @@ WRAPPER_PREFIXES = ("module.", "model.")
 # ``ImageNormalizer`` as ``normalize.mean`` / ``normalize.std``, Wong 2020's ``mu``/``sigma``,
 # DeepMind's ``mean``/``std``).
 NORMALIZATION_NAMES = (("mean", "std"), ("mu", "sigma"))
+# Limits on what a file may make the reader allocate (see SECURITY.md). A tensor may expand its
+# storage (stride 0, overlapping views) at most MAX_EXPANSION times; all the tensors of a file
+# together at most MAX_TOTAL_EXPANSION times the storage bytes it holds, plus TOTAL_SLACK.
+MAX_EXPANSION = 1024
+MAX_TOTAL_EXPANSION = 16
+TOTAL_SLACK = 256 << 20
+MAX_NESTING = 100  # containers inside containers (a state dict needs 2 or 3)
+MAX_ENTRIES = 1 << 20  # dict entries walked when flattening (a state dict has thousands)
+SAFETENSORS_MAX_HEADER = 100_000_000  # the reference implementation's limit
+DEFLATE_MAX_RATIO = 1032  # deflate cannot expand data more than this
 
 
 class CheckpointError(ValueError):
@@ -101,24 +117,39 @@ class _LazyTensor:
             raise CheckpointError(f"tensor rebuilt from a {type(storage).__name__}, not a storage")
         self.storage, self.offset = storage, int(offset)
         self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
-        if len(self.size) != len(self.stride) or any(s < 0 for s in self.size + self.stride):
-            raise CheckpointError(f"bad tensor geometry: size {self.size}, stride {self.stride}")
+        if len(self.size) != len(self.stride):
+            raise CheckpointError(f"bad tensor geometry: size {self.size} and stride "
+                                  f"{self.stride} have different lengths")
+        if any(s < 0 for s in self.size + self.stride) or self.offset < 0:
+            raise CheckpointError(f"bad tensor geometry: negative size, stride or offset (size "
+                                  f"{self.size}, stride {self.stride}, offset {self.offset})")
+        self.numel = math.prod(self.size)  # python ints: no overflow
+        self.nbytes = self.numel * storage.dtype.itemsize
+
+    def check(self):
+        """Refuse a view outside its storage or an absurd expansion; allocates nothing."""
+        n = self.storage.numel
+        if self.numel == 0:
+            return
+        # as_strided does not check bounds: we do (inside the storage, and no absurd expansion
+        # of a small storage into a huge array).
+        last = self.offset + sum((k - 1) * s for k, s in zip(self.size, self.stride))
+        if last >= n:
+            raise CheckpointError(
+                f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
+                f"reads past its storage of {n} elements (up to element {last})")
+        if self.numel > MAX_EXPANSION * max(n, 1):
+            raise CheckpointError(
+                f"tensor of size {self.size} ({self.numel} elements) expands its storage of "
+                f"{n} elements more than {MAX_EXPANSION} times")
 
     def materialize(self) -> np.ndarray:
         flat = self.storage.data
         if flat is None:
             raise CheckpointError("a tensor refers to a storage whose bytes were never read")
-        if 0 in self.size:
+        self.check()
+        if self.numel == 0:
             return np.zeros(self.size, flat.dtype)
-        # as_strided does not check bounds: we do (non-negative strides, inside the storage,
-        # and no absurd expansion of a small storage into a huge array).
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
-        numel = int(np.prod(self.size, dtype=np.int64))
-        if (self.offset < 0 or min(self.stride, default=0) < 0 or last >= flat.size
-                or numel > 1024 * max(flat.size, 1)):
-            raise CheckpointError(
-                f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} "
-                f"reads past its storage of {flat.size} elements")
         item = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset:], self.size, tuple(s * item for s in self.stride), writeable=False)
@@ -148,9 +179,12 @@ class _RestrictedUnpickler(pickle._Unpickler):
     """The pure-Python unpickler with an allow-list for globals and a restricted BUILD.
 
     Every way a pickle can reach a callable goes through ``find_class`` (GLOBAL, STACK_GLOBAL,
-    the extension registry); BUILD (``__setstate__`` / attribute updates) is only accepted on
-    ``OrderedDict`` (torch attaches ``_metadata`` to state dicts) and its state is dropped, so a
-    pickle cannot mutate the reader's own objects.
+    INST); the EXT opcodes are refused (they resolve globals through copyreg's process-wide
+    registry and cache, which can bypass ``find_class``). BUILD (``__setstate__`` / attribute
+    updates) is only accepted on an ``OrderedDict`` with the state ``{"_metadata": ...}`` (torch
+    attaches it to state dicts), and that state is dropped, so a pickle cannot mutate the
+    reader's own objects. BYTEARRAY8 reads its bytes before allocating (the stock unpickler
+    allocates the declared length first).
     """
 
     dispatch = dict(pickle._Unpickler.dispatch)
@@ -161,13 +195,37 @@ class _RestrictedUnpickler(pickle._Unpickler):
         self._where = where
 
     def load_build(self):
-        self.stack.pop()  # the state
+        state = self.stack.pop()
         if type(self.stack[-1]) is not collections.OrderedDict:
             raise UnsafeCheckpointError(
                 f"{self._where}: refused to set the state of a {type(self.stack[-1]).__name__} "
                 f"(pickle BUILD); only OrderedDict state (torch's _metadata) is accepted")
+        if not (type(state) is dict and set(state) <= {"_metadata"}):
+            what = sorted(map(repr, state)) if type(state) is dict else type(state).__name__
+            raise UnsafeCheckpointError(
+                f"{self._where}: refused to set OrderedDict state {what} (pickle BUILD); only "
+                f"torch's {{'_metadata': ...}} is accepted (and dropped)")
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    def load_ext(self):
+        raise UnsafeCheckpointError(
+            f"{self._where}: refused a pickle EXT opcode (a global looked up in copyreg's "
+            f"extension registry); torch never writes them")
+
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = load_ext
+
+    def load_bytearray8(self):
+        (n,) = struct.unpack("<Q", self.read(8))
+        data = self.read(n)  # bounded by the bytes really there, unlike bytearray(n)
+        if len(data) != n:
+            raise CheckpointError(f"{self._where}: a pickle BYTEARRAY8 declares {n} bytes, "
+                                  f"only {len(data)} follow; truncated or corrupt")
+        self.append(bytearray(data))
+
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
+    del _op
 
     def find_class(self, module: str, name: str):
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -194,22 +252,129 @@ def _storage_pid(pid, where: str):
     if len(pid) == 6 and pid[5] is not None:
         raise CheckpointError(f"{where}: storage views (view_metadata) are not supported")
     key = pid[2].decode() if isinstance(pid[2], bytes) else str(pid[2])
-    return pid[1], key, int(pid[4])
+    if not key or "/" in key or "\\" in key or key.startswith("."):
+        raise CheckpointError(f"{where}: bad storage key {key!r}")
+    numel = pid[4]
+    if type(numel) is not int or numel < 0:
+        raise CheckpointError(f"{where}: bad storage size {numel!r} for storage {key!r}")
+    return pid[1], key, numel
 
 
-def _materialize(obj):
-    if isinstance(obj, _LazyTensor):
-        return obj.materialize()
-    if isinstance(obj, dict):
-        return type(obj)((k, _materialize(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v) for v in obj)
-    return obj
+def _materialize(obj, storages: Mapping[str, "_Storage"], where: str):
+    """Turn every tensor of ``obj`` into an array, after checking them all (nothing is allocated
+    for a file whose tensors reach outside their storages or add up to too much); shared
+    objects stay shared, cycles and absurd nesting are refused."""
+    tensors: dict[int, _LazyTensor] = {}
+    seen: set[int] = set()
+
+    def collect(o, depth, path):
+        if isinstance(o, _LazyTensor):
+            tensors[id(o)] = o
+            return
+        if not isinstance(o, (dict, list, tuple)) or id(o) in seen:
+            return
+        if id(o) in path:
+            raise CheckpointError(f"{where}: a {type(o).__name__} contains itself (a cycle)")
+        if depth > MAX_NESTING:
+            raise CheckpointError(f"{where}: containers nested more than {MAX_NESTING} deep")
+        path.add(id(o))
+        for v in (o.values() if isinstance(o, dict) else o):
+            collect(v, depth + 1, path)
+        path.discard(id(o))
+        seen.add(id(o))
+
+    collect(obj, 0, set())
+    for t in tensors.values():
+        t.check()
+    stored = sum(s.numel * s.dtype.itemsize for s in storages.values())
+    total = sum(t.nbytes for t in tensors.values())
+    if total > MAX_TOTAL_EXPANSION * stored + TOTAL_SLACK:
+        raise CheckpointError(
+            f"{where}: its {len(tensors)} tensors would take {total} bytes from {stored} bytes "
+            f"of storage (more than {MAX_TOTAL_EXPANSION}x + {TOTAL_SLACK >> 20} MiB)")
+    memo: dict[int, Any] = {}
+
+    def build(o):
+        if id(o) in memo:
+            return memo[id(o)]
+        if isinstance(o, _LazyTensor):
+            out = o.materialize()
+        elif isinstance(o, dict):
+            out = type(o)((k, build(v)) for k, v in o.items())
+        elif isinstance(o, (list, tuple)):
+            out = type(o)(build(v) for v in o)
+        else:
+            return o
+        memo[id(o)] = out
+        return out
+
+    return build(obj)
+
+
+def _unsafe_member_name(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return (name.startswith(("/", "\\")) or (name[1:2] == ":" and name[:1].isalpha())
+            or ".." in parts)
+
+
+def _check_zip(zf: zipfile.ZipFile, archive_size: int, where: str):
+    """Refuse member names that would escape a folder if extracted (absolute, ``..``), and
+    member sizes that the archive cannot hold; nothing is ever extracted."""
+    for info in zf.infolist():
+        if _unsafe_member_name(info.filename):
+            raise CheckpointError(
+                f"{where}: zip member name {info.filename!r} is an absolute path or climbs out "
+                f"with '..' (path traversal); refusing the file")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(f"{where}: zip member {info.filename!r} uses compression "
+                                  f"method {info.compress_type}; only stored or deflated")
+        limit = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
+                 else DEFLATE_MAX_RATIO * info.compress_size + 64)
+        if info.compress_size > archive_size or info.file_size > limit:
+            raise CheckpointError(
+                f"{where}: zip member {info.filename!r} declares {info.file_size} bytes "
+                f"({info.compress_size} compressed) that a {archive_size}-byte archive cannot "
+                f"hold; refusing before reading it")
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, where: str, nbytes: Optional[int] = None,
+                 ) -> bytes:
+    info = zf.getinfo(name)  # KeyError when missing
+    if nbytes is not None and info.file_size != nbytes:
+        raise CheckpointError(
+            f"{where}: zip member {name!r} holds {info.file_size} bytes, its storage declares "
+            f"{nbytes}; the file is truncated or corrupt")
+    return zf.read(info)
+
+
+class _BoundedReader:
+    """A binary file that refuses reads past its end before allocating for them."""
+
+    def __init__(self, f, size: int, where: str):
+        self._f, self._size, self._where, self._pos = f, size, where, 0
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._pos
+        if n is None or n < 0:
+            n = left
+        if n > left:
+            raise CheckpointError(
+                f"{self._where}: a record of {n} bytes at offset {self._pos} reaches past the "
+                f"end of the file ({left} bytes left); truncated or corrupt")
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self._f.readline()
+        self._pos += len(line)
+        return line
 
 
 def _load_zip(path: pathlib.Path) -> Any:
     where = str(path)
     with zipfile.ZipFile(path) as zf:
+        _check_zip(zf, path.stat().st_size, where)
         names = zf.namelist()
         pkls = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:
@@ -224,7 +389,8 @@ def _load_zip(path: pathlib.Path) -> Any:
             if key not in storages:
                 storage = _Storage(stype.dtype, numel)
                 try:
-                    raw = zf.read(f"{prefix}data/{key}")
+                    raw = _read_member(zf, f"{prefix}data/{key}", where,
+                                       numel * stype.dtype.itemsize)
                 except KeyError:
                     raise CheckpointError(
                         f"{where}: storage {key!r} missing from the zip") from None
@@ -232,8 +398,9 @@ def _load_zip(path: pathlib.Path) -> Any:
                 storages[key] = storage
             return storages[key]
 
-        obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkls[0])), persistent_load, where).load()
-    return _materialize(obj)
+        pkl = io.BytesIO(_read_member(zf, pkls[0], where))
+        obj = _RestrictedUnpickler(pkl, persistent_load, where).load()
+    return _materialize(obj, storages, where)
 
 
 def _load_legacy(path: pathlib.Path) -> Any:
@@ -249,7 +416,8 @@ def _load_legacy(path: pathlib.Path) -> Any:
     def refuse(pid):
         raise CheckpointError(f"{where}: unexpected persistent id {pid!r} in the header")
 
-    with open(path, "rb") as f:
+    with open(path, "rb") as raw_file:
+        f = _BoundedReader(raw_file, path.stat().st_size, where)
         header = lambda: _RestrictedUnpickler(f, refuse, where).load()  # noqa: E731
         magic = header()
         if magic != LEGACY_MAGIC:
@@ -273,7 +441,7 @@ def _load_legacy(path: pathlib.Path) -> Any:
                     f"{where}: storage {key!r} has {numel} elements on disk, {storage.numel} "
                     f"expected")
             storage.set_bytes(f.read(numel * storage.dtype.itemsize), where)
-    return _materialize(obj)
+    return _materialize(obj, storages, where)
 
 
 def load_torch(path) -> Any:
@@ -287,10 +455,12 @@ def load_torch(path) -> Any:
         if zipfile.is_zipfile(path):
             return _load_zip(path)
         return _load_legacy(path)
-    except CheckpointError:
-        raise
+    except CheckpointError as e:
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None  # tensor geometry errors: name the file
     except (pickle.UnpicklingError, EOFError, struct.error, zipfile.BadZipFile, ValueError,
-            TypeError, IndexError, KeyError, AttributeError) as e:
+            TypeError, IndexError, KeyError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: {e})"
                               ) from None
 
@@ -300,46 +470,109 @@ _ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
               "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 
 
+def _is_count(v) -> bool:
+    return type(v) is int and v >= 0
+
+
 def read_safetensors(path) -> dict[str, np.ndarray]:
-    """Read a ``.safetensors`` file: ``u64`` little-endian header size, JSON header, bytes."""
+    """Read a ``.safetensors`` file: ``u64`` little-endian header size, JSON header, bytes.
+
+    The header is checked entirely (types, shapes, offsets inside the file) before the tensor
+    bytes are read."""
     path = _existing(path)
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise CheckpointError(f"{path}: too short to be a .safetensors file ({len(raw)} bytes)")
-    (n,) = struct.unpack("<Q", raw[:8])
-    if 8 + n > len(raw):
-        raise CheckpointError(f"{path}: header length {n} exceeds the file size {len(raw)}")
-    try:
-        header = json.loads(raw[8:8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})") from None
-    body = memoryview(raw)[8 + n:]  # no copy of the (possibly GB-sized) body
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size < 8:
+            raise CheckpointError(f"{path}: too short to be a .safetensors file ({size} bytes)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > SAFETENSORS_MAX_HEADER:
+            raise CheckpointError(f"{path}: header length {n} is over the "
+                                  f"{SAFETENSORS_MAX_HEADER}-byte limit of the format")
+        if 8 + n > size:
+            raise CheckpointError(f"{path}: header length {n} exceeds the file size {size}")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({e})"
+                                  ) from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{path}: the safetensors header is a "
+                                  f"{type(header).__name__}, not a JSON object")
+        body_size = size - 8 - n
+        entries = []
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if not isinstance(info, dict):
+                raise CheckpointError(f"{path}: tensor {name!r}: header entry is not an object")
+            if not isinstance(info.get("dtype"), str) or info["dtype"] not in _ST_DTYPES:
+                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype "
+                                      f"{info.get('dtype')!r}; supported: {sorted(_ST_DTYPES)}")
+            dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+            shape, offsets = info.get("shape"), info.get("data_offsets")
+            if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+                raise CheckpointError(f"{path}: tensor {name!r} has a bad shape {shape!r} "
+                                      f"(want a list of non-negative integers)")
+            if not (isinstance(offsets, list) and len(offsets) == 2
+                    and all(_is_count(o) for o in offsets)):
+                raise CheckpointError(f"{path}: tensor {name!r} has bad data_offsets "
+                                      f"{offsets!r} (want [start, end])")
+            start, end = offsets
+            nbytes = math.prod(shape) * dtype.itemsize  # python ints: no overflow
+            if not start <= end <= body_size or end - start != nbytes:
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has inconsistent offsets {(start, end)} for shape "
+                    f"{tuple(shape)} and dtype {dtype} ({nbytes} bytes; the file holds "
+                    f"{body_size} bytes of data)")
+            entries.append((name, dtype, tuple(shape), start, end))
+        body = memoryview(f.read(body_size))
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info.get("dtype") not in _ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype "
-                                  f"{info.get('dtype')!r}; supported: {sorted(_ST_DTYPES)}")
-        dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if not 0 <= start <= end <= len(body) or end - start != nbytes:
-            raise CheckpointError(f"{path}: tensor {name!r} has inconsistent offsets "
-                                  f"{(start, end)} for shape {shape} and dtype {dtype}")
+    for name, dtype, shape, start, end in entries:
         arr = np.frombuffer(body[start:end], dtype=dtype.newbyteorder("<")).astype(dtype)
         out[name] = arr.reshape(shape)
     return out
+
+
+def _check_npz(path: pathlib.Path):
+    """Check an ``.npz``'s member names and sizes and every ``.npy`` header's declared shape
+    against the bytes the member holds, before numpy allocates the arrays."""
+    from numpy.lib import format as npy
+
+    where = str(path)
+    with zipfile.ZipFile(path) as zf:
+        _check_zip(zf, path.stat().st_size, where)
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as fp:
+                version = npy.read_magic(fp)
+                if version == (1, 0):
+                    shape, _, dtype = npy.read_array_header_1_0(fp)
+                elif version == (2, 0):
+                    shape, _, dtype = npy.read_array_header_2_0(fp)
+                else:
+                    shape, _, dtype = npy._read_array_header(fp, version)
+                header_len = fp.tell()
+            if dtype.hasobject:
+                raise CheckpointError(f"{where}: member {info.filename!r} holds Python objects "
+                                      f"(it would need pickle); refused")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes != info.file_size - header_len:
+                raise CheckpointError(
+                    f"{where}: member {info.filename!r} declares shape {shape} of {dtype} "
+                    f"({nbytes} bytes) but holds {info.file_size - header_len} bytes of data")
 
 
 def read_npz(path) -> dict[str, np.ndarray]:
     """Read a ``.npz`` archive (no pickled objects allowed)."""
     path = _existing(path)
     try:
+        _check_npz(path)
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
+    except CheckpointError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: unreadable .npz file ({e})") from None
 
 
@@ -360,6 +593,21 @@ def flatten_state_dict(obj: Any, where: str = "checkpoint", key: Optional[str] =
             if key in obj and isinstance(obj[key], Mapping) and any(
                     isinstance(v, (np.ndarray, Mapping)) for v in obj[key].values()):
                 return flatten_state_dict(obj[key], where)
+    sizes: dict[int, int] = {}
+
+    def count(o, depth):  # entries the walk will visit; once per shared dict: linear time
+        if id(o) not in sizes:
+            if depth > MAX_NESTING:
+                raise CheckpointError(f"{where}: dicts nested more than {MAX_NESTING} deep "
+                                      f"(or a dict that contains itself)")
+            sizes[id(o)] = len(o) + sum(count(v, depth + 1) for v in o.values()
+                                        if isinstance(v, Mapping))
+        return sizes[id(o)]
+
+    if isinstance(obj, Mapping) and count(obj, 0) > MAX_ENTRIES:
+        # a dict shared n times at each of k levels flattens to n**k entries
+        raise CheckpointError(f"{where}: flattening would visit {count(obj, 0)} entries (more "
+                              f"than {MAX_ENTRIES}; shared sub-dicts?)")
     out: dict[str, np.ndarray] = {}
 
     def walk(o, prefix):
