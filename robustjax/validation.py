@@ -158,6 +158,17 @@ def _non_finite_images(x):
     return ~jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
 
 
+def _bad_values(a):
+    # images must be finite; a per-example value (a loss, a distance) only not NaN: +inf is
+    # what a decision-based attack reports where it found no adversarial example
+    return jnp.isnan(a) if a.ndim == 1 else ~jnp.isfinite(a)
+
+
+@jax.jit
+def _bad_rows(a):
+    return jnp.any(_bad_values(a), axis=tuple(range(1, a.ndim)))
+
+
 def _shape_dtype(a):
     # arrays answer from their attributes (jnp.result_type's dtype lattice costs ~20-80 us a
     # call, which an eager entry point pays on every call)
@@ -260,8 +271,7 @@ def _outputs_flag(outputs):
 def _raise_non_finite_outputs(arrays, name: str, what: str) -> None:
     rows = np.zeros(np.shape(arrays[0])[0], bool)
     for a in arrays:
-        rows |= np.asarray(_non_finite_images(a)) if np.ndim(a) > 1 else \
-            np.isnan(np.asarray(a))
+        rows |= np.asarray(_bad_rows(a))
     # an array non-finite exactly in the flagged rows, for the shared message
     raise _non_finite_output_error(np.where(rows, np.nan, 0.0)[:, None], name, what)
 
@@ -581,12 +591,6 @@ def check_outputs(values, name: str = "the attack's loss",
             _raise_non_finite_outputs(arrays, name, what)
 
     return finish
-
-
-def _bad_values(a):
-    # images must be finite; a per-example value (a loss, a distance) only not NaN: +inf is
-    # what a decision-based attack reports where it found no adversarial example
-    return jnp.isnan(a) if a.ndim == 1 else ~jnp.isfinite(a)
 
 
 @jax.jit

@@ -231,12 +231,12 @@ def _trim_unread(x, rhs_shape, params):
     input's (padded) edge gives the same weight gradient and is the case oneDNN handles.
     """
     padding = list(params["padding"])
+    _, *out_hw, _ = _geometry(x.shape, rhs_shape, **params)[1]
     cut = []
     for axis in (0, 1):
-        size, k = x.shape[1 + axis], rhs_shape[axis]
+        size, k, out = x.shape[1 + axis], rhs_shape[axis], out_hw[axis]
         (lo, hi), s, d = padding[axis], params["window_strides"][axis], params["rhs_dilation"][axis]
         span = (k - 1) * d + 1
-        out = (size + lo + hi - span) // s + 1
         excess = lo + size + hi - ((out - 1) * s + span)
         from_pad = min(max(hi, 0), excess)
         padding[axis] = (lo, hi - from_pad)
