@@ -161,8 +161,13 @@ def test_two_process_autoattack_equals_one_process_and_resumes_per_host(tmp_path
     assert one["processes"] == 1 and 0 < float(one["autoattack_acc"]) < float(one["clean_acc"])
 
     # both processes killed right after their second state write (first APGD batch) ...
+    # (without the persistent compilation cache: only process 0 writes entries, and a process's
+    # own programs are keyed on its devices, so process 0 would load its programs from the
+    # reference run above while process 1 compiles, and process 0's kill would end the job
+    # before process 1 wrote its state)
     state = tmp_path / "aa.state.npz"
-    killed = _job(2, state, tmp_path / "two.json", ROBUSTJAX_FAULT_KILL_AT_WRITE="2")
+    killed = _job(2, state, tmp_path / "two.json", ROBUSTJAX_FAULT_KILL_AT_WRITE="2",
+                  ROBUSTJAX_COMPILATION_CACHE="0")
     assert all(rc != 0 for rc, _ in killed)
     assert not (tmp_path / "two.json").exists()
     for p in range(2):
