@@ -61,6 +61,9 @@ def _add_report(sub):
                    help="retrain the default model and replace its cached weights")
     p.add_argument("--force", action="store_true",
                    help="write into --out even if it holds files that are not a robustjax report")
+    p.add_argument("--unrounded-corruptions", action="store_true",
+                   help="evaluate corrupted images as unrounded floats instead of rounding them "
+                   "to 8 bits as the stored ImageNet-C does (default: rounded)")
     p.set_defaults(func=_run_report)
 
 
@@ -74,7 +77,9 @@ def _run_report(args) -> int:
     run_report(args.out, model=args.model, checkpoint=args.checkpoint, dataset=args.dataset,
                split=args.split, examples=args.examples, quick=args.quick, seed=args.seed,
                sections=sections, eps=args.eps, resize=args.resize, retrain=args.retrain,
-               fresh=args.fresh, force=args.force, log=lambda m: print(m, file=sys.stderr))
+               fresh=args.fresh, force=args.force,
+               quantize_corruptions=not args.unrounded_corruptions,
+               log=lambda m: print(m, file=sys.stderr))
     return 0
 
 

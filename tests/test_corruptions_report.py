@@ -38,3 +38,31 @@ def test_prediction_panel_any_model(tmp_path):
     probs = [p for _, p in table["clean"][0]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True)
     assert (tmp_path / "p.png").exists()
+
+
+def _grid_detector():
+    """A 'model' that says class 0 when every pixel is a multiple of 1/255 (an 8-bit image)."""
+    from robustjax.types import Model, ModelSpec
+
+    def apply_fn(params, x):
+        levels = x * 255.0
+        off_grid = jnp.mean(jnp.abs(levels - jnp.round(levels)) > 1e-3, axis=(1, 2, 3))
+        return jnp.stack([0.5 - off_grid, off_grid - 0.5], -1)
+
+    return Model(apply_fn, {}, ModelSpec("grid", (16, 16, 3), 2))
+
+
+def test_section_rounds_corrupted_images_to_8bit_unless_told_not_to(tmp_path):
+    model = _grid_detector()
+    x = (np.random.default_rng(1).integers(0, 256, (16, 16, 16, 3)) / 255.0).astype(np.float32)
+    y = np.zeros(16, np.int32)
+    for quantize in (True, False):
+        ctx = ReportContext(model=model, x=x, y=y, key=jax.random.key(0), out_dir=tmp_path,
+                            quick=True, quantize_corruptions=quantize)
+        d = report.section(ctx).data
+        assert d["quantize_8bit"] is quantize
+        errors = np.array(list(d["corruption_errors"].values()))
+        if quantize:  # every corrupted image on the 8-bit grid
+            assert (errors == 0).all(), d["corruption_errors"]
+        else:  # unrounded: off the grid (but defocus s1, whose 16-px kernel is the identity)
+            assert errors.mean() > 0.9 and (errors[:, 1:] == 1).all(), d["corruption_errors"]

@@ -85,7 +85,8 @@ def make_evaluator(apply_fn, x, y, profile: Profile):
             for s in profile.severities:
                 k = jax.random.fold_in(ckey, 10 * i + s)
                 corrupted[name, s] = np.concatenate(
-                    [np.asarray(corruptions.corrupt(x[a:b], name, s, jax.random.fold_in(k, a)))
+                    [np.asarray(corruptions.corrupt(x[a:b], name, s, jax.random.fold_in(k, a),
+                                                    quantize=profile.quantize_corruptions))
                      for a, b in spans])
     if "spatial" in metrics:
         for name in profile.spatial:

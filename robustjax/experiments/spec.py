@@ -211,7 +211,8 @@ class Profile:
       "plus" or "rand", the reference's settings);
     * ``corruption``: mean corruption error over ``corruptions`` x ``severities``
       (``robustjax.corruptions``; unnormalised, there is no AlexNet baseline on MNIST) and the
-      retention rate (survey eq. 4: corrupted accuracy / clean accuracy);
+      retention rate (survey eq. 4: corrupted accuracy / clean accuracy); the corrupted images
+      are rounded to 8 bits as ImageNet-C stores them unless ``quantize_corruptions`` is false;
     * ``spatial``: mean accuracy over the ``spatial`` distortions x ``spatial_severities``
       (``robustjax.corruptions.distort``);
     * ``ibp`` / ``crown``: verified accuracy at ``certify_eps`` (``robustjax.certify``).
@@ -226,6 +227,7 @@ class Profile:
     corruptions: tuple[str, ...] = ("gaussian_noise", "shot_noise", "impulse_noise",
                                     "defocus_blur", "brightness", "contrast")
     severities: tuple[int, ...] = (1, 3, 5)
+    quantize_corruptions: bool = True
     spatial: tuple[str, ...] = ("rotate", "translate")
     spatial_severities: tuple[int, ...] = (1, 3, 5)
     certify_eps: float = 0.1

@@ -43,6 +43,8 @@ class ReportContext:
       identity: what the results depend on besides the section's settings (model and
         checkpoint hashes, dataset, split, examples, seed, quick); the key of stored results.
       store: where batches and sections are stored (``None``: nothing is stored).
+      quantize_corruptions: corrupted images rounded to 8 bits as the stored ImageNet-C is
+        (``corrupt(..., quantize=True)``); False keeps the unrounded floats.
     """
 
     model: Model
@@ -57,6 +59,7 @@ class ReportContext:
     eps: Optional[tuple[float, ...]] = None
     identity: dict = dataclasses.field(default_factory=dict)
     store: Optional[ResultStore] = None
+    quantize_corruptions: bool = True
 
     def batch_config(self, section: str, name: str, settings: Any) -> dict:
         return {"report": self.identity, "section": section, "batch": name,

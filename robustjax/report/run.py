@@ -89,7 +89,7 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
                quick: bool = False, seed: int = 0, sections: Optional[Sequence[str]] = None,
                eps: Optional[Sequence[float]] = None, resize: bool = False,
                retrain: bool = False, fresh: bool = False, force: bool = False,
-               log=print) -> dict:
+               quantize_corruptions: bool = True, log=print) -> dict:
     """Run the report and write it. Returns the JSON-able report dict.
 
     Every finished section, and every batch of work inside the long ones, is stored under
@@ -112,6 +112,9 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
       resize: resize images (and convert gray <-> RGB) to the model's input shape.
       fresh: recompute everything, ignoring stored results.
       force: write into ``out_dir`` even if it holds files robustjax did not write.
+      quantize_corruptions: the corruptions section rounds corrupted images to 8 bits as the
+        stored ImageNet-C does (default; its error rates then equal an evaluation on the stored
+        files); False evaluates the unrounded floats (0.5/255 brighter on average).
     """
     from robustjax.report import inputs
 
@@ -163,7 +166,8 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
             f"config matches are reused (--fresh recomputes everything)")
     ctx = ReportContext(model=model, x=x, y=y, key=jax.random.PRNGKey(seed), out_dir=out_dir,
                         quick=quick, progress=progress_bar, extras=extras, dataset=dataset,
-                        eps=eps, identity=identity_all, store=store)
+                        eps=eps, identity=identity_all, store=store,
+                        quantize_corruptions=quantize_corruptions)
     report = {"format": REPORT_FORMAT, "status": "running", "created": datetime.datetime.now(
         ).isoformat(timespec="seconds"), "dataset": dataset, "split": split, "examples": n,
         "quick": quick, "seed": seed, "model": identity, "data_note": data_note,
