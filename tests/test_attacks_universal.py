@@ -52,7 +52,7 @@ def test_apply_universal_and_fooling_rate():
 
 @pytest.mark.parametrize("norm,xi", [("linf", 0.4), ("l2", 1.5)])
 def test_uap_budget_and_fooling_rate(norm, xi):
-    apply_fn, params, x, y, xt, yt = _train_test()
+    apply_fn, params, x, y, xt, yt = _train_test(64, 512)  # held-out rates to ~2 points
     cfg = UAPConfig(xi=xi, norm=norm, max_epochs=3, delta=0.1)
     res = jax.jit(universal_perturbation, static_argnums=(0, 5))(apply_fn, params, x, y,
                                                                 jax.random.key(0), cfg)
@@ -66,12 +66,14 @@ def test_uap_budget_and_fooling_rate(norm, xi):
     assert float(res.fooling_rate) >= 0.25    # a real universal direction on the digits MLP
     assert int(res.epochs) == 3 or float(res.fooling_rate) >= 0.9   # stopped for a reason
     held_out = fooling_rate(apply_fn, params, xt, apply_universal(xt, res.perturbation))
-    # the paper's control: a random direction of the same L2 norm fools far fewer images
-    r = jax.random.normal(jax.random.key(1), v.shape)
-    random_v = r * np.linalg.norm(v) / jnp.linalg.norm(r)
-    # measured (Linf 0.4, after DeepFool moved to the shared compiled entry): 0.344 vs a
-    # random direction's 0.297; the margin was 0.05 when the test was written
-    assert held_out > fooling_rate(apply_fn, params, xt, apply_universal(xt, random_v)) + 0.03
+    # the paper's control: random directions of the same L2 norm fool far fewer images. (One
+    # direction on 64 images was too noisy a control: its rate ranged 0.20-0.30.) Measured over
+    # seeds 0-2: held-out 0.37-0.53 (Linf), 0.29-0.50 (L2) vs 0.12-0.13 / 0.09 for random.
+    r = jax.random.normal(jax.random.key(1), (8,) + v.shape)
+    random_v = r * np.linalg.norm(v) / jnp.linalg.norm(r.reshape(8, -1), axis=1)[:, None, None, None]
+    random_rate = np.mean([fooling_rate(apply_fn, params, xt, apply_universal(xt, rv))
+                           for rv in random_v])
+    assert held_out > random_rate + 0.15, (float(held_out), random_rate)
 
 
 def test_uap_stops_at_the_target_rate():
