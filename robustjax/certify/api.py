@@ -8,7 +8,9 @@ specification row (``crown.backward``); chunks run one after another (``lax.map`
 memory. A model that moves the batch axis (``crown.batch_major`` is False) is traced on one
 example and vmapped instead. With the margin specification
 ``C[j] = e_y - e_j`` the lower bounds are bounds on ``f_y - f_j`` directly, which is tighter
-than subtracting logit bounds.
+than subtracting logit bounds. Called eagerly, CROWN / Fast-Lin / alpha-CROWN bound only the
+ReLU neurons that IBP leaves unstable (sparse intermediate bounds; a compiled IBP pre-pass,
+``_sparse_rows``, fixes their number per ReLU input); under a caller's ``jit`` every neuron.
 
 Methods (``METHODS``): ``ibp`` (Gowal et al. 2018; last affine layers elided into C),
 ``crown`` (Zhang et al. 2018), ``fastlin`` (Weng et al. 2018), ``crown_ibp`` (Zhang et al. 2020:
@@ -22,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import jax
@@ -58,12 +61,15 @@ def margin_spec(y: jax.Array, num_classes: int) -> jax.Array:
     return eye[y][:, None, :] - eye[None, :, :]
 
 
-def _chunk(graph, params_leaves, x, spec, eps, method, norm, alpha_config, upper, batched):
-    """Bounds ``[b, s]`` for the examples ``x [b, ...]`` (specs ``[b, s, k]``) of one graph."""
+def _chunk(graph, params_leaves, x, spec, eps, method, norm, alpha_config, upper, batched,
+           sparse):
+    """Bounds ``[b, s]`` for the examples ``x [b, ...]`` (specs ``[b, s, k]``) of one graph;
+    ``sparse``: ``((node, rows), ...)`` for ``crown.forward`` or None (dense)."""
     intermediate, final = METHODS[method]
     inputs = InputSet(x, eps, norm, batched)
     args = [*params_leaves, input_interval(x, eps, norm)]
-    env = crown.forward(graph, args, inputs, intermediate)
+    env = crown.forward(graph, args, inputs, intermediate,
+                        sparse=None if sparse is None else dict(sparse))
     out = graph.outputs[0]
     spec = jnp.swapaxes(spec, 0, 1)  # rows first: [s, b, k]
     if final == "alpha":
@@ -80,11 +86,78 @@ def _trace(apply_fn, params, x, batch: int):
     return flatten(apply_fn, param_shapes, shape)
 
 
-@entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config", "upper"),
-                   accelerate=False, per_shard=True)
+def _graph(apply_fn, params, x, chunk: int):
+    """The graph traced on a chunk and whether it is ``crown.batch_major`` (else it is
+    traced on one example, to be vmapped)."""
+    graph = _trace(apply_fn, params, x, chunk)
+    batched = crown.batch_major(graph, _trace(apply_fn, params, x, chunk + 1), chunk)
+    return (graph, True) if batched else (_trace(apply_fn, params, x, 1), False)
+
+
+def _over_chunks(run, data: tuple, chunk: int, batched: bool):
+    """``run(*arrays [chunk, ...])`` (pytree of ``[chunk, ...]``) over the examples of
+    ``data`` ``[b, ...]``: one chunk after another (``lax.map``); vmapped over single examples
+    when the graph is not batched. Returns the pytree of ``[b, ...]``."""
+    b = data[0].shape[0]
+    if not batched:  # one example at a time, vmapped within a chunk
+        fn = lambda a: jax.tree.map(lambda t: t[0], run(*(d[None] for d in a)))  # noqa: E731
+        if chunk >= b:
+            return jax.vmap(fn)(data)
+        return jax.lax.map(fn, data, batch_size=chunk)
+    if chunk == b:
+        return run(*data)
+    pad = -b % chunk  # repeat the last example to fill the last chunk; dropped below
+    split = lambda a: a.reshape((-1, chunk, *a.shape[1:]))  # noqa: E731
+    data = tuple(split(jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)])) for a in data)
+    out = jax.lax.map(lambda a: run(*a), data)
+    return jax.tree.map(lambda t: t.reshape((-1, *t.shape[2:]))[:b], out)
+
+
+@entry.model_entry(static=("method", "norm", "chunk_size"), accelerate=False)
+def _unstable_counts(apply_fn, params, x, eps, method: str, norm: str,
+                     chunk_size: Optional[int]):
+    """``{node: [b, 2]}``: per example, the unstable neurons of each ReLU input under plain
+    IBP (``crown.unstable_counts``) and the neurons per example, for the sparse intermediate
+    bounds. An entry point of its own, so that bad inputs fail its checks clearly."""
+    chunk = max(1, min(chunk_size or DEFAULT_CHUNK[method], x.shape[0]))
+    graph, batched = _graph(apply_fn, params, x, chunk)
+    leaves, eps = jax.tree.leaves(params), jnp.asarray(eps, jnp.float32)
+
+    def run(a):
+        return crown.unstable_counts(graph, [*leaves, input_interval(a, eps, norm)],
+                                     InputSet(a, eps, norm, batched))
+
+    counts = _over_chunks(run, (x.astype(jnp.float32),), chunk, batched)
+    sizes = {node: math.prod(graph.shapes[node][1:] if batched else graph.shapes[node])
+             for node in counts}
+    return {node: jnp.stack([c, jnp.full_like(c, sizes[node])], axis=1)
+            for node, c in counts.items()}
+
+
+def _sparse_rows(apply_fn, params, x, eps, method, norm, chunk_size, alpha_config):
+    """Static rows ``((node, K), ...)`` of CROWN's sparse intermediate bounds for concrete
+    inputs: per ReLU input, the most unstable neurons of an example rounded up to a power of
+    two (new data rarely changes the program), at most the node's size. None (dense, as
+    under a caller's jit) where the inputs are traced or the method has no CROWN
+    intermediate bounds, or alpha-CROWN optimises their slopes (one per dense row)."""
+    if (entry.is_traced((params, x, eps)) or METHODS.get(method, ("ibp",))[0] == "ibp"
+            or norm not in NORMS or (method == "alpha_crown" and alpha_config.intermediate)):
+        return None
+    counts = jax.device_get(_unstable_counts(apply_fn, params, x, eps, method, norm,
+                                             chunk_size))
+    return tuple(sorted((node, _bucket(int(c[:, 0].max()), int(c[0, 1])))
+                        for node, c in counts.items()))
+
+
+def _bucket(count: int, size: int) -> int:
+    """``count`` rounded up to a power of two (0 stays 0), at most ``size``."""
+    return min(size, 1 << (count - 1).bit_length()) if count else 0
+
+
 def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str = "linf",
            spec: Optional[jax.Array] = None, chunk_size: Optional[int] = None,
-           alpha_config: AlphaCrownConfig = AlphaCrownConfig(), upper: bool = True):
+           alpha_config: AlphaCrownConfig = AlphaCrownConfig(), upper: bool = True,
+           sparse: bool = True):
     """Lower and upper bounds ``[b, s]`` of ``spec @ logits`` over the perturbation set.
 
     Args:
@@ -99,7 +172,26 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
         None takes ``DEFAULT_CHUNK[method]``.
       upper: False skips the output pass's upper bound (returned as +inf): half the
         work when only margins' lower bounds are needed (certification, training).
+      sparse: called eagerly, CROWN / Fast-Lin / alpha-CROWN bound only the ReLU neurons
+        that IBP leaves unstable (sparse intermediate bounds, ``crown`` module docstring; a
+        compiled IBP pre-pass sizes them); False, or under a caller's ``jit``, every neuron
+        (dense). A stable neuron's relaxation is exact either way; it keeps its (sound)
+        reference interval.
     """
+    rows = (_sparse_rows(apply_fn, params, x, eps, method, norm, chunk_size, alpha_config)
+            if sparse else None)
+    return _bounds(apply_fn, params, x, eps, method, norm, spec, chunk_size, alpha_config,
+                   upper, rows)
+
+
+@entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config", "upper", "rows"),
+                   accelerate=False, per_shard=True)
+def _bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str = "linf",
+            spec: Optional[jax.Array] = None, chunk_size: Optional[int] = None,
+            alpha_config: AlphaCrownConfig = AlphaCrownConfig(), upper: bool = True,
+            rows: Optional[tuple] = None):
+    """The compiled program of ``bounds``; ``rows``: ``_sparse_rows``' static rows of the
+    sparse intermediate bounds, None for dense."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if norm not in NORMS:
@@ -110,10 +202,7 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK[method]
     chunk = max(1, min(chunk_size, b))
-    graph = _trace(apply_fn, params, x, chunk)
-    batched = crown.batch_major(graph, _trace(apply_fn, params, x, chunk + 1), chunk)
-    if not batched:
-        graph = _trace(apply_fn, params, x, 1)
+    graph, batched = _graph(apply_fn, params, x, chunk)
     if len(graph.outputs) != 1:
         raise ValueError(f"apply_fn must return one array of logits, got {len(graph.outputs)}")
     k = graph.shapes[graph.outputs[0]][-1] if isinstance(graph.outputs[0], int) else None
@@ -127,21 +216,10 @@ def bounds(apply_fn, params, x: jax.Array, eps, method: str = "crown", norm: str
     leaves = jax.tree.leaves(params)
     eps = jnp.asarray(eps, jnp.float32)
     run = functools.partial(_chunk, graph, leaves, eps=eps, method=method, norm=norm,
-                            alpha_config=alpha_config, upper=upper, batched=batched)
-    x, spec = x.astype(jnp.float32), spec.astype(jnp.float32)
-    if not batched:  # one example at a time, vmapped within a chunk
-        fn = lambda a: jax.tree.map(lambda t: t[0], run(a[0][None], a[1][None]))
-        if chunk >= b:
-            return jax.vmap(fn)((x, spec))
-        return jax.lax.map(fn, (x, spec), batch_size=chunk)
-    if chunk == b:
-        return run(x, spec)
-    pad = -b % chunk  # repeat the last example to fill the last chunk; dropped below
-    x, spec = (jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) for a in (x, spec))
-    split = lambda a: a.reshape((-1, chunk, *a.shape[1:]))
-    lower, up = jax.lax.map(lambda a: run(*a), (split(x), split(spec)))
-    return lower.reshape((-1, lower.shape[-1]))[:b], up.reshape((-1, up.shape[-1]))[:b]
-
+                            alpha_config=alpha_config, upper=upper, batched=batched,
+                            sparse=rows)
+    return _over_chunks(run, (x.astype(jnp.float32), spec.astype(jnp.float32)), chunk,
+                        batched)
 
 def robust_condition(lower: jax.Array, upper: jax.Array, y: jax.Array) -> jax.Array:
     """The survey's eq. (5): ``lower_y > upper_j`` for all ``j != y``; bool ``[b]``.
@@ -162,17 +240,27 @@ def margin_condition(margin_lower: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.all(masked > 0, axis=-1)
 
 
-@entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config"), labels="y",
-                   accelerate=False, per_shard=True)
 def certify(apply_fn, params, x: jax.Array, y: jax.Array, eps, method: str = "crown",
             norm: str = "linf", chunk_size: Optional[int] = None,
-            alpha_config: AlphaCrownConfig = AlphaCrownConfig()) -> jax.Array:
+            alpha_config: AlphaCrownConfig = AlphaCrownConfig(),
+            sparse: bool = True) -> jax.Array:
     """Per-example verified flags, bool ``[b]``: every margin ``f_y - f_j`` is provably
     positive over the ball (implies the clean prediction is correct). Jittable with
-    ``method``, ``norm`` and ``chunk_size`` static."""
+    ``method``, ``norm`` and ``chunk_size`` static; ``sparse`` as for ``bounds``."""
+    rows = (_sparse_rows(apply_fn, params, x, eps, method, norm, chunk_size, alpha_config)
+            if sparse else None)
+    return _certify(apply_fn, params, x, y, eps, method, norm, chunk_size, alpha_config, rows)
+
+
+@entry.model_entry(static=("method", "norm", "chunk_size", "alpha_config", "rows"),
+                   labels="y", accelerate=False, per_shard=True)
+def _certify(apply_fn, params, x: jax.Array, y: jax.Array, eps, method: str = "crown",
+             norm: str = "linf", chunk_size: Optional[int] = None,
+             alpha_config: AlphaCrownConfig = AlphaCrownConfig(),
+             rows: Optional[tuple] = None) -> jax.Array:
     k = jax.eval_shape(apply_fn, params, x[:1]).shape[-1]
-    lower, _ = bounds(apply_fn, params, x, eps, method, norm, margin_spec(y, k), chunk_size,
-                      alpha_config, upper=False)
+    lower, _ = _bounds(apply_fn, params, x, eps, method, norm, margin_spec(y, k), chunk_size,
+                       alpha_config, upper=False, rows=rows)
     return margin_condition(lower, y)
 
 

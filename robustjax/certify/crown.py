@@ -23,6 +23,20 @@ All work on the flat graph of ``robustjax.certify.interpreter``, traced on a who
   IBP runs on. At the input the bound is concretised over the Linf or L2 ball intersected
   with the [0, 1] box.
 
+Sparse intermediate bounds (auto_LiRPA's; Xu et al. 2020, "Automatic Perturbation Analysis
+for Scalable Certified Robustness and Beyond"): a ReLU neuron that is stable under a sound
+reference interval (``l >= c`` or ``u <= c``) has an exact relaxation whatever its precise
+bounds, so a backward pass is only needed for the unstable ones. With ``forward(...,
+sparse={node: K})`` the reference of a ReLU input is its IBP interval from the tightened
+earlier layers, intersected with plain IBP's; per example the first ``K`` unstable neurons get
+one-hot specification rows (cost ``K`` rows instead of the node's size) and their bounds are
+scattered into the reference, which every other neuron keeps. ``K`` is static: ``api.bounds``
+counts the unstable neurons under plain IBP in a pre-pass (``unstable_counts``, with a small
+slack so that rounding cannot push the program's count above it) and rounds the count up to a
+power of two. Only nodes whose intervals no other relaxation reads are sparsified
+(``relu_only_inputs``): GELU, exp or products use their inputs' intervals even where a ReLU
+would be stable.
+
 The batched layout needs a graph in which every bounded node keeps the examples on its
 leading axis and no primitive mixes them (``batch_major``); ``api.bounds`` falls back to a
 graph traced on one example, vmapped (``InputSet.batched=False``: ``A`` is then
@@ -393,17 +407,98 @@ def ibp_is_exact(graph: Graph, env: dict, start: int) -> bool:
     return True
 
 
+# Relative slack of the pre-pass's stability test: a neuron this close to the kink counts as
+# unstable, so the compiled program (which rounds differently) never finds more than counted.
+_NEAR = 1e-4
+
+
+def relu_only_inputs(graph: Graph, env: dict) -> dict:
+    """``{node: c}``: the nodes whose intervals one ReLU ``max(x, c)`` reads and no other
+    relaxation (the nodes ``forward`` may bound sparsely); ``env`` from ``forward``."""
+    regions = env[REGIONS]
+    relu, other = {}, set()
+    for k, eqn in enumerate(graph.eqns):
+        values = [read(env, a) for a in eqn.inputs]
+        pos = relu_input(eqn, values)
+        for p in needs_bounds(eqn, values, k, regions):
+            node = p[1] if isinstance(p, tuple) else eqn.inputs[p]
+            if pos is None or node in relu:
+                other.add(node)
+            else:
+                relu[node] = values[1 - pos]
+    return {node: c for node, c in relu.items() if node not in other}
+
+
+def _unstable(box: Interval, c, slack: float = 0.0):
+    return (box.lower < c + slack) & (box.upper > c - slack)
+
+
+def unstable_counts(graph: Graph, args, inputs: InputSet) -> dict:
+    """``{node: [b] int32}``: per example, the neurons of each ``relu_only_inputs`` node that
+    are unstable (or within ``_NEAR`` of it) under plain IBP: the rows ``forward``'s sparse
+    passes need (``[1]`` when ``inputs.batched`` is False)."""
+    env = forward(graph, args, inputs, "ibp")
+    counts = {}
+    for node, c in relu_only_inputs(graph, env).items():
+        box = env[node]
+        slack = _NEAR * (jnp.abs(box.lower) + jnp.abs(box.upper))
+        mask = jnp.broadcast_to(_unstable(box, c, slack), box.lower.shape)
+        mask = mask.reshape((mask.shape[0], -1) if inputs.batched else (1, -1))
+        counts[node] = jnp.sum(mask, axis=1, dtype=jnp.int32)
+    return counts
+
+
+def _sparse_bounds(graph: Graph, env: dict, key: int, reference: Interval, c, rows: int,
+                   inputs: InputSet, mode: str) -> Interval:
+    """The interval of ReLU input ``key``: backward bounds for (up to) ``rows`` unstable
+    neurons per example, the reference interval for the others (their relaxation is exact).
+
+    ``reference``: plain IBP's interval of ``key``, intersected with ``env[key]`` (both are
+    sound) so that no more neurons are unstable than ``unstable_counts`` found.
+    """
+    box = env[key]
+    ref = Interval(jnp.maximum(box.lower, reference.lower),
+                   jnp.minimum(box.upper, reference.upper))
+    if rows == 0:
+        return ref
+    shape, batched = ref.lower.shape, inputs.batched
+    lead = shape[:1] if batched else ()
+    n = math.prod(shape[1:] if batched else shape)
+    flat = lambda a: a.reshape((*lead, n))  # noqa: E731
+    mask = flat(jnp.broadcast_to(_unstable(ref, c), shape))
+    # The first ``rows`` unstable neurons; padding index n gives a zero row, dropped below.
+    pick = lambda m: jnp.nonzero(m, size=rows, fill_value=n)[0]  # noqa: E731
+    idx = jax.vmap(pick)(mask) if batched else pick(mask)  # [b, rows] or [rows]
+    spec = jax.nn.one_hot(idx, n, dtype=jnp.float32)
+    if batched:
+        spec = jnp.swapaxes(spec, 0, 1)  # [rows, b, n]
+    lo, hi = backward(graph, env, key, spec.reshape((rows, *shape)), inputs, mode)
+    if batched:
+        at = (jnp.arange(shape[0])[:, None], idx)
+        lo, hi = lo.T, hi.T
+    else:
+        at = idx
+    scatter = lambda base, new: base.at[at].set(new, mode="drop").reshape(shape)  # noqa: E731
+    return Interval(scatter(flat(ref.lower), lo), scatter(flat(ref.upper), hi))
+
+
 def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
-            alphas: Optional[dict] = None, record: Optional[dict] = None) -> dict:
+            alphas: Optional[dict] = None, record: Optional[dict] = None,
+            sparse: Optional[dict] = None) -> dict:
     """IBP forward pass; ReLU inputs tightened by ``intermediate`` (``ibp``/``crown``/
     ``fastlin``) backward passes. Returns the environment (id -> Interval or array).
 
     ``alphas``: ``{(node, relu equation index): lower slopes}`` for the backward pass that
     bounds ``node`` (alpha-CROWN of intermediate bounds); ``record``, if a dict, receives
-    CROWN's slopes under those keys (the starting point).
+    CROWN's slopes under those keys (the starting point). ``sparse``: ``{node: rows}`` for
+    ``relu_only_inputs`` nodes bounded sparsely (``_sparse_bounds``; not with ``alphas`` or
+    ``record``, whose slopes are per dense row); other nodes get dense passes.
     """
     if intermediate not in ("ibp", "crown", "fastlin"):
         raise ValueError(f"intermediate must be ibp, crown or fastlin, got {intermediate!r}")
+    if sparse and (alphas is not None or record is not None):
+        raise ValueError("sparse intermediate bounds have no per-row slopes (alphas, record)")
+    reference = forward(graph, args, inputs, "ibp") if sparse and intermediate != "ibp" else {}
 
     bounded = {i for i, a in zip(graph.inputs, args) if is_interval(a)}
     for eqn in graph.eqns:
@@ -412,10 +507,14 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
     regions = relax.elementwise_regions(graph, bounded)
     done = set()
 
-    def tighten(key, env, relu: bool):
+    def tighten(key, env, relu: bool, c=None):
         if key in done or (inputs.norm == "linf" and ibp_is_exact(graph, env, key)):
             return
         done.add(key)
+        if relu and sparse and key in sparse:
+            env[key] = _sparse_bounds(graph, env, key, reference[key], c, sparse[key], inputs,
+                                      intermediate)
+            return
         box = env[key]
         shape = box.lower.shape
         # One row per neuron of one example, the same rows for every example.
@@ -446,9 +545,11 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
             values = [values[0], values[1].upper]
         if intermediate == "ibp":
             return values
-        relu = relu_input(eqn, values) is not None
+        relu_pos = relu_input(eqn, values)
+        c = None if relu_pos is None else values[1 - relu_pos]
         for pos in needs_bounds(eqn, values, k, regions):
-            tighten(pos[1] if isinstance(pos, tuple) else eqn.inputs[pos], env, relu)
+            tighten(pos[1] if isinstance(pos, tuple) else eqn.inputs[pos], env,
+                    relu_pos is not None, c)
         return [read(env, a) if is_interval(v) else v for a, v in zip(eqn.inputs, values)]
 
     env = interpret(graph, IBP_RULES, args, is_interval, hook)
