@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.models import loading
-from robustjax.models.layers import Conv
+from robustjax.models.layers import Conv, maybe_remat
 from robustjax.models.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -68,12 +68,17 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXt(nn.Module):
-    """ConvNeXt classifier; ``__call__(x, features=False)`` with normalised NHWC ``x``."""
+    """ConvNeXt classifier; ``__call__(x, features=False)`` with normalised NHWC ``x``.
+
+    ``remat``: rematerialise every block in the backward pass (``layers.maybe_remat``): less
+    memory for attacks and training on big batches, the same parameters and outputs.
+    """
 
     num_classes: int = 1000
     depths: Sequence[int] = (3, 3, 9, 3)
     dims: Sequence[int] = (96, 192, 384, 768)
     ls_init_value: float = 1e-6
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x, features: bool = False):
@@ -83,14 +88,14 @@ class ConvNeXt(nn.Module):
         h = Conv(self.dims[0], (4, 4), strides=4, padding=((0, 0), (0, 0)),
                  name="stem_conv")(x)
         h = _layer_norm("stem_norm")(h)
+        block = maybe_remat(ConvNeXtBlock, self.remat)
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if i > 0:
                 h = _layer_norm(f"stage{i}_down_norm")(h)
                 h = Conv(dim, (2, 2), strides=2, padding=((0, 0), (0, 0)),
                          name=f"stage{i}_down_conv")(h)
             for j in range(depth):
-                h = ConvNeXtBlock(dim, ls_init_value=self.ls_init_value,
-                                  name=f"stage{i}_block{j}")(h)
+                h = block(dim, ls_init_value=self.ls_init_value, name=f"stage{i}_block{j}")(h)
         h = jnp.mean(h, axis=(1, 2))
         h = _layer_norm("head_norm")(h)
         if features:

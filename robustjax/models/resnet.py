@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.models.layers import Conv
+from robustjax.models.layers import Conv, maybe_remat
 from robustjax.models.loading import batch_norm, conv, dense
 from robustjax.models.registry import (
     Entry, IMAGENET_MEAN, IMAGENET_STD, imagenet_class_names)
@@ -67,15 +67,17 @@ class ResNet(nn.Module):
     widths: Sequence[int] = (64, 128, 256, 512)
     stem_width: int = 64
     bottleneck: bool = False
+    remat: bool = False  # rematerialise every block in the backward pass (layers.maybe_remat)
 
     @nn.compact
     def __call__(self, x, features: bool = False, train: bool = False):
         h = nn.relu(_bn("bn1", train)(_conv(self.stem_width, 7, 2, name="conv1")(x)))
         h = nn.max_pool(h, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        block = maybe_remat(Block, self.remat, static_argnums=(2,))  # (self, x, train)
         for s, (width, n) in enumerate(zip(self.widths, self.layers)):
             for b in range(n):
                 stride = 2 if (s > 0 and b == 0) else 1
-                h = Block(width, stride, self.bottleneck, name=f"layer{s + 1}_{b}")(h, train)
+                h = block(width, stride, self.bottleneck, name=f"layer{s + 1}_{b}")(h, train)
         h = jnp.mean(h, axis=(1, 2))
         if features:
             return h

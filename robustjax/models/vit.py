@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.models import loading
-from robustjax.models.layers import Conv
+from robustjax.models.layers import Conv, maybe_remat
 from robustjax.models.registry import (
     INCEPTION_MEAN,
     INCEPTION_STD,
@@ -87,6 +87,7 @@ class ViT(nn.Module):
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    remat: bool = False  # rematerialise every block in the backward pass (layers.maybe_remat)
 
     @nn.compact
     def __call__(self, x, features: bool = False):
@@ -105,8 +106,9 @@ class ViT(nn.Module):
         pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, gh * gw + 1, d))
         h = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(h.dtype), h], axis=1)
         h = h + pos
+        block = maybe_remat(Block, self.remat)
         for i in range(self.depth):
-            h = Block(d, self.num_heads, self.mlp_ratio, name=f"block{i}")(h)
+            h = block(d, self.num_heads, self.mlp_ratio, name=f"block{i}")(h)
         h = _layer_norm("norm")(h)[:, 0]
         if features:
             return h
