@@ -146,19 +146,27 @@ def test_a_cache_folder_that_cannot_be_written_leaves_import_working(tmp_path):
     assert out.returncode == 0 and out.stdout.strip() == "6.0", out.stderr[-3000:]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder anyway")
 def test_read_only_folder_disables_the_cache(tmp_path, monkeypatch):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    monkeypatch.setattr(cc, "_status", cc.status())  # restored after the test
-    monkeypatch.setattr(cc, "_saved", dict(cc._saved))
+    if os.geteuid() == 0:  # root writes into a 0o555 folder anyway: fail as a read-only disk does
+        def read_only(*args, **kwargs):
+            raise OSError(30, "Read-only file system")
+
+        monkeypatch.setattr(cc.tempfile, "mkstemp", read_only)
+    # as if off: the failed enable() then has no JAX settings of this process to undo
+    # (the real status and settings are restored after the test)
+    monkeypatch.setattr(cc, "_status", cc.Status(False, "off for this test"))
+    monkeypatch.setattr(cc, "_saved", {})
+    config_before = jax.config.jax_compilation_cache_dir
     try:
         s = cc.enable(ro / "jax")
         assert not s.enabled and "cannot be written" in s.reason
     finally:
         ro.chmod(0o755)
-    assert not (ro / "jax").exists()
+    assert not any((ro / "jax").glob("*"))  # nothing written
+    assert jax.config.jax_compilation_cache_dir == config_before
 
 
 def test_enable_and_disable_in_process_and_the_users_own_setting(tmp_path, monkeypatch):
