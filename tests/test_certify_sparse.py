@@ -3,7 +3,6 @@ Fast-Lin / alpha-CROWN bound only the ReLU neurons IBP finds unstable. Against t
 passes (``sparse=False``) on small random CNNs, the edge cases (every neuron stable, every
 neuron unstable), the compile cache and auto_LiRPA's fixture."""
 
-import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +12,7 @@ import pytest
 from robustjax.certify import api
 from robustjax.certify.crown import AlphaCrownConfig
 from test_certify_lirpa import FIXTURE, _net
+from tests.compile_events import count_compiles
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -99,21 +99,6 @@ def test_every_neuron_unstable():
     np.testing.assert_allclose(sparse[1], dense[1], atol=1e-6)
 
 
-@contextlib.contextmanager
-def _count_compiles():
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_new_data_in_the_same_bucket_does_not_recompile():
     apply_fn, params = _cnn(4)
     x1 = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1))
@@ -122,7 +107,7 @@ def test_new_data_in_the_same_bucket_does_not_recompile():
                              AlphaCrownConfig()) for a in (x1, x2)]
     assert rows[0] == rows[1]
     jax.block_until_ready(api.bounds(apply_fn, params, x1, 0.03, "crown"))
-    with _count_compiles() as again:
+    with count_compiles() as again:
         jax.block_until_ready(api.bounds(apply_fn, params, x2, 0.03, "crown"))
     assert len(again) == 0
 

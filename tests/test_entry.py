@@ -2,7 +2,6 @@
 corruption compiles once per shape, a user's plain-flax model is accelerated, the loop follows
 the model's convolutions, and bad input gets a clear error (robustjax.validation)."""
 
-import contextlib
 import dataclasses
 
 import flax.linen as nn
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from robustjax import attacks, certify, corruptions, entry, kernels, validation
+from tests.compile_events import count_compiles
 
 SMALL = {"steps": 2, "n_queries": 6, "iterations": 2, "num_samples": 4, "max_iterations": 3,
          "binary_search_steps": 1, "restarts": 1, "num_targets": 2, "candidates": 3,
@@ -54,21 +54,6 @@ def small_config(config_class):
     cfg = config_class()
     fields = {f.name for f in dataclasses.fields(cfg)}
     return dataclasses.replace(cfg, **{k: v for k, v in SMALL.items() if k in fields})
-
-
-@contextlib.contextmanager
-def count_compiles():
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 @pytest.mark.parametrize("name", sorted(attacks.ATTACKS))
