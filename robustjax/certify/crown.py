@@ -33,7 +33,7 @@ one-hot specification rows (cost ``K`` rows instead of the node's size) and thei
 scattered into the reference, which every other neuron keeps. ``K`` is static: ``api.bounds``
 counts the unstable neurons under plain IBP in a pre-pass (``unstable_counts``, with a small
 slack so that rounding cannot push the program's count above it) and rounds the count up to a
-power of two. Only nodes whose intervals no other relaxation reads are sparsified
+power of two or 1.5 times one. Only nodes whose intervals no other relaxation reads are sparsified
 (``relu_only_inputs``): GELU, exp or products use their inputs' intervals even where a ReLU
 would be stable.
 
