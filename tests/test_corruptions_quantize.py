@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from robustjax.corruptions import CORRUPTIONS, corrupt
-from robustjax.corruptions.registry import ROUNDED_8BIT, quantize_8bit
+from robustjax.corruptions.registry import EIGHT_BIT, quantize_8bit
 
 
 def _images(channels, size=32, n=2, seed=0):
@@ -31,7 +31,7 @@ def test_quantized_output_is_the_truncated_float_output(name, channels):
     levels = q * 255.0
     np.testing.assert_allclose(levels, np.round(levels), atol=2e-4)  # multiples of 1/255
     assert q.min() >= 0.0 and q.max() <= 1.0
-    if name in ROUNDED_8BIT:  # Pillow's rounded passes: within a level of the rounded floats
+    if name in EIGHT_BIT:  # Pillow's rounded passes: within a level of the rounded floats
         assert np.abs(levels - np.round(raw * 255.0)).max() <= 1.0 + 1e-3
         return
     # the same image, truncated: never above the unrounded value (beyond the float guard) and
@@ -53,11 +53,10 @@ def test_quantize_is_off_by_default_and_jits():
     f = jax.jit(lambda x, k: corrupt(x, "fog", 2, k, quantize=True))
     np.testing.assert_array_equal(np.asarray(f(x, key)),
                                   np.asarray(corrupt(x, "fog", 2, key, quantize=True)))
-    np.testing.assert_array_equal(np.asarray(quantize_8bit(raw, "fog")),
+    np.testing.assert_array_equal(np.asarray(quantize_8bit(raw)),
                                   np.asarray(corrupt(x, "fog", 2, key, quantize=True)))
 
 
 def test_quantize_keeps_8bit_grid_values():
     grid = jnp.arange(256, dtype=jnp.float32)[None, :, None, None] / 255.0
-    for name in ("fog", "pixelate"):
-        np.testing.assert_array_equal(np.asarray(quantize_8bit(grid, name)), np.asarray(grid))
+    np.testing.assert_array_equal(np.asarray(quantize_8bit(grid)), np.asarray(grid))

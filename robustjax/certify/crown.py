@@ -507,7 +507,10 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
     regions = relax.elementwise_regions(graph, bounded)
     done = set()
 
-    def tighten(key, env, relu: bool, c=None):
+    def tighten(key, env, c=None):
+        # ``c``: the constant of the ReLU ``max(x, c)`` that reads ``key`` (None: another
+        # relaxation reads it)
+        relu = c is not None
         if key in done or (inputs.norm == "linf" and ibp_is_exact(graph, env, key)):
             return
         done.add(key)
@@ -548,8 +551,7 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
         relu_pos = relu_input(eqn, values)
         c = None if relu_pos is None else values[1 - relu_pos]
         for pos in needs_bounds(eqn, values, k, regions):
-            tighten(pos[1] if isinstance(pos, tuple) else eqn.inputs[pos], env,
-                    relu_pos is not None, c)
+            tighten(pos[1] if isinstance(pos, tuple) else eqn.inputs[pos], env, c)
         return [read(env, a) if is_interval(v) else v for a, v in zip(eqn.inputs, values)]
 
     env = interpret(graph, IBP_RULES, args, is_interval, hook)

@@ -72,11 +72,11 @@ HOST_CORRUPTIONS = ("jpeg_compression",)
 # ``[..., 3]`` runs these 2-3x slower; the values are the same either way.
 PIXELWISE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
 # How the reference makes its 8-bit output (``quantize=True``): imagecorruptions ends with
-# ``np.uint8(float_output)``, which truncates; pixelate and JPEG come out of Pillow as 8-bit
-# images already. Pixelate then runs Pillow's own rounding (``EIGHT_BIT``); JPEG's values are
-# on the 8-bit grid, so truncating them changes nothing.
+# ``np.uint8(float_output)``, which truncates (``quantize_8bit``); pixelate and JPEG come out of
+# Pillow as 8-bit images already. Pixelate then runs Pillow's own rounding instead (these
+# 8-bit versions replace the corruption); JPEG's values are on the 8-bit grid, so truncating
+# them changes nothing.
 EIGHT_BIT = {"pixelate": pixelate_8bit}
-ROUNDED_8BIT = ("pixelate",)
 # float32 arithmetic lands a few ulps below an integer the reference's float64 reaches exactly;
 # without this guard such values would truncate one level low (mismatches with the reference's
 # 8-bit outputs on its fixtures: 1.1% of values unguarded, 0.76% with it).
@@ -133,33 +133,29 @@ def corrupt(x, name: str, severity: int, key=None, *, scale_pixels: bool = False
         lo, hi = np.asarray(stats)
         validation.value_checks_from((lo, hi, 0, 0), x)()
     if name in PIXELWISE:
-        out = (_from_flat_rgb if x.shape[-1] == 3 else _from_flat_gray)(out, x.shape)
-        if quantize and x.shape[-1] != 3:
-            out = _quantize_8bit_jit(out, name)
+        out = (_from_flat_rgb if x.shape[-1] == 3 else _from_flat_gray)(out, x.shape,
+                                                                        bool(quantize))
     if mesh is not None:
         out = parallel.unplace(out, n, padded)
     return out
 
 
-def _from_flat(flat, shape):
+def _from_flat(flat, shape, quantize):
     # A program whose fused loop writes [B, H, W, 3] runs it over the minor axis of 3 (5-7x
     # slower for the noises at 224 x 224); writing [B, H*W*3] and reshaping in a second
     # program keeps the fast loop (donated for RGB: no copy). Inside a caller's jit it is inlined.
-    return _ops.from_rgb(flat.reshape(shape[:-1] + (3,)), shape[-1])
+    # The 8-bit rounding of these corruptions happens here, after a gray image's luma.
+    out = _ops.from_rgb(flat.reshape(shape[:-1] + (3,)), shape[-1])
+    return quantize_8bit(out) if quantize else out
 
 
-_from_flat_rgb = jax.jit(_from_flat, static_argnums=1, donate_argnums=0)
-_from_flat_gray = jax.jit(_from_flat, static_argnums=1)
+_from_flat_rgb = jax.jit(_from_flat, static_argnums=(1, 2), donate_argnums=0)
+_from_flat_gray = jax.jit(_from_flat, static_argnums=(1, 2))
 
 
-def quantize_8bit(x, name: str):
-    """``x`` in [0, 1] as the reference's 8-bit output of corruption ``name``, divided by 255."""
-    if name in ROUNDED_8BIT:
-        return jnp.round(x * 255.0) / 255.0
+def quantize_8bit(x):
+    """``x`` in [0, 1] truncated to the 8-bit grid as the reference's ``np.uint8`` does."""
     return jnp.floor(x * 255.0 + _TRUNCATION_GUARD) / 255.0
-
-
-_quantize_8bit_jit = jax.jit(quantize_8bit, static_argnums=1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -176,8 +172,8 @@ def _compiled(name: str, severity: int, scale_pixels: bool, checked: bool = Fals
             out = fn(rgb.reshape(rgb.shape[0], -1), s, key, scale_pixels=scale_pixels)
         else:
             out = _ops.from_rgb(fn(rgb, s, key, scale_pixels=scale_pixels), channels)
-        if quantize and not (name in PIXELWISE and channels != 3):  # (gray: after the luma)
-            out = quantize_8bit(out, name)
+        if quantize and name not in PIXELWISE and name not in EIGHT_BIT:  # (see _from_flat)
+            out = quantize_8bit(out)
         if not checked:
             return out
         return out, jnp.stack(validation.min_max(x))

@@ -191,15 +191,14 @@ def section(ctx: ReportContext) -> Section:
     scale = min(h, w) < 224
     clean_error = float(np.mean(_predict(ctx.model, x).argmax(-1) != y))
     quantize = bool(ctx.quantize_corruptions)
-    stored = {"n": int(len(y)), "severities": list(severities), "scale_pixels": bool(scale),
-              "quantize_8bit": quantize}
+    # (the spatial distortions have no stored 8-bit benchmark: always unrounded, so their
+    # settings leave quantize_8bit out)
+    stored = {"n": int(len(y)), "severities": list(severities), "scale_pixels": bool(scale)}
+    corrupted = {**stored, "quantize_8bit": quantize}
     errors = corruption_errors(
         ctx.model, x, y, key, names, severities, scale, ctx.progress,
-        cached=lambda name, compute: ctx.cached("corruptions", name, stored, compute),
+        cached=lambda name, compute: ctx.cached("corruptions", name, corrupted, compute),
         quantize=quantize)
-    # (the spatial distortions have no stored 8-bit benchmark: unrounded; their settings key
-    # stays the one without quantize_8bit, so a stored spatial result is reused)
-    stored = {k: v for k, v in stored.items() if k != "quantize_8bit"}
     spatial_err = ctx.cached("corruptions", "spatial", stored,
                              lambda: spatial_errors(ctx.model, x, y, severities))
     bench = [n for n in names if n in BENCHMARK_CORRUPTIONS]
