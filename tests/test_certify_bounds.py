@@ -241,6 +241,9 @@ def nn_layernorm(t):
     return (t - mu) * jax.lax.rsqrt(var + 1e-6)
 
 
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
 def test_transformer_primitives_sound_for_ibp_and_crown():
     keys = jax.random.split(jax.random.PRNGKey(0), 6)
     shapes = {"embed": (4, 6), "q": (6, 6), "k": (6, 6), "v": (6, 6), "w1": (6, 6),
@@ -253,8 +256,10 @@ def test_transformer_primitives_sound_for_ibp_and_crown():
     out = jax.vmap(_tiny_transformer, (None, 0))(params, xs)
     widths = {}
     for method in ("ibp", "crown"):
-        lo, hi = jax.jit(lambda p, a, m=method: api.bounds(_tiny_transformer, p, a, eps, m))(
-            params, x)
+        # CROWN's program here has thousands of operations (a backward pass per relaxed
+        # node): compiled without XLA's expensive optimisations (~40 s -> a few s)
+        run = jax.jit(lambda p, a, m=method: api.bounds(_tiny_transformer, p, a, eps, m))
+        lo, hi = run.lower(params, x).compile(compiler_options=FAST_COMPILE)(params, x)
         assert jnp.all(jnp.isfinite(lo)) and jnp.all(jnp.isfinite(hi))
         assert jnp.all(out >= lo - 1e-5) and jnp.all(out <= hi + 1e-5), method
         widths[method] = float(jnp.mean(hi - lo))

@@ -20,6 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from robustjax import kernels
+
 
 class Interval(NamedTuple):
     """Elementwise bounds ``lower <= value <= upper`` (same shape and dtype)."""
@@ -133,7 +135,9 @@ def _conv(prim, lhs, rhs, **params):
     if isinstance(rhs, Interval):
         raise NotImplementedError("conv_general_dilated with bounded weights is not supported; "
                                   "only the input (lhs) may carry a bound")
-    return _affine(lambda u, w: _bind(prim, u, w, **params), lhs, rhs)
+    # on the oneDNN kernels where they run (kernels.bind): as fast as an accelerated forward
+    # pass, and so are the gradients of certified training
+    return _affine(lambda u, w: kernels.bind(u, w, **params), lhs, rhs)
 
 
 def _square(prim, x, **params):

@@ -37,13 +37,8 @@ _CONV = lax.conv_general_dilated_p
 def _eligible(eqn) -> bool:
     if eqn.primitive is not _CONV:
         return False
-    p = eqn.params
     lhs, rhs = (v.aval for v in eqn.invars)
-    return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4
-            and rhs.ndim == 4 and p["dimension_numbers"] == _conv._NHWC
-            and tuple(p["lhs_dilation"]) == (1, 1) and p["batch_group_count"] == 1
-            and p.get("preferred_element_type") in (None, jnp.float32)
-            and p.get("out_sharding") is None)
+    return _conv.eligible(lhs, rhs, eqn.params)
 
 
 def _sub_jaxprs(value):

@@ -377,11 +377,27 @@ def _onednn_params(lhs, rhs, **kw):
     if items is None:
         return None
     params = dict(items)
-    ok = (params["dimension_numbers"] == _NHWC and params["lhs_dilation"] == (1, 1)
-          and params["batch_group_count"] == 1
-          and params["preferred_element_type"] in (None, jnp.float32)
-          and params.get("out_sharding") is None)
-    return params if ok else None
+    return params if eligible(lhs, rhs, params) else None
+
+
+def bind(lhs, rhs, **params):
+    """``lax.conv_general_dilated_p.bind(lhs, rhs, **params)`` (canonical lax parameters, as
+    in a jaxpr equation) on the oneDNN kernels where they run and take it (``eligible``), so
+    its transposes and gradients are oneDNN's too; otherwise lax's own."""
+    if onednn_active() and eligible(lhs, rhs, params):
+        return conv_p.bind(lhs, rhs, **params)
+    return lax.conv_general_dilated_p.bind(lhs, rhs, **params)
+
+
+def eligible(lhs, rhs, params) -> bool:
+    """Whether ``lax.conv_general_dilated_p`` with canonical ``params`` on ``lhs``, ``rhs``
+    (arrays or avals) is a convolution the kernels take: float32, NHWC/HWIO/NHWC, no input
+    dilation or batch groups, a float32 result (``conv_p.bind(lhs, rhs, **params)``)."""
+    return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and lhs.ndim == 4
+            and rhs.ndim == 4 and params["dimension_numbers"] == _NHWC
+            and tuple(params["lhs_dilation"]) == (1, 1) and params["batch_group_count"] == 1
+            and params.get("preferred_element_type") in (None, jnp.float32)
+            and params.get("out_sharding") is None)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
