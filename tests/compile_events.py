@@ -20,3 +20,8 @@ def count_compiles():
         yield events
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# XLA:CPU options for one test program with thousands of operations (CROWN through relaxed
+# layers): compiled without LLVM's expensive passes, ~10x faster to compile, the same function
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}

@@ -11,9 +11,9 @@ import numpy as np
 from robustjax.certify import api
 from robustjax.certify.crown import AlphaCrownConfig
 from test_certify_lirpa import FIXTURE, _net
+from tests.compile_events import FAST_COMPILE
 
 ALPHA = np.load(pathlib.Path(__file__).parent / "fixtures" / "certify_lirpa_alpha.npz")
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def test_alpha_crown_intermediate_vs_auto_lirpa():

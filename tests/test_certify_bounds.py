@@ -14,6 +14,7 @@ from robustjax.certify import api
 from robustjax.models import small
 from robustjax.models.registry import wrap
 from robustjax.types import ModelSpec
+from tests.compile_events import FAST_COMPILE
 
 SHAPE = (8, 8, 1)
 MEAN, STD = 0.13, 0.31
@@ -239,9 +240,6 @@ def nn_layernorm(t):
     mu = t.mean(-1, keepdims=True)
     var = ((t - mu) ** 2).mean(-1, keepdims=True)
     return (t - mu) * jax.lax.rsqrt(var + 1e-6)
-
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def test_transformer_primitives_sound_for_ibp_and_crown():

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from robustjax.certify import api, relax
 from robustjax.certify.ibp import Interval
+from tests.compile_events import FAST_COMPILE
 
 _erf = np.vectorize(math.erf)
 TRUE = {  # float64 references
@@ -113,9 +114,6 @@ def _check_bilinear(f, x_shape, y_shape, seed):
 def test_bilinear_products_hold(seed):
     _check_bilinear(lambda a, b: a * b, (4, 3), (4, 3), seed)
     _check_bilinear(lambda a, b: a @ b, (4, 3), (3, 5), seed)  # attention-like products
-
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _bounds_and_samples(fn, x, eps, method="crown", also=()):

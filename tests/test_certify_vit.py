@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from robustjax.certify import api
+from tests.compile_events import FAST_COMPILE
 
 PATH = pathlib.Path(__file__).parent / "fixtures" / "certify_lirpa_vit.npz"
 FIXTURE = np.load(PATH) if PATH.exists() else None
 T, P = 4, 16
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _ln(z, g, b):

@@ -242,15 +242,16 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
         values = [read(env, a) for a in eqn.inputs]
         bound_pos = [i for i, v in enumerate(values) if is_interval(v)]
         relu_pos = relu_input(eqn, values)
-        if not _linear_ok(eqn.name, bound_pos):
+        linear = _linear_ok(eqn.name, bound_pos)
+        if not linear:
             split_halves()
         A = coeffs.pop(eqn.outputs[0])
-        if _linear_ok(eqn.name, bound_pos):
+        if linear:
             def f(*bounded, values=values, eqn=eqn):
                 args = list(values)
                 for i, b in zip(bound_pos, bounded):
                     args[i] = b
-                return _affine(eqn, args)
+                return _evaluate_linear(eqn, args)
 
             zeros = [jnp.zeros_like(values[i].lower) for i in bound_pos]
             offset, vjp = jax.vjp(f, *zeros)
@@ -306,12 +307,13 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     return bias[:s], bias[s:]
 
 
-def _affine(eqn, args):
+def _evaluate_linear(eqn, args):
     """``evaluate(eqn, args)``'s output, with a convolution on robustjax's oneDNN kernels where
     they run (``kernels.bind``): its transpose, which carries every row's coefficients back
     through the layer and is most of a backward pass's cost, is then oneDNN's backward-data
-    kernel instead of XLA:CPU's input-dilated convolution (CROWN on the benchmark CNN 4.5x
-    faster, benchmarks/results/certify.md). The same function, to float rounding."""
+    kernel instead of XLA:CPU's input-dilated convolution (CROWN on the benchmark CNN 3.7x
+    faster, 6.53 -> 1.76 s, benchmarks/results/certify.md). The same function, to float
+    rounding."""
     if eqn.name == "conv_general_dilated":
         return kernels.bind(*args, **eqn.prim.get_bind_params(eqn.params))
     return evaluate(eqn, args)[0]
