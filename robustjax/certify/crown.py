@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import NamedTuple, Optional
 
 import jax
@@ -58,9 +59,10 @@ import jax.numpy as jnp
 import optax
 
 from robustjax import kernels
-from robustjax.certify import relax
+from robustjax.certify import patches, relax
 from robustjax.certify.ibp import IBP_RULES, Interval, input_interval, is_interval
 from robustjax.certify.interpreter import Graph, Lit, evaluate, interpret, read
+from robustjax.certify.patches import Patches
 
 REGIONS = "relax_regions"  # env key of the graph's ``relax.Regions`` (set by ``forward``)
 
@@ -186,19 +188,27 @@ def _sum_rest(a, batched: bool):
     return jnp.sum(a, axis=tuple(range(2 if batched else 1, a.ndim)))
 
 
-def _concretize_box(A, s, lo, hi, batched: bool):
-    """Lower bound of the first ``s`` rows and upper bound of the last ``s`` rows of A x."""
+def _concretize_box(A, s, lo, hi, batched: bool, per_row: bool = False):
+    """Lower bound of the first ``s`` rows and upper bound of the last ``s`` rows of A x
+    (``per_row``: ``lo``, ``hi`` have A's rows, as a patch's windows)."""
     pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
-    return jnp.concatenate([_sum_rest(pos[:s] * lo + neg[:s] * hi, batched),
-                            _sum_rest(pos[s:] * hi + neg[s:] * lo, batched)])
+    (lo1, lo2), (hi1, hi2) = ((lo[:s], lo[s:]), (hi[:s], hi[s:])) if per_row else ((lo, lo),
+                                                                                   (hi, hi))
+    return jnp.concatenate([_sum_rest(pos[:s] * lo1 + neg[:s] * hi1, batched),
+                            _sum_rest(pos[s:] * hi2 + neg[s:] * lo2, batched)])
 
 
 def _concretize_input(A, s, inputs: InputSet):
     box = input_interval(inputs.x0, inputs.eps, inputs.norm)
-    out = _concretize_box(A, s, box.lower, box.upper, inputs.batched)
+    lo, hi, x0 = box.lower, box.upper, inputs.x0
+    per_row = isinstance(A, Patches)
+    if per_row:
+        lo, hi, x0 = (patches.window(A, v) for v in (lo, hi, x0))
+        A = A.values
+    out = _concretize_box(A, s, lo, hi, inputs.batched, per_row)
     if inputs.norm == "l2":
         # The intersection lies in both sets, so the tighter of the two bounds holds.
-        centre = _sum_rest(A * inputs.x0, inputs.batched)
+        centre = _sum_rest(A * x0, inputs.batched)
         norm = jnp.sqrt(_sum_rest(A * A, inputs.batched))
         ball = centre + inputs.eps * jnp.concatenate([-norm[:s], norm[s:]])
         out = jnp.concatenate([jnp.maximum(out[:s], ball[:s]), jnp.minimum(out[s:], ball[s:])])
@@ -206,7 +216,8 @@ def _concretize_input(A, s, inputs: InputSet):
 
 
 def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
-             mode: Optional[str], alphas: Optional[dict] = None, upper: bool = True):
+             mode: Optional[str], alphas: Optional[dict] = None, upper: bool = True,
+             sizes: Optional[list] = None):
     """Bounds of ``spec @ node(start)`` over the input set; returns ``(lower, upper)``, each
     ``[s, b]`` (``[s]`` when ``inputs.batched`` is False).
 
@@ -215,24 +226,36 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     stop at the first nonlinearity and use its IBP interval (IBP with the last affine layers
     elided into the spec, Gowal et al. 2018).
     ``upper=False`` skips the upper bound (half the work; ``upper`` is then empty).
+    ``sizes``, if a list, receives the element count of every coefficient array carried.
     """
-    s, batched = spec.shape[0], inputs.batched
+    s, batched = (spec.rows if isinstance(spec, Patches) else spec.shape[0]), inputs.batched
     regions = env.get(REGIONS)
-    spec = spec.astype(jnp.float32)
+    if not isinstance(spec, Patches):
+        spec = spec.astype(jnp.float32)
     # The lower and upper bounds' rows are the same until the first relaxation or box
     # (which treat them differently): until then carry ``s`` rows that stand for both halves
     # (``shared``), half the work of the affine layers next to the output, where the
     # intermediate bounds' one-hot rows meet their widest transposed convolution.
     shared = upper
     coeffs = {start: spec}
-    bias = jnp.zeros(spec.shape[:2 if batched else 1], jnp.float32)
+    lead = spec.values.shape[:2] if isinstance(spec, Patches) else spec.shape[:2]
+    bias = jnp.zeros(lead if batched else lead[:1], jnp.float32)
 
     def split_halves():
         nonlocal shared, bias
         if shared:
-            for key in coeffs:
-                coeffs[key] = jnp.concatenate([coeffs[key], coeffs[key]])
+            for key, A in coeffs.items():
+                coeffs[key] = (A.concatenate(A) if isinstance(A, Patches)
+                               else jnp.concatenate([A, A]))
             bias, shared = jnp.concatenate([bias, bias]), False
+
+    def accumulate(key, ct):
+        if key in coeffs:
+            old = coeffs[key]
+            if isinstance(old, Patches) or isinstance(ct, Patches):
+                old, ct = _dense(old), _dense(ct)
+            ct = old + ct
+        coeffs[key] = ct
 
     end = graph.producer.get(start, -1) + 1
     for k in range(end - 1, -1, -1):
@@ -246,6 +269,18 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
         if not linear:
             split_halves()
         A = coeffs.pop(eqn.outputs[0])
+        if sizes is not None:
+            sizes.append(math.prod((A.values if isinstance(A, Patches) else A).shape)
+                         * (2 if shared else 1))
+        if isinstance(A, Patches):
+            moved = _patch_step(eqn, values, bound_pos, relu_pos, A, s, mode, alphas, k)
+            if moved is not None:
+                targets, extra = moved
+                bias = bias + extra
+                for key, ct in targets:
+                    accumulate(key, ct)
+                continue
+            A = patches.dense(A)
         if linear:
             def f(*bounded, values=values, eqn=eqn):
                 args = list(values)
@@ -258,15 +293,14 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
             bias = bias + _sum_rest(A * offset, batched)
             cts = jax.vmap(vjp)(A)
             for i, ct in zip(bound_pos, cts):
-                key = eqn.inputs[i]
-                coeffs[key] = coeffs[key] + ct if key in coeffs else ct
+                accumulate(eqn.inputs[i], ct)
         elif mode is not None and regions is not None and (
                 moved := _relax_step(graph, env, k, eqn, values, bound_pos, A, s, batched,
                                      regions)) is not None:
             targets, extra = moved
             bias = bias + extra
             for key, ct in targets:
-                coeffs[key] = coeffs[key] + ct if key in coeffs else ct
+                accumulate(key, ct)
         elif relu_pos is not None and mode is not None:
             x = values[relu_pos]
             c = values[1 - relu_pos]
@@ -282,8 +316,7 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
                                    pos[s:] * a_up + neg[s:] * a_l2])
             bias = bias + jnp.concatenate([_sum_rest(pos[:s] * b_l1 + neg[:s] * b_up, batched),
                                            _sum_rest(pos[s:] * b_up + neg[s:] * b_l2, batched)])
-            key = eqn.inputs[relu_pos]
-            coeffs[key] = coeffs[key] + new if key in coeffs else new
+            accumulate(eqn.inputs[relu_pos], new)
         else:
             box = env[eqn.outputs[0]]
             bias = bias + _concretize_box(A, s, box.lower, box.upper, batched)
@@ -298,13 +331,78 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
         # softmax) gives NaN (0 * inf); the node's own interval under the exact spec is a
         # sound bound there (spec zeros are exact: 0 * inf = 0). Elsewhere nothing changes.
         exact = lambda a, b: jnp.where(a == 0, 0.0, a * b)  # noqa: E731
+        lo, hi = box.lower, box.upper
+        if isinstance(spec, Patches):
+            spec, lo, hi = spec.values, patches.window(spec, lo), patches.window(spec, hi)
         pos, neg = jnp.maximum(spec, 0), jnp.minimum(spec, 0)
-        rows = [exact(pos, box.lower) + exact(neg, box.upper)]
+        rows = [exact(pos, lo) + exact(neg, hi)]
         if upper:
-            rows.append(exact(pos, box.upper) + exact(neg, box.lower))
+            rows.append(exact(pos, hi) + exact(neg, lo))
         fallback = jnp.concatenate([_sum_rest(r, batched) for r in rows])
         bias = jnp.where(jnp.isnan(bias), fallback, bias)
     return bias[:s], bias[s:]
+
+
+def _dense(A):
+    return patches.dense(A) if isinstance(A, Patches) else A
+
+
+def _patch_step(eqn, values, bound_pos, relu_pos, A: Patches, s, mode, alphas, k):
+    """The backward step of ``eqn`` on patches (``patches`` module), or None where the rows
+    must be dense: ``([(input id, coefficients), ...], bias [2s, b] or 0)``."""
+    sum_rest = lambda a: _sum_rest(a, True)  # noqa: E731
+    if eqn.name == "conv_general_dilated" and bound_pos == [0]:
+        lhs, rhs = values
+        geometry = patches.conv_geometry(eqn, lhs.lower, rhs)
+        if geometry is None:
+            return None
+        strides, _, dilation, size = geometry
+        win = [(n - 1) * st + (kk - 1) * d + 1
+               for n, st, kk, d in zip(A.values.shape[2:4], strides, size, dilation)]
+        if not patches.worth_it((0, 0, *win), lhs.lower.shape):
+            return None
+        return [(eqn.inputs[0], patches.conv_transpose(A, eqn, rhs, lhs.lower.shape,
+                                                       geometry))], 0.0
+    if eqn.name in patches.ENTRYWISE and _linear_ok(eqn.name, bound_pos):
+        if any(tuple(values[i].lower.shape) != A.node for i in bound_pos):
+            return None  # the bounded input is broadcast: its rows are not entrywise
+        def f(*bounded):
+            args = list(values)
+            for i, b in zip(bound_pos, bounded):
+                args[i] = b
+            return evaluate(eqn, args)[0]
+
+        zeros = [jnp.zeros(A.node, jnp.float32) for _ in bound_pos]
+        targets, extra = [], 0.0
+        for j, i in enumerate(bound_pos):
+            offset, slope = patches.entrywise_terms(f, zeros, j)
+            if j == 0:
+                extra = sum_rest(A.values * patches.window(A, offset))
+            if eqn.name in ("add", "add_any", "convert_element_type", "copy", "copy_p",
+                            "stop_gradient") or (eqn.name == "sub" and i == 0):
+                ct = A.values  # slope 1 (the window is zero off the node already)
+            elif eqn.name == "neg" or eqn.name == "sub":
+                ct = -A.values
+            else:
+                ct = A.values * patches.window(A, slope)
+            targets.append((eqn.inputs[i], A.with_values(ct)))
+        return targets, extra
+    if relu_pos is not None and mode is not None:
+        x, c = values[relu_pos], values[1 - relu_pos]
+        alpha = None if alphas is None else alphas.get(k)
+        a_lo, b_lo, a_up, b_up = relu_relaxation(
+            x.lower, x.upper, c, "alpha" if alpha is not None else mode, alpha)
+        if a_lo.ndim == A.values.ndim or tuple(x.lower.shape) != A.node:
+            return None  # one slope per row (alpha-CROWN's intermediate slopes): dense
+        a_lo, b_lo, a_up, b_up = (patches.window(A, v) for v in (a_lo, b_lo, a_up, b_up))
+        V = A.values
+        pos, neg = jnp.maximum(V, 0), jnp.minimum(V, 0)
+        new = jnp.concatenate([pos[:s] * a_lo[:s] + neg[:s] * a_up[:s],
+                               pos[s:] * a_up[s:] + neg[s:] * a_lo[s:]])
+        extra = jnp.concatenate([sum_rest(pos[:s] * b_lo[:s] + neg[:s] * b_up[:s]),
+                                 sum_rest(pos[s:] * b_up[s:] + neg[s:] * b_lo[s:])])
+        return [(eqn.inputs[relu_pos], A.with_values(new))], extra
+    return None
 
 
 def _evaluate_linear(eqn, args):
@@ -459,6 +557,25 @@ def relu_only_inputs(graph: Graph, env: dict) -> dict:
     return {node: c for node, c in relu.items() if node not in other}
 
 
+# Part of jit's cache key (as ``kernels.use_onednn``): programs traced inside and outside
+# ``use_patches(False)`` are compiled separately. ``ROBUSTJAX_PATCHES=0`` sets the default.
+_patches_enabled = jax.make_user_context(
+    default_value=os.environ.get("ROBUSTJAX_PATCHES", "1") != "0")
+
+
+def use_patches(enabled: bool):
+    """Context manager: within the block, CROWN's intermediate-bound rows at NHWC nodes are
+    ``patches.Patches`` (True, the default) or dense (False: the same bounds to float
+    rounding, more memory and time; for comparisons)."""
+    return _patches_enabled(bool(enabled))
+
+
+def _patches_apply(shape, batched: bool) -> bool:
+    """Whether rows from a node of ``shape`` start as ``patches.Patches``: an NHWC node of a
+    batched graph, inside ``use_patches(True)``."""
+    return batched and len(shape) == 4 and bool(_patches_enabled.value)
+
+
 def _unstable(box: Interval, c, slack: float = 0.0):
     return (box.lower < c + slack) & (box.upper > c - slack)
 
@@ -499,10 +616,7 @@ def _sparse_bounds(graph: Graph, env: dict, key: int, reference: Interval, c, ro
     # The first ``rows`` unstable neurons; padding index n gives a zero row, dropped below.
     pick = lambda m: jnp.nonzero(m, size=rows, fill_value=n)[0]  # noqa: E731
     idx = jax.vmap(pick)(mask) if batched else pick(mask)  # [b, rows] or [rows]
-    spec = jax.nn.one_hot(idx, n, dtype=jnp.float32)
-    if batched:
-        spec = jnp.swapaxes(spec, 0, 1)  # [rows, b, n]
-    lo, hi = backward(graph, env, key, spec.reshape((rows, *shape)), inputs, mode)
+    lo, hi = rows_bounds(graph, env, key, idx.T if batched else idx, inputs, mode)
     if batched:
         at = (jnp.arange(shape[0])[:, None], idx)
         lo, hi = lo.T, hi.T
@@ -510,6 +624,66 @@ def _sparse_bounds(graph: Graph, env: dict, key: int, reference: Interval, c, ro
         at = idx
     scatter = lambda base, new: base.at[at].set(new, mode="drop").reshape(shape)  # noqa: E731
     return Interval(scatter(flat(ref.lower), lo), scatter(flat(ref.upper), hi))
+
+
+# Memory of one block of rows in ``rows_bounds``: its largest coefficient array (bytes) times
+# the few such arrays a backward step keeps alive (the rows, their positive and negative
+# parts for both halves), at most ``ROW_BLOCK_BYTES``. CNN-7's third to fifth ReLU inputs
+# have ~32,768 unstable neurons per example whose rows reach 13x13x64 windows: 45 GB at
+# batch 32 in one block (auto_LiRPA 0.3 runs out of this machine's 24 GB there).
+ROW_BLOCK_BYTES = 1 << 30
+_LIVE_ARRAYS = 6
+
+
+def _row_spec(idx, shape, batched: bool):
+    """One-hot rows ``idx`` (``[rows, b]`` or ``[rows]``; ``n`` is a zero row) of a node of
+    ``shape``: patches for NHWC nodes of a batched graph, else dense ``[rows, *shape]``."""
+    if _patches_apply(shape, batched):
+        return patches.one_hot(idx, shape)
+    n = math.prod(shape[1:] if batched else shape)
+    return jax.nn.one_hot(idx, n, dtype=jnp.float32).reshape((idx.shape[0], *shape))
+
+
+def rows_bounds(graph: Graph, env: dict, key: int, idx, inputs: InputSet, mode: str):
+    """Lower and upper bounds ``[rows, b]`` (``[rows]`` unbatched) of node ``key``'s entries
+    ``idx`` (``[rows, b]``: per example the flat index of each row's entry; ``[rows]``
+    unbatched; index ``n``, the node's size, is a padding row), by ``backward`` over blocks
+    of rows that keep each block's coefficients within ``ROW_BLOCK_BYTES`` (``lax.map``: one
+    program, blocks one after another)."""
+    shape, batched = env[key].lower.shape, inputs.batched
+    rows = idx.shape[0]
+    per_row = _row_bytes(graph, env, key, shape, rows, inputs, mode)
+    block = max(1, min(rows, ROW_BLOCK_BYTES // (_LIVE_ARRAYS * per_row)))
+    if block >= rows:
+        return backward(graph, env, key, _row_spec(idx, shape, batched), inputs, mode)
+    blocks = -(-rows // block)
+    n = math.prod(shape[1:] if batched else shape)
+    padded = jnp.concatenate([idx, jnp.full((blocks * block - rows, *idx.shape[1:]), n,
+                                            idx.dtype)])
+    padded = padded.reshape((blocks, block, *idx.shape[1:]))
+    lo, hi = jax.lax.map(
+        lambda i: backward(graph, env, key, _row_spec(i, shape, batched), inputs, mode),
+        padded)
+    flat = lambda a: a.reshape((blocks * block, *a.shape[2:]))[:rows]  # noqa: E731
+    return flat(lo), flat(hi)
+
+
+def _row_bytes(graph, env, key, shape, rows, inputs, mode) -> int:
+    """Bytes of one row's largest coefficient array in a backward pass from ``key`` (both
+    halves, the whole batch): at most the dense size of the graph's largest node, which is
+    the answer when ``rows`` such rows fit the budget anyway or the rows are dense; patches
+    are measured on a one-row pass (``jax.eval_shape``: traced, not run)."""
+    batch = shape[0] if inputs.batched else 1
+    dense = 2 * 4 * batch * max(math.prod(v[1:] if inputs.batched else v)
+                                for v in graph.shapes.values() if v)
+    if (not _patches_apply(shape, inputs.batched)
+            or rows * dense * _LIVE_ARRAYS <= ROW_BLOCK_BYTES):
+        return dense
+    sizes: list = []
+    idx = jnp.zeros((1, *shape[:1]), jnp.int32)
+    jax.eval_shape(lambda: backward(graph, env, key, _row_spec(idx, shape, True), inputs,
+                                    mode, sizes=sizes))
+    return 4 * max(sizes)
 
 
 def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
@@ -553,15 +727,19 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
         # One row per neuron of one example, the same rows for every example.
         per_example = shape[1:] if inputs.batched else shape
         n = math.prod(per_example)
-        eye = jnp.eye(n, dtype=jnp.float32).reshape((n, *([1] if inputs.batched else []),
-                                                     *per_example))
         if record is not None:  # a slope per row (2n: lower and upper) as auto_LiRPA
             record.update({(key, j): jnp.broadcast_to(a, (2 * n, *a.shape))
                            for j, a in _crown_slopes(graph, env, key).items()})
         mine = None if alphas is None else {j: a for (node, j), a in alphas.items()
                                             if node == key}
-        lo, hi = backward(graph, env, key, jnp.broadcast_to(eye, (n, *shape)), inputs,
-                          intermediate, mine or None)
+        if record is None and not mine:
+            idx = jnp.arange(n)
+            idx = jnp.broadcast_to(idx[:, None], (n, shape[0])) if inputs.batched else idx
+            lo, hi = rows_bounds(graph, env, key, idx, inputs, intermediate)
+        else:  # a slope per dense row: one pass over every row
+            eye = jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32).reshape(
+                (n, *([1] if inputs.batched else []), *per_example)), (n, *shape))
+            lo, hi = backward(graph, env, key, eye, inputs, intermediate, mine or None)
         if inputs.batched:  # [n, b] -> [b, n]
             lo, hi = lo.T, hi.T
         lo, hi = lo.reshape(shape), hi.reshape(shape)
