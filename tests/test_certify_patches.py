@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from robustjax.certify import api, crown, patches
 from robustjax.certify.patches import Patches
+from tests.compile_events import FAST_COMPILE
 
 
 def _random_patches(key, rows, b, ph, pw, node):
@@ -25,20 +26,24 @@ def _random_patches(key, rows, b, ph, pw, node):
     return p.with_values(p.values * patches.valid(p))  # a patch is zero off the node
 
 
-@settings(max_examples=25, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(1, 5), st.integers(3, 7))
-def test_window_is_the_dense_rows_inner_product(seed, ph, pw, h):
-    node = (2, h, h + 1, 3)
-    p = _random_patches(jax.random.PRNGKey(seed), 5, 2, ph, pw, node)
-    full = jax.random.normal(jax.random.PRNGKey(seed + 1), node)
+@jax.jit
+def _window_check(key):
+    node = (2, 5, 6, 3)
+    p = _random_patches(key, 5, 2, 3, 2, node)
+    full = jax.random.normal(jax.random.fold_in(key, 1), node)
     dense = patches.dense(p)
-    assert dense.shape == (5, *node)
-    got = jnp.sum(p.values * patches.window(p, full), axis=(2, 3, 4))
-    np.testing.assert_allclose(got, jnp.sum(dense * full, axis=(2, 3, 4)), rtol=1e-5,
-                               atol=1e-5)
+    return (jnp.sum(p.values * patches.window(p, full), axis=(2, 3, 4)),
+            jnp.sum(dense * full, axis=(2, 3, 4)), jnp.sum(dense, axis=(2, 3, 4)),
+            jnp.sum(p.values, axis=(2, 3, 4)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_window_is_the_dense_rows_inner_product(seed):
+    windowed, dense, dense_sum, patch_sum = _window_check(jax.random.PRNGKey(seed))
+    np.testing.assert_allclose(windowed, dense, rtol=1e-5, atol=1e-5)
     # nothing of the window is lost or duplicated when it is made dense
-    np.testing.assert_allclose(jnp.sum(dense, axis=(2, 3, 4)), jnp.sum(p.values, (2, 3, 4)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dense_sum, patch_sum, rtol=1e-5, atol=1e-5)
 
 
 def test_one_hot_rows_are_the_dense_one_hot_rows_and_n_is_a_zero_row():
@@ -71,12 +76,19 @@ def test_conv_transpose_of_patches_equals_the_dense_transposed_convolution(
     eqn = type("Eqn", (), {"params": eqn.params, "prim": eqn.primitive})()
     out_shape = jax.eval_shape(conv, jnp.zeros(x_shape)).shape
     geometry = patches.conv_geometry(eqn, jnp.zeros(x_shape), w)
-    for seed, size in enumerate([(1, 1), (2, 3), (3, 2)]):
-        p = _random_patches(jax.random.PRNGKey(seed), 4, 2, *size, out_shape)
-        got = patches.conv_transpose(p, eqn, w, x_shape, geometry)
-        _, vjp = jax.vjp(conv, jnp.zeros(x_shape))
-        ref = jax.vmap(lambda a: vjp(a)[0])(patches.dense(p))
-        np.testing.assert_allclose(patches.dense(got), ref, rtol=1e-5, atol=1e-5)
+
+    @jax.jit
+    def check(key):
+        out = []
+        for size in [(1, 1), (2, 3)]:
+            p = _random_patches(key, 4, 2, *size, out_shape)
+            got = patches.conv_transpose(p, eqn, w, x_shape, geometry)
+            _, vjp = jax.vjp(conv, jnp.zeros(x_shape))
+            out.append((patches.dense(got), jax.vmap(lambda a: vjp(a)[0])(patches.dense(p))))
+        return out
+
+    for got, ref in check(jax.random.PRNGKey(0)):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
 
 
 class Convs(nn.Module):
@@ -113,31 +125,48 @@ def _init(module, x):
     return variables
 
 
-@pytest.mark.parametrize("module,norm,eps", [(Convs(), "linf", 0.03), (Residual(), "linf", 0.02),
-                                             (Convs(), "l2", 0.3)])
-@pytest.mark.parametrize("method", ["crown", "fastlin"])
-def test_patches_give_the_dense_rows_bounds_on_flax_models(module, norm, eps, method):
-    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 11, 10, 2))
-    params = _init(module, x)
-    results = {}
-    for sparse in (True, False):
-        for on in (True, False):
-            with crown.use_patches(on):
-                results[sparse, on] = api.bounds(module.apply, params, x, eps, method, norm,
-                                                 sparse=sparse)
-        for got, ref in zip(results[sparse, True], results[sparse, False]):
-            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    lo, hi = results[True, True]
-    assert float(jnp.mean(hi - lo)) < float(jnp.mean(
-        jnp.subtract(*api.bounds(module.apply, params, x, eps, "ibp", norm)[::-1])))
+def _sound(module, params, x, eps, norm, lo, hi):
     noise = jax.random.uniform(jax.random.PRNGKey(2), (64, *x.shape), minval=-1, maxval=1)
     if norm == "l2":
-        noise = noise * eps / jnp.linalg.norm(noise.reshape(64, 3, -1), axis=-1)[..., None,
-                                                                                  None, None]
+        size = jnp.linalg.norm(noise.reshape(64, x.shape[0], -1), axis=-1)
+        noise = noise * eps / size[..., None, None, None]
     else:
         noise = noise * eps
     out = jax.vmap(lambda a: module.apply(params, a))(jnp.clip(x + noise, 0, 1))
     assert jnp.all(out >= lo - 1e-5) and jnp.all(out <= hi + 1e-5)
+
+
+@pytest.mark.parametrize("module,norm,eps,method", [
+    (Convs(), "linf", 0.03, "crown"), (Residual(), "linf", 0.02, "fastlin"),
+    (Convs(), "l2", 0.3, "crown")])
+def test_patches_give_the_dense_rows_bounds_on_flax_models(module, norm, eps, method):
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, 11, 10, 2))
+    params = _init(module, x)
+    results = {}
+    for on in (True, False):
+        with crown.use_patches(on):  # eager: sparse intermediate bounds
+            results[on] = api.bounds(module.apply, params, x, eps, method, norm)
+    for got, ref in zip(results[True], results[False]):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    lo, hi = results[True]
+    ibp_lo, ibp_hi = api.bounds(module.apply, params, x, eps, "ibp", norm)
+    assert float(jnp.mean(hi - lo)) < float(jnp.mean(ibp_hi - ibp_lo))
+    _sound(module, params, x, eps, norm, lo, hi)
+
+
+def test_patches_give_the_dense_rows_bounds_with_dense_intermediate_passes():
+    """Under a caller's jit every neuron gets a row (``patches.one_hot`` of all indices)."""
+    module = Convs()
+    x = jax.random.uniform(jax.random.PRNGKey(4), (2, 11, 10, 2))
+    params = _init(module, x)
+    results = {}
+    for on in (True, False):
+        with crown.use_patches(on):
+            run = jax.jit(lambda p, a: api.bounds(module.apply, p, a, 0.03, "crown"))
+            results[on] = run.lower(params, x).compile(compiler_options=FAST_COMPILE)(params, x)
+    for got, ref in zip(results[True], results[False]):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    _sound(module, params, x, 0.03, "linf", *results[True])
 
 
 def test_blocks_of_rows_give_the_same_bounds(monkeypatch):
