@@ -37,6 +37,12 @@ power of two or 1.5 times one. Only nodes whose intervals no other relaxation re
 (``relu_only_inputs``): GELU, exp or products use their inputs' intervals even where a ReLU
 would be stable.
 
+Patches (auto_LiRPA's patches mode): the one-hot rows of an intermediate bound at an NHWC
+node start as 1x1 windows of ``patches.Patches`` and stay windows on each row's receptive
+field through convolutions, entrywise affine steps and ReLU relaxations; any other primitive
+makes them dense (``use_patches(False)``: dense from the start, the same bounds). Rows are
+bounded in blocks (``rows_bounds``) whose coefficients stay within ``ROW_BLOCK_BYTES``.
+
 The batched layout needs a graph in which every bounded node keeps the examples on its
 leading axis and no primitive mixes them (``batch_major``); ``api.bounds`` falls back to a
 graph traced on one example, vmapped (``InputSet.batched=False``: ``A`` is then
