@@ -288,12 +288,7 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
                 continue
             A = patches.dense(A)
         if linear:
-            def f(*bounded, values=values, eqn=eqn):
-                args = list(values)
-                for i, b in zip(bound_pos, bounded):
-                    args[i] = b
-                return _evaluate_linear(eqn, args)
-
+            f = _in_bounded(eqn, values, bound_pos, _evaluate_linear)
             zeros = [jnp.zeros_like(values[i].lower) for i in bound_pos]
             offset, vjp = jax.vjp(f, *zeros)
             bias = bias + _sum_rest(A * offset, batched)
@@ -313,15 +308,12 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
             alpha = None if alphas is None else alphas.get(k)
             a_lo, b_lo, a_up, b_up = relu_relaxation(
                 x.lower, x.upper, c, "alpha" if alpha is not None else mode, alpha)
-            pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
             if a_lo.ndim == A.ndim:  # one slope per row (alpha-CROWN, intermediate=True)
-                (a_l1, a_l2), (b_l1, b_l2) = (a_lo[:s], a_lo[s:]), (b_lo[:s], b_lo[s:])
+                lower = (a_lo[:s], a_lo[s:]), (b_lo[:s], b_lo[s:])
             else:
-                (a_l1, a_l2), (b_l1, b_l2) = (a_lo, a_lo), (b_lo, b_lo)
-            new = jnp.concatenate([pos[:s] * a_l1 + neg[:s] * a_up,
-                                   pos[s:] * a_up + neg[s:] * a_l2])
-            bias = bias + jnp.concatenate([_sum_rest(pos[:s] * b_l1 + neg[:s] * b_up, batched),
-                                           _sum_rest(pos[s:] * b_up + neg[s:] * b_l2, batched)])
+                lower = (a_lo, a_lo), (b_lo, b_lo)
+            new, extra = _relu_rows(A, s, lower, ((a_up, a_up), (b_up, b_up)), batched)
+            bias = bias + extra
             accumulate(eqn.inputs[relu_pos], new)
         else:
             box = env[eqn.outputs[0]]
@@ -349,6 +341,31 @@ def backward(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     return bias[:s], bias[s:]
 
 
+def _in_bounded(eqn, values, bound_pos, run):
+    """``eqn``'s output as a function of its bounded inputs, the others fixed at ``values``
+    (``run(eqn, args)`` evaluates it)."""
+    def f(*bounded):
+        args = list(values)
+        for i, b in zip(bound_pos, bounded):
+            args[i] = b
+        return run(eqn, args)
+    return f
+
+
+def _relu_rows(A, s, lower, upper, batched):
+    """A ReLU's backward step on rows ``A`` (``[2s, ...]``): ``lower = ((a_1, a_2), (b_1,
+    b_2))`` are the lower line's slopes and offsets as seen by the first ``s`` rows and the
+    last ``s``, ``upper`` the upper line's; the lower bound's rows take the lower line where
+    positive, the upper bound's rows the upper line. Returns ``(new rows, bias [2s, ...])``."""
+    (al1, al2), (bl1, bl2) = lower
+    (au1, au2), (bu1, bu2) = upper
+    pos, neg = jnp.maximum(A, 0), jnp.minimum(A, 0)
+    new = jnp.concatenate([pos[:s] * al1 + neg[:s] * au1, pos[s:] * au2 + neg[s:] * al2])
+    bias = jnp.concatenate([_sum_rest(pos[:s] * bl1 + neg[:s] * bu1, batched),
+                            _sum_rest(pos[s:] * bu2 + neg[s:] * bl2, batched)])
+    return new, bias
+
+
 def _dense(A):
     return patches.dense(A) if isinstance(A, Patches) else A
 
@@ -356,41 +373,29 @@ def _dense(A):
 def _patch_step(eqn, values, bound_pos, relu_pos, A: Patches, s, mode, alphas, k):
     """The backward step of ``eqn`` on patches (``patches`` module), or None where the rows
     must be dense: ``([(input id, coefficients), ...], bias [2s, b] or 0)``."""
-    sum_rest = lambda a: _sum_rest(a, True)  # noqa: E731
     if eqn.name == "conv_general_dilated" and bound_pos == [0]:
         lhs, rhs = values
         geometry = patches.conv_geometry(eqn, lhs.lower, rhs)
-        if geometry is None:
-            return None
-        strides, _, dilation, size = geometry
-        win = [(n - 1) * st + (kk - 1) * d + 1
-               for n, st, kk, d in zip(A.values.shape[2:4], strides, size, dilation)]
-        if not patches.worth_it((0, 0, *win), lhs.lower.shape):
+        if geometry is None or not patches.worth_it(patches.grown_window(A, geometry),
+                                                    lhs.lower.shape):
             return None
         return [(eqn.inputs[0], patches.conv_transpose(A, eqn, rhs, lhs.lower.shape,
                                                        geometry))], 0.0
     if eqn.name in patches.ENTRYWISE and _linear_ok(eqn.name, bound_pos):
         if any(tuple(values[i].lower.shape) != A.node for i in bound_pos):
             return None  # the bounded input is broadcast: its rows are not entrywise
-        def f(*bounded):
-            args = list(values)
-            for i, b in zip(bound_pos, bounded):
-                args[i] = b
-            return evaluate(eqn, args)[0]
-
+        f = _in_bounded(eqn, values, bound_pos, lambda e, args: evaluate(e, args)[0])
         zeros = [jnp.zeros(A.node, jnp.float32) for _ in bound_pos]
-        targets, extra = [], 0.0
+        extra = _sum_rest(A.values * patches.window(A, f(*zeros)), True)  # f(0): the offset
+        targets = []
         for j, i in enumerate(bound_pos):
-            offset, slope = patches.entrywise_terms(f, zeros, j)
-            if j == 0:
-                extra = sum_rest(A.values * patches.window(A, offset))
             if eqn.name in ("add", "add_any", "convert_element_type", "copy", "copy_p",
                             "stop_gradient") or (eqn.name == "sub" and i == 0):
                 ct = A.values  # slope 1 (the window is zero off the node already)
             elif eqn.name == "neg" or eqn.name == "sub":
                 ct = -A.values
-            else:
-                ct = A.values * patches.window(A, slope)
+            else:  # x * c, x / c: the slope from a jvp, on the window
+                ct = A.values * patches.window(A, patches.entrywise_slope(f, zeros, j))
             targets.append((eqn.inputs[i], A.with_values(ct)))
         return targets, extra
     if relu_pos is not None and mode is not None:
@@ -400,13 +405,10 @@ def _patch_step(eqn, values, bound_pos, relu_pos, A: Patches, s, mode, alphas, k
             x.lower, x.upper, c, "alpha" if alpha is not None else mode, alpha)
         if a_lo.ndim == A.values.ndim or tuple(x.lower.shape) != A.node:
             return None  # one slope per row (alpha-CROWN's intermediate slopes): dense
-        a_lo, b_lo, a_up, b_up = (patches.window(A, v) for v in (a_lo, b_lo, a_up, b_up))
-        V = A.values
-        pos, neg = jnp.maximum(V, 0), jnp.minimum(V, 0)
-        new = jnp.concatenate([pos[:s] * a_lo[:s] + neg[:s] * a_up[:s],
-                               pos[s:] * a_up[s:] + neg[s:] * a_lo[s:]])
-        extra = jnp.concatenate([sum_rest(pos[:s] * b_lo[:s] + neg[:s] * b_up[:s]),
-                                 sum_rest(pos[s:] * b_up[s:] + neg[s:] * b_lo[s:])])
+        # the lines on every row's window: each half of the rows reads its own rows
+        halves = lambda v: (lambda w: (w[:s], w[s:]))(patches.window(A, v))  # noqa: E731
+        new, extra = _relu_rows(A.values, s, (halves(a_lo), halves(b_lo)),
+                                (halves(a_up), halves(b_up)), True)
         return [(eqn.inputs[relu_pos], A.with_values(new))], extra
     return None
 

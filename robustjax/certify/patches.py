@@ -24,7 +24,6 @@ The steps a patch survives (``crown.backward`` densifies it at any other primiti
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -34,7 +33,7 @@ from robustjax import kernels
 
 _NHWC = (0, 3, 1, 2)
 # Primitives that act entry by entry (output shape = bounded input's shape) and are affine in
-# the bounded input: ``f(x) = slope * x + offset`` with slope and offset from one ``jvp``.
+# the bounded input: ``f(x) = slope * x + offset``, ``offset = f(0)``, the slope from a ``jvp``.
 ENTRYWISE = frozenset({"add", "add_any", "sub", "neg", "mul", "div", "convert_element_type",
                        "copy", "copy_p", "stop_gradient"})
 
@@ -55,10 +54,6 @@ class Patches(NamedTuple):
     def concatenate(self, other: "Patches") -> "Patches":
         return Patches(jnp.concatenate([self.values, other.values]),
                        jnp.concatenate([self.origin, other.origin]), self.node)
-
-    def split(self, s: int) -> tuple["Patches", "Patches"]:
-        return (Patches(self.values[:s], self.origin[:s], self.node),
-                Patches(self.values[s:], self.origin[s:], self.node))
 
     def with_values(self, values) -> "Patches":
         return Patches(values, self.origin, self.node)
@@ -114,10 +109,18 @@ def dense(p: Patches):
     return out.at[ri, bi, ys[..., :, None], xs[..., None, :]].add(p.values, mode="drop")
 
 
-def worth_it(values_shape, node) -> bool:
-    """Whether a window is smaller than the node's spatial extent (else dense is cheaper)."""
-    ph, pw = values_shape[2:4]
-    return ph * pw < node[1] * node[2]
+def grown_window(p: Patches, geometry) -> tuple[int, int]:
+    """The window ``(ph', pw')`` of ``p`` carried back through a convolution of
+    ``geometry`` (``conv_geometry``)."""
+    strides, _, dilation, size = geometry
+    return tuple((n - 1) * s + (k - 1) * d + 1
+                 for n, s, k, d in zip(p.values.shape[2:4], strides, size, dilation))
+
+
+def worth_it(win, node) -> bool:
+    """Whether a window ``(ph, pw)`` is smaller than the node's spatial extent (else dense
+    rows are cheaper)."""
+    return win[0] * win[1] < node[1] * node[2]
 
 
 def conv_geometry(eqn, lhs, rhs):
@@ -135,10 +138,9 @@ def conv_geometry(eqn, lhs, rhs):
 
 def conv_transpose(p: Patches, eqn, rhs, in_shape, geometry) -> Patches:
     """The patch carried back through ``lhs -> conv(lhs, rhs)`` (``in_shape``: lhs's shape)."""
-    strides, padding, dilation, size = geometry
-    rows, b, ph, pw, _ = p.values.shape
-    win = tuple((n - 1) * s + (k - 1) * d + 1
-                for n, s, k, d in zip((ph, pw), strides, size, dilation))
+    strides, padding = geometry[:2]
+    rows, b = p.values.shape[:2]
+    win = grown_window(p, geometry)
     params = dict(eqn.prim.get_bind_params(eqn.params))
     params["padding"] = ((0, 0), (0, 0))
     zeros = jnp.zeros((rows * b, *win, in_shape[3]), jnp.float32)
@@ -150,12 +152,9 @@ def conv_transpose(p: Patches, eqn, rhs, in_shape, geometry) -> Patches:
     return out.with_values(out.values * valid(out))
 
 
-def entrywise_terms(f, zeros, i):
-    """``(offset, slope)`` of an entrywise affine ``f`` in its ``i``-th bounded input."""
+def entrywise_slope(f, zeros, i):
+    """The slope of an entrywise affine ``f`` in its ``i``-th bounded input (a ``jvp``:
+    exact, where ``f(1) - f(0)`` would round)."""
     tangents = [jnp.zeros_like(z) for z in zeros]
     tangents[i] = jnp.ones_like(zeros[i])
-    return jax.jvp(f, zeros, tangents)
-
-
-def size(p: Patches) -> int:
-    return math.prod(p.values.shape)
+    return jax.jvp(f, zeros, tangents)[1]
