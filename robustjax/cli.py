@@ -64,6 +64,9 @@ def _add_report(sub):
     p.add_argument("--unrounded-corruptions", action="store_true",
                    help="evaluate corrupted images as unrounded floats instead of rounding them "
                    "to 8 bits as the stored ImageNet-C does (default: rounded)")
+    _add_distributed(p, "Every process runs the report with the attacks, corruptions and "
+                     "bounds sharded over all processes' devices; process 0 writes --out, the "
+                     "others keep their stored results beside it (resumable per host)")
     p.set_defaults(func=_run_report)
 
 
@@ -72,6 +75,7 @@ def _run_report(args) -> int:
     from robustjax.runtime import reuse_large_buffers
 
     reuse_large_buffers()  # the report is its own process: let XLA:CPU reuse its big buffers
+    _start_distributed(args)  # before any JAX computation
 
     sections = args.sections.split(",") if args.sections else None
     run_report(args.out, model=args.model, checkpoint=args.checkpoint, dataset=args.dataset,
@@ -126,7 +130,32 @@ def _add_ablate(sub):
                    help="write into --out even if it holds other files or another experiment")
     p.add_argument("--sequential", action="store_true",
                    help="train every run alone (no vmap; the baseline)")
+    _add_distributed(p, "Each process trains its share of the groups of runs and keeps their "
+                     "files in its own --out (resumable per host); process 0 writes the table")
     p.set_defaults(func=_run_ablate)
+
+
+def _add_distributed(p, what: str) -> None:
+    p.add_argument("--distributed", action="store_true",
+                   help="run as one process of a multi-host job (jax.distributed.initialize: "
+                   "auto-detected on TPU pods, SLURM and Open MPI; else --coordinator, "
+                   f"--num-processes, --process-id). {what}")
+    p.add_argument("--coordinator", default=None, help="--distributed: host:port of process 0")
+    p.add_argument("--num-processes", type=int, default=None, help="--distributed: processes")
+    p.add_argument("--process-id", type=int, default=None, help="--distributed: this process")
+
+
+def _start_distributed(args) -> None:
+    """``jax.distributed.initialize`` for ``--distributed`` (before any JAX computation)."""
+    if not getattr(args, "distributed", False):
+        for flag in ("coordinator", "num_processes", "process_id"):
+            if getattr(args, flag, None) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} needs --distributed")
+        return
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts
+    jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def _run_ablate(args) -> int:
@@ -136,6 +165,7 @@ def _run_ablate(args) -> int:
 
     from robustjax import experiments
 
+    _start_distributed(args)
     path = args.experiment
     if not os.path.exists(path) and path in experiments.EXAMPLES:
         path = experiments.example_path(path)
@@ -144,8 +174,15 @@ def _run_ablate(args) -> int:
     experiments.ablate(exp, out=out, force=args.force, vectorise=not args.sequential,
                        progress=lambda it, **kw: tqdm.tqdm(it, leave=False, **kw),
                        log=lambda m: tqdm.tqdm.write(m, file=sys.stderr))
-    print(os.path.join(out, "ablation.md"))
+    if not args.distributed or _coordinator():
+        print(os.path.join(out, "ablation.md"))
     return 0
+
+
+def _coordinator() -> bool:
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _add_autoattack(sub):
@@ -185,15 +222,9 @@ def _add_autoattack(sub):
                    "existing one resumes the interrupted run")
     p.add_argument("--out", default="autoattack.json", help="JSON entry (autoattack.json)")
     p.add_argument("--seed", type=int, default=0, help="PRNG seed of the attacks (default 0)")
-    p.add_argument("--distributed", action="store_true",
-                   help="run as one process of a multi-host job (jax.distributed.initialize: "
-                   "auto-detected on TPU pods, SLURM and Open MPI; else --coordinator, "
-                   "--num-processes, --process-id). Each process attacks its share of whole "
-                   "batches with its own --state file (resumable per host); process 0 writes "
-                   "--out. Needs --schedule mask")
-    p.add_argument("--coordinator", default=None, help="--distributed: host:port of process 0")
-    p.add_argument("--num-processes", type=int, default=None, help="--distributed: processes")
-    p.add_argument("--process-id", type=int, default=None, help="--distributed: this process")
+    _add_distributed(p, "Each process attacks its share of whole batches with its own "
+                     "--state file (resumable per host); process 0 writes --out. Needs "
+                     "--schedule mask")
     p.set_defaults(func=_run_autoattack)
 
 
@@ -211,9 +242,7 @@ def _run_autoattack(args) -> int:
         write_entry,
     )
 
-    if args.distributed:  # before any JAX computation
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts
-        jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    _start_distributed(args)  # before any JAX computation
     attacks = tuple(args.attacks.split(",")) if args.attacks else None
     config = AutoAttackConfig(eps=args.eps, norm=args.norm, version=args.version,
                               attacks=attacks, batch_size=args.batch_size,

@@ -262,6 +262,14 @@ def _per_example(value, b: int) -> bool:
             and value.shape[0] == b)
 
 
+def _key_batch(value) -> bool:
+    """Whether a ``key`` argument is one key per example: only a typed key array with a batch
+    axis. A raw ``uint32[2]`` key (``jax.random.PRNGKey``) is one key, even for a batch of 2."""
+    return (isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype,
+                                                                   jax.dtypes.prng_key)
+            and value.ndim > 0)
+
+
 @functools.lru_cache(maxsize=64)
 def _per_shard(body, fn, static_items: tuple, mesh, axis: str, names: tuple, others: tuple):
     """``body`` run by every device on its own rows (``jax.shard_map``), compiled once per
@@ -337,7 +345,8 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
                 return run(**arguments)
             b = x.shape[0]
             batched = {k: v for k, v in arguments.items() if k not in static and k not in
-                       ("apply_fn", "params") and _per_example(v, b)}
+                       ("apply_fn", "params") and _per_example(v, b)
+                       and (k != "key" or _key_batch(v))}
 
             if per_shard and compile:
                 names = tuple(batched)

@@ -25,6 +25,9 @@ parallelism without a scheduler of its own:
   computes under ``jax.distributed``; shares differ in size by at most one and cover ``[0, n)``.
 * ``global_batch`` / ``local_rows``: a process-local batch to a global ``jax.Array`` over the
   mesh (``jax.make_array_from_process_local_data``) and back.
+* ``allgather_rows`` / ``allgather_json`` / ``check_same_run``: what the multi-host entry points
+  (AutoAttack, the ablation runner) exchange between processes: per-example outcomes, finished
+  records, and a hash of each process's configuration compared before any compute.
 
 Example::
 
@@ -229,41 +232,78 @@ def place(per_example, replicated, mesh: Mesh, axis: str = BATCH):
     (parameters, keys) on every device. Returns ``(per_example, replicated, n, padded)``.
 
     Arrays that already live on the mesh (``global_batch`` under ``jax.distributed``) are used
-    as they are; a mesh spanning several processes needs them, since one process's values
-    cannot be spread over another's devices."""
+    as they are. On a mesh spanning several processes, host values (numpy, or arrays of one
+    process) are the *global* batch, the same on every process (JAX's own convention for
+    ``jax.device_put``, as in a job where every process runs the same program on the same
+    data): each process puts only its devices' rows, so each computes its share."""
     leaves = [a for a in jax.tree_util.tree_leaves(per_example) if np.ndim(a) > 0]
     n = int(np.shape(leaves[0])[0])
     sharding = batch_sharding(mesh, axis)
     if not all(_same_batch(a, n) for a in leaves):
         raise ValueError(f"expected every per-example array to have {n} rows, received shapes "
                          f"{[np.shape(a) for a in leaves]}")
-    if not mesh.is_multi_process or all(isinstance(a, jax.Array) and a.sharding == sharding
-                                        for a in leaves):
-        pass
-    else:
+    on_mesh = [isinstance(a, jax.Array) and not a.is_fully_addressable for a in leaves]
+    if mesh.is_multi_process and any(on_mesh) and not all(
+            isinstance(a, jax.Array) and a.sharding == sharding for a in leaves):
         raise ValueError(
-            "the mesh spans several processes: pass global arrays built with "
-            "robustjax.parallel.global_batch(local_rows, mesh) (received process-local values), "
-            "or shard over this process's devices with use_mesh(data_mesh(local=True))")
+            "the mesh spans several processes: pass either global arrays built with "
+            "robustjax.parallel.global_batch(local_rows, mesh) for every per-example input, or "
+            "host values (the same global batch on every process) for all of them; received a "
+            "mix")
     multiple = batch_size(mesh, axis)
     target = padded_size(n, multiple)
     if target != n:
-        if mesh.is_multi_process:
+        if any(on_mesh):
             raise ValueError(f"a global batch of {n} does not divide the {multiple} shards of "
                              f"axis {axis!r}: pad each process's rows with pad_batch first")
         per_example = jax.tree_util.tree_map(
             lambda a: pad_batch(a, multiple)[0] if _same_batch(a, n) else a, per_example)
     per_example = jax.tree_util.tree_map(
-        lambda a: jax.device_put(a, sharding) if _same_batch(a, target) else a, per_example)
-    replicated = jax.device_put(replicated, replicated_sharding(mesh))
+        lambda a: _put(a, sharding) if _same_batch(a, target) else a, per_example)
+    everywhere = replicated_sharding(mesh)
+    replicated = jax.tree_util.tree_map(lambda a: _put(a, everywhere), replicated)
     return per_example, replicated, n, target
 
 
+def _put(a, sharding: NamedSharding):
+    """``jax.device_put(a, sharding)``; typed PRNG keys go through their key data, which
+    ``device_put`` to a multi-process sharding needs."""
+    if (isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+            and sharding.mesh.is_multi_process):
+        data = jax.device_put(jax.random.key_data(a), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    return jax.device_put(a, sharding)
+
+
 def unplace(tree, n: int, padded: int):
-    """The result of a call placed with ``place``: leaves with ``padded`` rows cut to ``n``."""
+    """The result of a call placed with ``place``: leaves with ``padded`` rows cut to ``n``.
+    On a mesh spanning several processes the leaves come back as host (numpy) arrays, whole,
+    on every process (``to_host``): the caller's code after the call runs unchanged."""
+    tree = to_host(tree)
     if padded == n:
         return tree
     return jax.tree_util.tree_map(lambda a: a[:n] if _same_batch(a, padded) else a, tree)
+
+
+def to_host(tree):
+    """Every leaf that is a ``jax.Array`` spread over several processes' devices as a numpy
+    array, whole, on every process (replicated leaves: this process's copy; sharded leaves:
+    ``multihost_utils.process_allgather``, a collective every process must reach). Other
+    leaves pass unchanged."""
+    spread = [isinstance(a, jax.Array) and not a.is_fully_addressable
+              for a in jax.tree_util.tree_leaves(tree)]
+    if not any(spread):
+        return tree
+    from jax.experimental import multihost_utils
+
+    def host(a):
+        if not isinstance(a, jax.Array) or a.is_fully_addressable:
+            return a
+        if a.sharding.is_fully_replicated:
+            return np.asarray(a.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
+    return jax.tree_util.tree_map(host, tree)
 
 
 @functools.lru_cache(maxsize=256)
@@ -355,3 +395,50 @@ def local_rows(tree):
 def is_coordinator() -> bool:
     """True in process 0, the one that writes merged reports."""
     return jax.process_index() == 0
+
+
+def allgather_rows(local: np.ndarray, rows: int) -> np.ndarray:
+    """Every process's ``local`` array (its leading axis padded with zeros to ``rows``),
+    stacked in process order: ``[process_count, rows, ...]``. A collective: every process
+    must call it, with the same ``rows`` and trailing shape."""
+    from jax.experimental import multihost_utils
+
+    local = np.asarray(local)
+    if len(local) > rows:
+        raise ValueError(f"allgather_rows: {len(local)} local rows do not fit in rows={rows}")
+    pad = np.zeros((rows - len(local),) + local.shape[1:], local.dtype)
+    return np.asarray(multihost_utils.process_allgather(np.concatenate([local, pad])))
+
+
+def allgather_json(obj) -> list:
+    """``obj`` (JSON-able) from every process, in process order (one process: ``[obj]``).
+    A collective: every process must call it."""
+    import json
+
+    blob = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    if jax.process_count() == 1:
+        return [json.loads(blob.tobytes())]
+    sizes = allgather_rows(np.array([len(blob)], np.int64), 1)[:, 0]
+    blobs = allgather_rows(blob, int(sizes.max()))
+    return [json.loads(blobs[p, :sizes[p]].tobytes()) for p in range(len(sizes))]
+
+
+def check_same_run(description: dict) -> None:
+    """Fail fast, before any compute, when the processes of a multi-host job were started with
+    different configurations, data or models: every process hashes ``description`` (JSON-able)
+    and the hashes are compared across processes. A collective (also a barrier); one process:
+    nothing to compare."""
+    if jax.process_count() == 1:
+        return
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode())
+    mine = np.frombuffer(digest.digest(), np.uint8)
+    hashes = allgather_rows(mine[None], 1)[:, 0]
+    differ = [i for i in range(len(hashes)) if not np.array_equal(hashes[i], hashes[0])]
+    if differ:
+        raise ValueError(f"the processes of this multi-host run were started with different "
+                         f"configurations: process(es) {differ} differ from process 0 "
+                         f"(hashes {[h.tobytes().hex()[:16] for h in hashes]}); start every "
+                         f"process with the same command, model, data and seed")

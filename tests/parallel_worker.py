@@ -135,3 +135,39 @@ def autoattack_share(process_id: int, processes: int, port: int, state: str, out
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "autoattack":
     autoattack_share(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
                      sys.argv[6], float(sys.argv[7]))
+
+
+def entry_points_share(process_id: int, processes: int, port: int, out: str):
+    """One process of a ``jax.distributed`` job running the entry points on a mesh over every
+    process's devices (host inputs: the same global batch in each process); process 0 saves
+    the results (``out``, .npz). With ``processes == 1``: the one-device reference."""
+    if processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=processes,
+                                   process_id=process_id)
+    model = create("cnn", input_shape=(12, 12, 3), channels=(4, 8), hidden=16)
+    f, params = model.apply_fn, model.params
+    x = np.asarray(jax.random.uniform(jax.random.key(0), (5, 12, 12, 3)))  # padded to 6 on 2
+    y = np.asarray(jnp.argmax(f(params, x), -1)).astype(np.int32)
+    key = jax.random.key(1)
+    mesh = parallel.data_mesh() if processes > 1 else None
+    with parallel.use_mesh(mesh):
+        got = {
+            "pgd": attacks.pgd(f, params, x, y, key,
+                               attacks.PGDConfig(eps=0.05, steps=3, random_start=True)),
+            "ibp": certify.bounds(f, params, x, 0.01, "ibp"),
+            "fog": corruptions.corrupt(x, "fog", 3, key),
+            "gaussian_noise": corruptions.corrupt(x, "gaussian_noise", 3, key),
+            "certify_crown_ibp": certify.certify(f, params, x, y, 0.005, "crown_ibp"),
+        }
+    flat = {}
+    for name, value in got.items():
+        for i, leaf in enumerate(jax.tree_util.tree_leaves(value)):
+            assert not isinstance(leaf, jax.Array) or leaf.is_fully_addressable, name
+            flat[f"{name}/{i}"] = np.asarray(leaf)
+    if parallel.is_coordinator():
+        np.savez(out, **flat)
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "entry":
+    entry_points_share(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])

@@ -188,3 +188,229 @@ def test_processes_with_different_configs_fail_at_start(tmp_path):
         assert rc != 0
         assert "started with different configurations" in err
         assert "apgd-ce - 1/" not in err  # refused before any attack ran
+
+
+# ---------------------------------------------------------------- multi-host ablation
+
+ABLATION = """
+[experiment]
+name = "tiny"
+seeds = [0, 1]
+[model]
+name = "mlp"
+hidden = [16]
+[data]
+dataset = "digits"
+train_examples = 100
+test_examples = 50
+[recipe]
+loss = "pgd_at"
+eps = 0.2
+step_size = 0.1
+attack_steps = 1
+weight_decay = 1e-3
+lr = 3e-3
+epochs = 1
+batch_size = 25
+[components.adversarial_training]
+off = { loss = "standard" }
+[components.weight_decay]
+off = { weight_decay = 0.0 }
+[evaluation]
+metrics = ["clean", "pgd"]
+eps = 0.2
+pgd_steps = 2
+"""
+
+
+def _ablate_job(processes, experiments, out, **env):
+    """``robustjax ablate --distributed`` in ``processes`` processes on 127.0.0.1 (the command
+    a user types on each host); ``experiments[p]`` is process p's experiment file."""
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "robustjax", "ablate", str(experiments[p]), "--out", str(out),
+         "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+         str(processes), "--process-id", str(p)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(ROBUSTJAX_COMPILATION_CACHE="0", **env)) for p in range(processes)]
+    return [(p.wait(timeout=900),) + p.communicate() for p in procs]
+
+
+def test_two_process_ablation_equals_one_process_and_resumes_per_host(tmp_path):
+    from robustjax import cli
+    from robustjax.experiments import runner
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(ABLATION)
+    assert cli.main(["ablate", str(toml), "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "ablation.json").read_text())
+
+    # both processes killed right after their third write (the marker, then the first run's
+    # parameters and record): process 0 owns the PGD-AT group (4 runs), process 1 the
+    # standard-training group (2 runs), so each leaves one finished run behind ...
+    two = tmp_path / "two"
+    killed = _ablate_job(2, [toml, toml], two, ROBUSTJAX_FAULT_KILL_AT_WRITE="3")
+    assert all(rc != 0 for rc, _, _ in killed), [err[-2000:] for _, _, err in killed]
+    assert not (two / "ablation.json").exists()
+    finished = sorted(f.stem for f in (two / "runs").glob("*.json"))
+    assert len(finished) == 2, finished
+    # ... and the same command again: each process resumes its own share, process 0 writes
+    resumed = _ablate_job(2, [toml, toml], two)
+    for p, (rc, out, err) in enumerate(resumed):
+        assert rc == 0, err[-3000:]
+        assert f"process {p} of 2: {4 if p == 0 else 2} of 6 run(s)" in err
+        assert "1 finished, 0 to re-evaluate" in err and "resuming" in err
+        # (gloo prints its own line on stdout)
+        assert (str(two / "ablation.md") in out.splitlines()) == (p == 0), out
+    got = json.loads((two / "ablation.json").read_text())
+    assert got["processes"] == 2
+    assert [r["id"] for r in got["runs"]] == [r["id"] for r in one["runs"]]
+    for a, b in zip(one["runs"], got["runs"]):
+        assert a["metrics"] == b["metrics"], (a["id"], a["metrics"], b["metrics"])
+    assert got["summary"] == one["summary"]
+    # processes started with different experiments stop before any training
+    other = tmp_path / "other.toml"
+    other.write_text(ABLATION.replace("epochs = 1", "epochs = 2"))
+    mixed = _ablate_job(2, [toml, other], tmp_path / "mixed")
+    for rc, _, err in mixed:
+        assert rc != 0 and "started with different configurations" in err, err[-2000:]
+        assert "training" not in err
+
+
+def test_groups_of_runs_are_dealt_to_the_least_loaded_process(tmp_path):
+    from robustjax import experiments as E
+    from robustjax.experiments import runner
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text(ABLATION.replace("[components.weight_decay]", "[components.epochs]\n"
+                                     "off = { epochs = 3 }\n[components.weight_decay]"))
+    exp = E.load(toml)
+    runs = E.expand(exp)
+    configs = list(dict.fromkeys(r.variant.model_options for r in runs))
+    groups = runner._groups(runs, configs, True, exp.recipe.loss)
+    assert len(groups) >= 2
+    for count in (1, 2, 3, 8):
+        owner = runner.assign_groups(groups, count)
+        assert sorted(owner) == sorted(r.id for r in runs)  # every run exactly once
+        for g, _ in groups:  # a group stays together
+            assert len({owner[r.id] for r in g}) == 1
+        if count == 1:
+            assert set(owner.values()) == {0}
+        load = [sum(r.variant.recipe.epochs for r in runs if owner[r.id] == p)
+                for p in range(count)]
+        # greedy: no process could take over another's last group and be less loaded
+        biggest = max(sum(r.variant.recipe.epochs for r in g) for g, _ in groups)
+        assert max(load) - min(load) <= biggest
+        assert owner == runner.assign_groups(groups, count)  # deterministic
+
+
+# ------------------------------------------------------------------ multi-host report
+
+USER_MODEL = '''
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from robustjax.models import wrap
+from robustjax.types import ModelSpec
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, features=False):
+        x = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(x))
+        x = x.reshape((x.shape[0], -1))
+        return x if features else nn.Dense(10)(x)
+
+
+def build():
+    module = Net()
+    variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
+    return wrap(module, variables, ModelSpec("user_net", (8, 8, 1), 10))
+'''
+REPORT = ["report", "--model", "mh_models:build", "--dataset", "digits", "--quick",
+          "--sections", "clean,attacks,certify"]
+
+
+def _report_job(processes, out, seeds, path, **env):
+    """``robustjax report --distributed`` in ``processes`` processes on 127.0.0.1."""
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "robustjax", *REPORT, "--seed", str(seeds[p]), "--out", str(out),
+         "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+         str(processes), "--process-id", str(p)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(ROBUSTJAX_COMPILATION_CACHE="0",
+                 PYTHONPATH=f"{path}{os.pathsep}{ROOT}", **env)) for p in range(processes)]
+    return [(p.wait(timeout=900),) + p.communicate() for p in procs]
+
+
+def _numbers(report):
+    """Every section's data without its timings."""
+    def strip(d):
+        if isinstance(d, dict):
+            return {k: strip(v) for k, v in d.items() if k != "seconds"}
+        return [strip(v) for v in d] if isinstance(d, list) else d
+    return strip(report["sections"])
+
+
+def test_two_process_report_equals_one_process_and_resumes_per_host(tmp_path, monkeypatch):
+    from robustjax import cli
+    from robustjax.report.run import process_folder
+
+    (tmp_path / "mh_models.py").write_text(USER_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli.main([*REPORT, "--seed", "3", "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+
+    # both processes killed right after their fourth write: the clean section is stored
+    # (its logits, then its record), the attacks section not yet
+    two = tmp_path / "two"
+    killed = _report_job(2, two, [3, 3], tmp_path, ROBUSTJAX_FAULT_KILL_AT_WRITE="4")
+    assert all(rc != 0 for rc, _, _ in killed), [err[-2000:] for _, _, err in killed]
+    assert not (two / "report.md").exists()
+    shadow = process_folder(two, 1, 2)
+    assert shadow == tmp_path / ".two.process1-of-2" and (shadow / "store").is_dir()
+    # ... the same command again: each process resumes from its own store
+    resumed = _report_job(2, two, [3, 3], tmp_path)
+    for p, (rc, _, err) in enumerate(resumed):
+        assert rc == 0, err[-3000:]
+        assert "[clean] loaded" in err and "[attacks] running" in err, err[-2000:]
+    assert "process 1 of 2: done" in resumed[1][2]
+    got = json.loads((two / "report.json").read_text())
+    assert got["status"] == "complete" and got["runtime"]["processes"] == 2
+    assert got["runtime"]["devices"] == 2
+    assert not (shadow / "report.md").exists()  # process 0 alone writes the report
+    assert _numbers(got) == _numbers(one)  # every number, bounds and smoothing included
+    assert got["sections"]["certify"]["smoothing"]["certified_accuracy"]
+    assert "in 2 processes" in (two / "report.md").read_text()
+
+    # processes started with different settings stop before any section runs
+    mixed = _report_job(2, tmp_path / "mixed", [3, 4], tmp_path)
+    for rc, _, err in mixed:
+        assert rc != 0 and "started with different configurations" in err, err[-2000:]
+        assert "[clean] running" not in err
+
+
+def test_entry_points_on_a_mesh_over_two_processes_equal_one_process(tmp_path):
+    # every process passes the same host batch; each computes its devices' rows and gets the
+    # whole result back as numpy (a batch of 5: padded to 6 over the 2 processes)
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, str(WORKER), "entry", str(p), "2", str(port), str(tmp_path / "two.npz")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(ROBUSTJAX_COMPILATION_CACHE="0")) for p in range(2)]
+    results = [(p.wait(timeout=900), p.communicate()[1]) for p in procs]
+    for rc, err in results:
+        assert rc == 0, err[-3000:]
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import parallel_worker
+    finally:
+        sys.path.remove(str(WORKER.parent))
+    parallel_worker.entry_points_share(0, 1, 0, str(tmp_path / "one.npz"))
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert sorted(one.files) == sorted(two.files) and len(one.files) == 10
+    for k in one.files:  # bit for bit
+        np.testing.assert_array_equal(one[k], two[k], err_msg=k)
+        assert one[k].shape == two[k].shape, k

@@ -17,6 +17,15 @@ runs behind; the runs a group trains are saved together when the group ends, eac
 parameters before its record (a run counts as finished only with both). An output folder
 that holds other files, or another experiment's results, is refused unless ``force=True``.
 
+Multi-host (``jax.distributed``): every process expands the same experiment and forms the same
+groups of runs; the groups are dealt out to the processes (each to the one with the least work
+so far), so process ``p`` trains only its groups, on its own devices, and keeps their files in
+its own ``out`` (a shared or a per-host folder both work: the file names are per run). The
+finished records are exchanged (``parallel.allgather_json``) and process 0 writes the table.
+A group trains the same program with the same inputs as in a one-process run, so every number
+equals the one-process ablation's. Processes started with different experiments fail before
+any training (``parallel.check_same_run``); an interrupted job resumes per host.
+
 Faults: before the data is loaded the folder is checked for writability, and before training
 for room for every run's parameters (``estimate_bytes``), so a read-only folder or a full disk
 fails at once (``robustjax.runfiles.OutputError``); a kill at any point, even mid-write, leaves
@@ -37,7 +46,7 @@ from typing import Callable, Optional, Union
 import jax
 import numpy as np
 
-from robustjax import checkpoint, data, models, runfiles
+from robustjax import checkpoint, data, models, parallel, runfiles
 from robustjax.experiments import evaluate as evaluation
 from robustjax.experiments import tabulate
 from robustjax.experiments.expand import eval_hash, expand, train_hash, variants
@@ -146,6 +155,11 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
     ``summary`` (``{variant: {column: {mean, std, n, delta}}}``).
     """
     exp = experiment if isinstance(experiment, Experiment) else load(experiment)
+    if jax.process_count() > 1 and mesh is not None and any(
+            d.process_index != jax.process_index() for d in mesh.devices.flat):
+        raise ValueError("a multi-host ablation trains each process's runs on that process's "
+                         "own devices: pass a mesh of local devices "
+                         "(parallel.data_mesh(jax.local_devices())) or none")
     log = log or (lambda msg: None)
     wrap = progress or (lambda it, **kw: it)
     out = pathlib.Path(out)
@@ -173,11 +187,23 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
     runfiles.preflight(out, estimate_bytes(len(runs), params_bytes, epochs),
                        f"the ablation {exp.name!r} ({len(runs)} runs)")
     runfiles.remove_stale_temporaries(out / "runs")  # left by a process killed mid-write
+    # multi-host: the same experiment everywhere (also the barrier that keeps every process's
+    # clean-up of stale temporaries before any process writes)
+    parallel.check_same_run({"experiment": to_dict(exp), "vectorise": vectorise,
+                             "train": [len(x)] + list(np.shape(x)[1:]), "test": len(xt),
+                             "processes": jax.process_count()})
     _prepare_out(out, exp.name)
+    owner = assign_groups(
+        _groups([r for r in runs], configs, vectorise, exp.recipe.loss), jax.process_count())
+    here = jax.process_index()
+    if jax.process_count() > 1:
+        mine = sum(owner[r.id] == here for r in runs)
+        log(f"process {here} of {jax.process_count()}: {mine} of {len(runs)} run(s) are "
+            f"this process's share")
 
     ehash = eval_hash(exp)
     records, todo, reeval = {}, [], []
-    for run in runs:
+    for run in (r for r in runs if owner[r.id] == here):
         path = out / "runs" / f"{run.id}.json"
         rec, thash = _read(path), train_hash(exp, run)
         if rec and rec.get("train_hash") == thash and (out / "runs" / f"{run.id}.npz").exists():
@@ -189,10 +215,11 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
         if rec:
             log(f"{run.id}: the recipe changed since it was saved; training it again")
         todo.append(run)
-    log(f"{exp.name}: {len(runs)} runs, {len(records)} finished, {len(reeval)} to re-evaluate, "
+    share = len(runs) if jax.process_count() == 1 else sum(owner[r.id] == here for r in runs)
+    log(f"{exp.name}: {share} runs, {len(records)} finished, {len(reeval)} to re-evaluate, "
         f"{len(todo)} to train")
     if records or reeval:
-        log(f"resuming {out}: {len(records) + len(reeval)} of {len(runs)} run(s) already "
+        log(f"resuming {out}: {len(records) + len(reeval)} of {share} run(s) already "
             f"trained there are kept")
     evaluators = {}
 
@@ -219,17 +246,8 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
         finish(run, jax.tree_util.tree_map(np.asarray, params), old["loss"],
                old["train_seconds"], old["group_size"])
 
-    base_loss = exp.recipe.loss
-    groups, statics = [], []
-    for o in configs:  # architectures one after another; runs of one architecture vmapped
-        mine = [r for r in todo if r.variant.model_options == o]
-        if not vectorise:
-            groups += [[r] for r in mine]
-            statics += [None] * len(mine)
-            continue
-        for static, idx in group_runs([r.variant.recipe for r in mine], base_loss):
-            groups.append([mine[i] for i in idx])
-            statics.append(static)
+    grouped = _groups(todo, configs, vectorise, exp.recipe.loss)
+    groups, statics = [g for g, _ in grouped], [st for _, st in grouped]
     # One bar over the runs (a group's runs finish together; the bar's rate gives the time
     # left) and one over each group's epochs.
     for group, static in _per_run(wrap, groups, statics):
@@ -255,6 +273,9 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
             finish(run, jax.device_get(params), loss, seconds / len(group), len(group))
         log(f"saved {ids} ({seconds:.1f} s)")
 
+    if jax.process_count() > 1:  # every process's finished records, to every process
+        for share in parallel.allgather_json(records):
+            records.update(share)
     ordered = [records[r.id] for r in runs]
     columns = evaluation.columns(exp.profile)
     summary = tabulate.summarize(ordered, names, columns)
@@ -266,11 +287,45 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
              f"`{exp.data.dataset}` ({len(x)} train / {len(xt)} test), base recipe: "
              f"{_describe(exp)}; seeds {list(exp.seeds)}; evaluation eps "
              f"{exp.profile.eps} (PGD-{exp.profile.pgd_steps})."]
+    if jax.process_count() > 1:
+        result["processes"] = jax.process_count()
+        notes.append(f"Trained by {jax.process_count()} processes (jax.distributed).")
+    if not parallel.is_coordinator():
+        log(f"process {here}: its runs are saved in {out / 'runs'}; process 0 writes the table")
+        return result
     write_atomic(out / "ablation.json", json.dumps(result, indent=1))
     write_atomic(out / "ablation.md", tabulate.markdown(exp.name, summary, columns, notes))
     tabulate.plot(out / "ablation.png", exp.name, summary, columns)  # atomic (runfiles)
     log(f"wrote {out / 'ablation.md'}, {out / 'ablation.json'}, {out / 'ablation.png'}")
     return result
+
+
+def _groups(runs, configs, vectorise: bool, base_loss: str) -> list:
+    """``[(runs, static)]``: the groups of ``runs`` trained together (one vmapped program per
+    ``static``; ``static`` None: a run trained alone), architecture after architecture."""
+    out = []
+    for o in configs:  # architectures one after another; runs of one architecture vmapped
+        mine = [r for r in runs if r.variant.model_options == o]
+        if not vectorise:
+            out += [([r], None) for r in mine]
+            continue
+        for static, idx in group_runs([r.variant.recipe for r in mine], base_loss):
+            out.append(([mine[i] for i in idx], static))
+    return out
+
+
+def assign_groups(groups, processes: int) -> dict:
+    """``{run id: process}``: each group of runs (in order) goes to the process with the
+    least work so far (epochs, summed over its runs; ties: the lowest process index). Deterministic, so every process of a job computes the same assignment;
+    one process owns everything."""
+    load = [0.0] * max(1, int(processes))
+    owner = {}
+    for group, _ in groups:
+        p = min(range(len(load)), key=lambda i: (load[i], i))
+        for r in group:
+            owner[r.id] = p
+            load[p] += r.variant.recipe.epochs
+    return owner
 
 
 def _per_run(wrap, groups, statics):

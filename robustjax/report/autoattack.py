@@ -156,26 +156,16 @@ def process_state_path(state_path, process_index: int, process_count: int) -> pa
 
 def _gather(local: np.ndarray, rows: int) -> np.ndarray:
     """Every process's ``local`` rows (padded to ``rows``), stacked in process order."""
-    from jax.experimental import multihost_utils
+    from robustjax import parallel
 
-    pad = np.zeros((rows - len(local),) + local.shape[1:], local.dtype)
-    return np.asarray(multihost_utils.process_allgather(np.concatenate([local, pad])))
+    return parallel.allgather_rows(local, rows)
 
 
 def check_same_run(description: dict) -> None:
-    """Fail fast, before any compute, when the processes of a multi-host job were started with
-    different configurations, data or models: every process hashes ``description`` and the
-    hashes are compared across processes (``jax.experimental.multihost_utils``)."""
-    from robustjax.report.store import config_hash
+    """``robustjax.parallel.check_same_run``: the processes' configurations must agree."""
+    from robustjax import parallel
 
-    mine = np.frombuffer(bytes.fromhex(config_hash(description)), np.uint8)
-    hashes = _gather(mine[None], 1)[:, 0]
-    differ = [i for i in range(len(hashes)) if not np.array_equal(hashes[i], hashes[0])]
-    if differ:
-        raise ValueError(f"the processes of this multi-host run were started with different "
-                         f"configurations: process(es) {differ} differ from process 0 "
-                         f"(hashes {[h.tobytes().hex() for h in hashes]}); start every process "
-                         f"with the same command, model, data and seed")
+    parallel.check_same_run(description)
 
 
 def run_autoattack_sharded(model, x, y, config: AutoAttackConfig, *, key=None, state_path=None,

@@ -6,6 +6,15 @@ model is any ``Model`` (a registry name with a checkpoint, a user's ``module:fun
 the embedded default), the data any ``robustjax.data`` dataset (resized on request). Results are
 stored as they finish (``out_dir/store``), so an interrupted report resumes.
 
+Multi-host (``jax.distributed``, ``robustjax report --distributed``): every process runs the same
+report on the same data, with the entry points (attacks, corruptions, certify) sharded over a
+mesh of every process's devices, so each process computes its rows of every batch and gets the
+whole result back (``robustjax.parallel.place`` / ``unplace``). Process 0 writes the report into
+``out_dir``; process ``p`` keeps its own store beside it (``process_folder``), so each host
+resumes from its own files, and a stored result is used only where every process has it. The
+numbers equal a one-process report's. Processes started with different settings fail before
+any section runs.
+
 Faults: every file is written atomically (``robustjax.runfiles``); before the model is loaded or
 any section runs, the output folder is checked for writability and for room for the report's
 estimated size (``estimate_bytes``), so a read-only folder or a full disk fails at once with a
@@ -14,6 +23,7 @@ clear ``OutputError``. A rerun after a kill (even mid-write) resumes and says wh
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import json
@@ -26,7 +36,7 @@ import jax
 import numpy as np
 
 from robustjax import data as datasets
-from robustjax import runfiles
+from robustjax import parallel, runfiles
 from robustjax.report.base import ReportContext, Section
 from robustjax.report.store import ResultStore, atomic_write_text
 
@@ -118,7 +128,10 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     """
     from robustjax.report import inputs
 
+    processes, here = jax.process_count(), jax.process_index()
     out_dir = pathlib.Path(out_dir)
+    if here > 0:  # process 0 writes the report; the others keep their stores beside it
+        out_dir = process_folder(out_dir, here, processes)
     runfiles.remove_stale_temporaries(out_dir)  # a run killed mid-write left one behind
     _check_out_dir(out_dir, force)
     names = list(SECTIONS) if sections is None else list(sections)
@@ -151,14 +164,19 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     inputs.check_model(model, x, y)  # NCHW, wrong channels, labels beyond the classes: now
     runfiles.preflight(out_dir, estimate_bytes(len(names), n, int(model.spec.num_classes or 1000)),
                        f"the report ({len(names)} sections, {n} examples)")
+    if processes > 1:  # before any section: every process runs the same report
+        parallel.check_same_run({"report": identity_all_of(identity, dataset, split, n, quick,
+                                                           seed, eps, resize),
+                                 "sections": names, "fresh": fresh,
+                                 "quantize_corruptions": quantize_corruptions,
+                                 "data": [list(np.shape(x)), _digest(x), _digest(y)],
+                                 "processes": processes})
     previous = _previous_status(out_dir)
     runfiles.remove_stale_temporaries(out_dir / STORE_DIR)  # left by a process killed mid-write
     out_dir.mkdir(parents=True, exist_ok=True)
-    identity_all = {"format": REPORT_FORMAT, "robustjax": _version(), "model": identity,
-                    "dataset": dataset, "split": split, "examples": n, "quick": quick,
-                    "seed": seed, "eps": list(eps) if eps is not None else None,
-                    "resize": resize}
-    store = ResultStore(out_dir / STORE_DIR, fresh=fresh)
+    identity_all = identity_all_of(identity, dataset, split, n, quick, seed, eps, resize)
+    store = ResultStore(out_dir / STORE_DIR, fresh=fresh,
+                        agree=_every_process if processes > 1 else None)
     stored = len(list(store.root.glob("*.*"))) if store.root.is_dir() and not fresh else 0
     if stored:
         how = "the interrupted report" if previous == "running" else "the earlier report"
@@ -178,13 +196,15 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     for name in names:
         config = {"report": identity_all, "section": name}
         record = store.load(f"section-{name}", config)
-        if record is not None and all((out_dir / f).is_file() for f in record["figures"]):
+        if store.found(record is not None
+                       and all((out_dir / f).is_file() for f in record["figures"])):
             log(f"[{name}] loaded (stored {record['seconds']:.1f} s run)")
             resumed.append(name)
         else:
             start = time.perf_counter()
             log(f"[{name}] running ...")
-            sec = importlib.import_module(SECTIONS[name]).section(ctx)
+            with _mesh(processes):
+                sec = importlib.import_module(SECTIONS[name]).section(ctx)
             seconds = round(time.perf_counter() - start, 2)
             record = json.loads(json.dumps(
                 {"key": sec.key, "title": sec.title, "seconds": seconds,
@@ -203,6 +223,11 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     if resumed or store.loaded:
         log(f"resumed: {len(resumed)} section(s) loaded ({', '.join(resumed) or 'none'}), "
             f"{len(store.loaded)} stored batch result(s) reused, {len(store.computed)} computed")
+    if here > 0:
+        _write_json(out_dir / "report.json", report)
+        log(f"process {here} of {processes}: done; its stored results are in {out_dir}, "
+            f"process 0 writes the report")
+        return report
     atomic_write_text(out_dir / "report.md", render_markdown(report, done))
     from robustjax.report.html import write_html
 
@@ -211,6 +236,38 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
     log(f"report written to {out_dir / 'report.md'}, {out_dir / 'report.html'} and "
         f"{out_dir / 'report.json'}")
     return report
+
+
+def identity_all_of(identity, dataset, split, n, quick, seed, eps, resize) -> dict:
+    """What every stored result of a report depends on (besides its section's settings)."""
+    return {"format": REPORT_FORMAT, "robustjax": _version(), "model": identity,
+            "dataset": dataset, "split": split, "examples": n, "quick": quick,
+            "seed": seed, "eps": list(eps) if eps is not None else None, "resize": resize}
+
+
+def process_folder(out_dir, process_index: int, process_count: int) -> pathlib.Path:
+    """Where process ``process_index`` (> 0) of a multi-host report keeps its stored results:
+    ``.<out>.process<p>-of-<P>`` beside ``out_dir`` (per host; distinct on a shared disk)."""
+    out_dir = pathlib.Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.process{process_index}-of-{process_count}"
+
+
+def _every_process(present: bool) -> bool:
+    """True when every process of the job has the stored result (a collective)."""
+    return bool(parallel.allgather_rows(np.array([present], np.int8), 1).min())
+
+
+def _mesh(processes: int):
+    """Multi-host: the entry points shard over every process's devices."""
+    if processes == 1:
+        return contextlib.nullcontext()
+    return parallel.use_mesh(parallel.data_mesh())
+
+
+def _digest(a) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
 def _previous_status(out_dir: pathlib.Path) -> Optional[str]:
@@ -237,7 +294,7 @@ def runtime_info() -> dict:
 
     conv = kernels.status()
     return {"jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": len(jax.devices()),
+            "devices": len(jax.devices()), "processes": jax.process_count(),
             "convolutions": "oneDNN" if conv.available else "XLA",
             "convolutions_note": conv.reason.splitlines()[0] if conv.reason else ""}
 
@@ -260,7 +317,9 @@ def render_markdown(report: dict, sections: Sequence[Section]) -> str:
         lines += [f"Data: {report['data_note']}.", ""]
     rt = report.get("runtime")
     if rt:
-        lines += [f"JAX {rt['jax']} on {rt['backend']} ({rt['devices']} device(s)); "
+        where = (f"{rt['devices']} device(s)" if rt.get("processes", 1) == 1 else
+                 f"{rt['devices']} device(s) in {rt['processes']} processes")
+        lines += [f"JAX {rt['jax']} on {rt['backend']} ({where}); "
                   f"convolutions on {rt['convolutions']} kernels.", ""]
     for sec in sections:
         lines += [f"## {sec.title}", "", sec.markdown.strip(), ""]

@@ -90,9 +90,13 @@ class ResultStore:
         overwritten; results written during this run are still reused.
     """
 
-    def __init__(self, root, fresh: bool = False):
+    def __init__(self, root, fresh: bool = False,
+                 agree: Optional[Callable[[bool], bool]] = None):
         self.root = pathlib.Path(root)
         self.fresh = fresh
+        # multi-host: a stored result is used only where every process has it (``agree``, a
+        # collective), so all processes take the same path through the computation
+        self.agree = agree
         self._written: set[pathlib.Path] = set()
         self.loaded: list[str] = []  # what this run read back instead of computing
         self.computed: list[str] = []
@@ -123,10 +127,15 @@ class ResultStore:
         self._written.add(path)
         return path
 
+    def found(self, present: bool) -> bool:
+        """Whether a stored result may be used: ``present`` here and, under a multi-host
+        ``agree``, in every process."""
+        return present if self.agree is None else self.agree(bool(present))
+
     def cached(self, kind: str, config: Any, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per ``(kind, config)``; later calls (and runs) read it back."""
         value = self.load(kind, config)
-        if value is not None:
+        if self.found(value is not None):
             self.loaded.append(kind)
             return value
         value = json.loads(json.dumps(compute(), default=to_jsonable))
@@ -137,13 +146,15 @@ class ResultStore:
     def cached_array(self, kind: str, config: Any, compute: Callable[[], Any]) -> np.ndarray:
         """Like ``cached`` for one numpy array (stored as ``.npy``)."""
         path = self.path(kind, config, ".npy")
+        value = None
         if self._readable(path):
             try:
                 value = np.load(path, allow_pickle=False)
-                self.loaded.append(kind)
-                return value
             except (OSError, ValueError):
-                pass
+                value = None
+        if self.found(value is not None):
+            self.loaded.append(kind)
+            return value
         value = np.asarray(compute())
         buf = io.BytesIO()
         np.save(buf, value, allow_pickle=False)
