@@ -25,6 +25,10 @@ parallelism without a scheduler of its own:
   computes under ``jax.distributed``; shares differ in size by at most one and cover ``[0, n)``.
 * ``global_batch`` / ``local_rows``: a process-local batch to a global ``jax.Array`` over the
   mesh (``jax.make_array_from_process_local_data``) and back.
+* On a mesh over several processes, an entry point called with host arrays (the same global
+  batch in every process, JAX's convention) puts only this process's rows on its devices and
+  returns the whole result as numpy in every process (``to_host``): code written for one
+  process runs unchanged in each (the multi-host report does exactly that).
 * ``allgather_rows`` / ``allgather_json`` / ``check_same_run``: what the multi-host entry points
   (AutoAttack, the ablation runner) exchange between processes: per-example outcomes, finished
   records, and a hash of each process's configuration compared before any compute.

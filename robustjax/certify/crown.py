@@ -107,7 +107,8 @@ class AlphaCrownConfig:
     # Also optimise the slopes of the intermediate bounds' backward passes (auto_LiRPA's
     # CROWN-Optimized): one slope per (bounded node, its bound's row, ReLU neuron), and per
     # specification row for the output; the gradient of the output bound flows through
-    # every intermediate bound (each step costs a whole CROWN pass).
+    # every intermediate bound (each step costs a whole CROWN pass). The tightest
+    # intermediate bounds of all iterations are kept and intersected with each new pass's.
     intermediate: bool = False
 
 
@@ -696,7 +697,7 @@ def _row_bytes(graph, env, key, shape, rows, inputs, mode) -> int:
 
 def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
             alphas: Optional[dict] = None, record: Optional[dict] = None,
-            sparse: Optional[dict] = None) -> dict:
+            sparse: Optional[dict] = None, known: Optional[dict] = None) -> dict:
     """IBP forward pass; ReLU inputs tightened by ``intermediate`` (``ibp``/``crown``/
     ``fastlin``) backward passes. Returns the environment (id -> Interval or array).
 
@@ -704,7 +705,10 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
     bounds ``node`` (alpha-CROWN of intermediate bounds); ``record``, if a dict, receives
     CROWN's slopes under those keys (the starting point). ``sparse``: ``{node: rows}`` for
     ``relu_only_inputs`` nodes bounded sparsely (``_sparse_bounds``; not with ``alphas`` or
-    ``record``, whose slopes are per dense row); other nodes get dense passes.
+    ``record``, whose slopes are per dense row); other nodes get dense passes. ``known``:
+    ``{node: Interval}`` bounds already proven for the same inputs (an earlier pass); the
+    tightened bounds are intersected with them (alpha-CROWN keeps the tightest intermediate
+    bounds of its iterations, as auto_LiRPA's ``CROWN-Optimized`` does).
     """
     if intermediate not in ("ibp", "crown", "fastlin"):
         raise ValueError(f"intermediate must be ibp, crown or fastlin, got {intermediate!r}")
@@ -753,6 +757,11 @@ def forward(graph: Graph, args, inputs: InputSet, intermediate: str,
         lo, hi = lo.reshape(shape), hi.reshape(shape)
         if not relu:  # ReLU inputs keep CROWN's bounds as auto_LiRPA does; others intersect
             lo, hi = jnp.maximum(lo, box.lower), jnp.minimum(hi, box.upper)
+        if known and key in known:
+            # the value intersected, the gradient of the pass itself (straight through): a
+            # constant that wins the max would stop the slopes' gradient at this node
+            lo = lo + jax.lax.stop_gradient(jnp.maximum(lo, known[key].lower) - lo)
+            hi = hi + jax.lax.stop_gradient(jnp.minimum(hi, known[key].upper) - hi)
         env[key] = Interval(lo, hi)
 
     def hook(k, eqn, values, env):
@@ -814,23 +823,35 @@ def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
         forward(graph, args, inputs, "crown", record=record)
         alphas = {"out": {j: jnp.broadcast_to(a, (spec.shape[0], *a.shape))
                           for j, a in alphas.items()}, "mid": record}
+        # the tightest intermediate bounds so far (CROWN's to start): every iteration's are
+        # sound for the same inputs, so each new pass is intersected with them
+        nodes = list(dict.fromkeys(node for node, _ in record))
+        known0 = {k: Interval(env[k].lower, env[k].upper) for k in nodes}
 
-        def loss(a):  # noqa: F811
-            e = forward(graph, args, inputs, "crown", alphas=a["mid"])
+        def loss(a, known):  # noqa: F811
+            e = forward(graph, args, inputs, "crown", alphas=a["mid"], known=known)
             lo, _ = backward(graph, e, start, spec, inputs, "crown", a["out"], upper=False)
-            return -jnp.sum(lo), lo
+            return -jnp.sum(lo), (lo, {k: e[k] for k in nodes})
+    else:
+        known0 = {}
+        plain = loss
+
+        def loss(a, known):  # noqa: F811
+            total, lo = plain(a)
+            return total, (lo, known)
 
     opt = optax.adam(config.lr)
 
     def step(carry, _):
-        a, state, best = carry
-        (_, lo), grads = jax.value_and_grad(loss, has_aux=True)(a)
+        a, state, best, known = carry
+        (_, (lo, seen)), grads = jax.value_and_grad(loss, has_aux=True)(a, known)
         best = jnp.maximum(best, lo)
+        known = jax.lax.stop_gradient(seen)  # already intersected with ``known``
         updates, state = opt.update(grads, state, a)
         a = jax.tree.map(lambda p, u: jnp.clip(p + u, 0.0, 1.0), a, updates)
-        return (a, state, best), None
+        return (a, state, best, known), None
 
-    (a, _, best), _ = jax.lax.scan(step, (alphas, opt.init(alphas), lower0), None,
-                                   length=config.steps)
-    best = jnp.maximum(best, loss(a)[1])
+    (a, _, best, known), _ = jax.lax.scan(
+        step, (alphas, opt.init(alphas), lower0, known0), None, length=config.steps)
+    best = jnp.maximum(best, loss(a, known)[1][0])
     return best, upper0
