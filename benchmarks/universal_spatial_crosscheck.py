@@ -44,25 +44,11 @@ CHUNK = 32  # grid points per vectorised batch (32 x 200 images): bounded memory
 
 
 def stage_jax(a):
-    import functools
-
     import jax
-    import jax.numpy as jnp
     import torch
 
     from attacks_pgd_speed import torch_twin
     from robustjax import data
-    from robustjax.attacks.patch import PatchConfig, adversarial_patch, apply_patch
-    from robustjax.attacks.spatial import SpatialGridConfig, spatial_grid
-    from robustjax.attacks.stadv import StAdvConfig, stadv
-    from robustjax.attacks.universal import (
-        SGDUAPConfig,
-        UAPConfig,
-        apply_universal,
-        fooling_rate,
-        sgd_universal_perturbation,
-        universal_perturbation,
-    )
     from robustjax.models import embedded_default
 
     out = pathlib.Path(a.dir)
@@ -87,6 +73,32 @@ def stage_jax(a):
         r = jax.block_until_ready(fn(*args))
         return r, time.perf_counter() - t
 
+    parts = set(a.only.split(","))
+    if "spatial" in parts:
+        _spatial_jax(a, res, m, x, y, timed)
+    if "uap" in parts:
+        _uap_jax(a, res, m, x, xf, yf)
+    if "patch" in parts:
+        _patch_jax(a, res, m, x, xf, yf)
+    if "stadv" in parts:
+        _stadv_jax(a, res, m, x, y, timed)
+    _save(out / "jax.json", res)
+
+
+def _save(path, res):
+    """Write ``res`` into ``path``, keeping the parts an earlier ``--only`` run stored."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    old.update(res)
+    path.write_text(json.dumps(old, indent=1))
+
+
+def _spatial_jax(a, res, m, x, y, timed):
+    import functools
+
+    import jax
+
+    from robustjax.attacks.spatial import SpatialGridConfig, spatial_grid
+
     grid = jax.jit(functools.partial(spatial_grid, m.apply_fn,
                                      config=SpatialGridConfig(**GRID, chunk=CHUNK)))
     r, t = timed(grid, m.params, x, y, jax.random.key(0))
@@ -97,6 +109,21 @@ def stage_jax(a):
     res["worst10"] = [float(np.mean(wok(m.params, x, y, jax.random.key(s)).success))
                       for s in range(a.seeds)]
     print("worst-of-10", res["worst10"], flush=True)
+
+
+def _uap_jax(a, res, m, x, xf, yf):
+    import functools
+
+    import jax
+
+    from robustjax.attacks.universal import (
+        SGDUAPConfig,
+        UAPConfig,
+        apply_universal,
+        fooling_rate,
+        sgd_universal_perturbation,
+        universal_perturbation,
+    )
 
     uap_cfg = UAPConfig(xi=a.xi, norm="linf", delta=0.2, max_epochs=a.uap_epochs)
     uap = jax.jit(functools.partial(universal_perturbation, m.apply_fn, config=uap_cfg))
@@ -115,6 +142,15 @@ def stage_jax(a):
         print("uap", s, res["uap"][-1], "epochs", int(u.epochs), "sgd", res["sgd_uap"][-1],
               flush=True)
 
+
+def _patch_jax(a, res, m, x, xf, yf):
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from robustjax.attacks.patch import PatchConfig, adversarial_patch, apply_patch
+
     pcfg = PatchConfig(patch_shape=(28, 28), target=a.target, scale_min=0.5, scale_max=0.5,
                        rotation_max=22.5, steps=a.patch_steps, batch_size=16,
                        learning_rate=a.patch_lr)
@@ -129,6 +165,14 @@ def stage_jax(a):
                                           == a.target)))
         print("patch", s, res["patch"][-1], flush=True)
 
+
+def _stadv_jax(a, res, m, x, y, timed):
+    import functools
+
+    import jax
+
+    from robustjax.attacks.stadv import StAdvConfig, stadv
+
     ns = min(a.n, a.stadv_n)
     for opt, cfg in (("lbfgs", StAdvConfig(optimizer="lbfgs", steps=a.stadv_steps)),
                      ("adam", StAdvConfig(optimizer="adam", steps=a.stadv_steps,
@@ -142,13 +186,11 @@ def stage_jax(a):
                                "median_flow": float(np.median(np.asarray(r.norm)[ok]))
                                if ok.any() else None}
         print("stadv", opt, res[f"stadv_{opt}"], flush=True)
-    (out / "jax.json").write_text(json.dumps(res, indent=1))
 
 
 def stage_ref(a):
     import random
 
-    import foolbox as fb
     import torch
     from art.attacks.evasion import AdversarialPatchPyTorch, UniversalPerturbation
     from art.estimators.classification import PyTorchClassifier
@@ -167,43 +209,34 @@ def stage_ref(a):
         with torch.no_grad():
             return net(torch.as_tensor(v)).argmax(1).numpy()
 
-    fmodel = fb.PyTorchModel(net, bounds=(0, 1))
-    crit = fb.criteria.Misclassification(torch.tensor(y).long())
-    attack = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30, num_translations=5,
-                                      num_rotations=31, grid_search=True)
-    attack(fmodel, xt[:8], fb.criteria.Misclassification(torch.tensor(y[:8]).long()))  # warm
-    t = time.perf_counter()
-    _, _, ok = attack(fmodel, xt, crit)
-    res["grid"] = {"success": float(ok.float().mean()), "seconds": time.perf_counter() - t}
-    print("grid", res["grid"], flush=True)
-    res["worst10"] = []
-    for s in range(a.seeds):
-        np.random.seed(s)
-        _, _, ok = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30,
-                                            grid_search=False, random_steps=10)(fmodel, xt, crit)
-        res["worst10"].append(float(ok.float().mean()))
-    print("worst-of-10", res["worst10"], flush=True)
-
+    parts = set(a.only.split(","))
+    if "spatial" in parts:
+        _spatial_ref(a, res, net, xt, y)
     clf = PyTorchClassifier(net, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 28, 28),
                             nb_classes=10, clip_values=(0.0, 1.0))
     clean = predict(xtn)
-    res["uap"], res["uap_seconds"], res["patch"], res["patch_seconds"] = [], [], [], []
+    if "uap" in parts:
+        res["uap"], res["uap_seconds"] = [], []
+    if "patch" in parts:
+        res["patch"], res["patch_seconds"] = [], []
     for s in range(a.seeds):
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
-        uap = UniversalPerturbation(clf, attacker="deepfool",
-                                    attacker_params={"max_iter": 10, "epsilon": 0.02,
-                                                     "nb_grads": 10, "verbose": False},
-                                    delta=0.2, max_iter=a.uap_epochs, eps=a.xi, norm=np.inf,
-                                    verbose=False)
-        t = time.perf_counter()
-        uap.generate(xft)
-        res["uap_seconds"].append(time.perf_counter() - t)
-        xa = np.clip(xtn + uap.noise, 0, 1).astype(np.float32)
-        res["uap"].append(float(np.mean(predict(xa) != clean)))
-        print("uap", s, res["uap"][-1], flush=True)
-
+        if "uap" in parts:
+            uap = UniversalPerturbation(clf, attacker="deepfool",
+                                        attacker_params={"max_iter": 10, "epsilon": 0.02,
+                                                         "nb_grads": 10, "verbose": False},
+                                        delta=0.2, max_iter=a.uap_epochs, eps=a.xi,
+                                        norm=np.inf, verbose=False)
+            t = time.perf_counter()
+            uap.generate(xft)
+            res["uap_seconds"].append(time.perf_counter() - t)
+            xa = np.clip(xtn + uap.noise, 0, 1).astype(np.float32)
+            res["uap"].append(float(np.mean(predict(xa) != clean)))
+            print("uap", s, res["uap"][-1], flush=True)
+        if "patch" not in parts:
+            continue
         try:
             import torchvision  # noqa: F401  (ART's PyTorch patch needs it)
         except ImportError:  # torchvision from PyPI does not install beside torch 2.13
@@ -221,7 +254,29 @@ def stage_ref(a):
         xa = patch.apply_patch(xtn.astype(np.float32), scale=0.5)
         res["patch"].append(float(np.mean(predict(xa.astype(np.float32)) == a.target)))
         print("patch", s, res["patch"][-1], flush=True)
-    (out / "ref.json").write_text(json.dumps(res, indent=1))
+    _save(out / "ref.json", res)
+
+
+def _spatial_ref(a, res, net, xt, y):
+    import foolbox as fb
+    import torch
+
+    fmodel = fb.PyTorchModel(net, bounds=(0, 1))
+    crit = fb.criteria.Misclassification(torch.tensor(y).long())
+    attack = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30, num_translations=5,
+                                      num_rotations=31, grid_search=True)
+    attack(fmodel, xt[:8], fb.criteria.Misclassification(torch.tensor(y[:8]).long()))  # warm
+    t = time.perf_counter()
+    _, _, ok = attack(fmodel, xt, crit)
+    res["grid"] = {"success": float(ok.float().mean()), "seconds": time.perf_counter() - t}
+    print("grid", res["grid"], flush=True)
+    res["worst10"] = []
+    for s in range(a.seeds):
+        np.random.seed(s)
+        _, _, ok = fb.attacks.SpatialAttack(max_translation=3, max_rotation=30,
+                                            grid_search=False, random_steps=10)(fmodel, xt, crit)
+        res["worst10"].append(float(ok.float().mean()))
+    print("worst-of-10", res["worst10"], flush=True)
 
 
 def _ms(v):
@@ -287,6 +342,9 @@ def main():
     ap.add_argument("--patch-lr", type=float, default=0.05)
     ap.add_argument("--stadv-n", type=int, default=20)
     ap.add_argument("--stadv-steps", type=int, default=50)
+    ap.add_argument("--only", default="spatial,uap,patch,stadv",
+                    help="comma list of the parts to run (jax and ref stages; results are "
+                    "merged into the stage's JSON)")
     a = ap.parse_args()
     {"jax": stage_jax, "ref": stage_ref, "report": stage_report}[a.stage](a)
 

@@ -109,8 +109,10 @@ if __name__ == "__main__" and len(sys.argv) == 1:
 
 
 def autoattack_share(process_id: int, processes: int, port: int, state: str, out: str,
-                     eps: float = 0.01):
-    """One process of a ``jax.distributed`` AutoAttack job (or the one-process reference)."""
+                     eps: float = 0.01, entry_out: str = ""):
+    """One process of a ``jax.distributed`` AutoAttack job (or the one-process reference);
+    then, with ``entry_out``, the entry points on a mesh over every process's devices
+    (``entry_points``; process 0 saves them there)."""
     if processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=processes,
@@ -130,21 +132,16 @@ def autoattack_share(process_id: int, processes: int, port: int, state: str, out
     if parallel.is_coordinator():
         entry.pop("seconds")
         write_entry(out, entry)
+    if entry_out:
+        entry_points(entry_out)
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "autoattack":
-    autoattack_share(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
-                     sys.argv[6], float(sys.argv[7]))
 
-
-def entry_points_share(process_id: int, processes: int, port: int, out: str):
-    """One process of a ``jax.distributed`` job running the entry points on a mesh over every
-    process's devices (host inputs: the same global batch in each process); process 0 saves
-    the results (``out``, .npz). With ``processes == 1``: the one-device reference."""
-    if processes > 1:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=processes,
-                                   process_id=process_id)
+def entry_points(out: str):
+    """The entry points on a mesh over every process's devices (host inputs: the same global
+    batch in each process); process 0 saves the results (``out``, .npz). In one process:
+    the one-device reference."""
+    processes = jax.process_count()
     model = create("cnn", input_shape=(12, 12, 3), channels=(4, 8), hidden=16)
     f, params = model.apply_fn, model.params
     x = np.asarray(jax.random.uniform(jax.random.key(0), (5, 12, 12, 3)))  # padded to 6 on 2
@@ -169,5 +166,6 @@ def entry_points_share(process_id: int, processes: int, port: int, out: str):
         np.savez(out, **flat)
 
 
-if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "entry":
-    entry_points_share(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "autoattack":
+    autoattack_share(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
+                     sys.argv[6], float(sys.argv[7]), sys.argv[8] if len(sys.argv) > 8 else "")
