@@ -80,6 +80,15 @@ def stage_jax(a):
         _uap_jax(a, res, m, x, xf, yf)
     if "patch" in parts:
         _patch_jax(a, res, m, x, xf, yf)
+    if "patch_ablation" in parts:  # ART's choices one at a time (patch_ablation.md)
+        epoch = -(-a.fit // 16)  # ART's max_iter counts epochs of batches of 16
+        for name, extra in (("patch_art_steps", {"steps": a.patch_steps * epoch}),
+                            ("patch_gray_nearest", {"init": "gray",
+                                                    "interpolation": "nearest"}),
+                            ("patch_artlike", {"steps": a.patch_steps * epoch,
+                                               "init": "gray",
+                                               "interpolation": "nearest"})):
+            _patch_jax(a, res, m, x, xf, yf, key=name, **extra)
     if "stadv" in parts:
         _stadv_jax(a, res, m, x, y, timed)
     _save(out / "jax.json", res)
@@ -143,7 +152,7 @@ def _uap_jax(a, res, m, x, xf, yf):
               flush=True)
 
 
-def _patch_jax(a, res, m, x, xf, yf):
+def _patch_jax(a, res, m, x, xf, yf, key="patch", **extra):
     import functools
 
     import jax
@@ -152,18 +161,19 @@ def _patch_jax(a, res, m, x, xf, yf):
     from robustjax.attacks.patch import PatchConfig, adversarial_patch, apply_patch
 
     pcfg = PatchConfig(patch_shape=(28, 28), target=a.target, scale_min=0.5, scale_max=0.5,
-                       rotation_max=22.5, steps=a.patch_steps, batch_size=16,
-                       learning_rate=a.patch_lr)
+                       rotation_max=22.5, batch_size=16, learning_rate=a.patch_lr,
+                       **{"steps": a.patch_steps, **extra})
     train_patch = jax.jit(functools.partial(adversarial_patch, m.apply_fn, config=pcfg))
-    res["patch"], res["patch_seconds"] = [], []
+    res[key], res[f"{key}_seconds"] = [], []
     for s in range(a.seeds):
         t = time.perf_counter()
         p = jax.block_until_ready(train_patch(m.params, xf, yf, jax.random.key(s)))
-        res["patch_seconds"].append(time.perf_counter() - t)
+        res[f"{key}_seconds"].append(time.perf_counter() - t)
         xa, _ = apply_patch(jnp.asarray(x), p.patch, jax.random.key(100 + s), pcfg)
-        res["patch"].append(float(np.mean(np.asarray(m.apply_fn(m.params, xa).argmax(-1))
-                                          == a.target)))
-        print("patch", s, res["patch"][-1], flush=True)
+        res[key].append(float(np.mean(np.asarray(m.apply_fn(m.params, xa).argmax(-1))
+                                      == a.target)))
+        np.save(pathlib.Path(a.dir) / f"{key}_{s}.npy", np.asarray(p.patch))  # [28, 28, 1]
+        print(key, s, res[key][-1], flush=True)
 
 
 def _stadv_jax(a, res, m, x, y, timed):
@@ -254,6 +264,19 @@ def stage_ref(a):
         xa = patch.apply_patch(xtn.astype(np.float32), scale=0.5)
         res["patch"].append(float(np.mean(predict(xa.astype(np.float32)) == a.target)))
         print("patch", s, res["patch"][-1], flush=True)
+        trained = np.asarray(patch._patch.detach().numpy(), np.float32)  # [1, 28, 28]
+        np.save(out / f"art_patch_{s}.npy", trained)
+        # the other library's patch placed by ART (same seeds of the placements)
+        theirs = out / f"patch_{s}.npy"
+        if theirs.exists():
+            np.random.seed(1000 + s)
+            rj = np.transpose(np.load(theirs), (2, 0, 1)).astype(np.float32)
+            xa = patch.apply_patch(xtn.astype(np.float32), scale=0.5,
+                                   patch_external=rj)
+            res.setdefault("robustjax_patch_placed_by_art", []).append(
+                float(np.mean(predict(xa.astype(np.float32)) == a.target)))
+            print("robustjax's patch placed by ART", s,
+                  res["robustjax_patch_placed_by_art"][-1], flush=True)
     _save(out / "ref.json", res)
 
 

@@ -175,3 +175,31 @@ def test_adversarial_patch_learns_the_target():
     grey = apply_patch(xt, jnp.full((4, 4, 1), 0.5), jax.random.key(7), cfg)[0]
     base = float(np.mean(np.asarray(apply_fn(params, grey).argmax(-1)) == 3))
     assert hit >= base + 0.3, (hit, base)
+
+
+def test_nearest_resampling_copies_patch_pixels_and_gray_init_starts_at_half():
+    x = jax.random.uniform(jax.random.key(4), (1, 12, 12, 1))
+    p = jax.random.uniform(jax.random.key(5), (6, 6, 1))
+    # scale 0.5 rotated 20 degrees: every patch pixel that lands is one of the patch's values
+    # (no blend), and its gradient goes to those pixels only (ART's nearest affine)
+    xa, mask = place_patch(x, p, 0.5, 20.0, 1.3, -0.7, interpolation="nearest")
+    inside = np.asarray(mask[0]) > 0
+    assert set(np.unique(np.asarray(mask))) <= {0.0, 1.0} and inside.sum() > 0
+    assert np.all(np.isin(np.asarray(xa[0])[inside], np.asarray(p)))
+    g = jax.grad(lambda q: jnp.sum(place_patch(x, q, 0.5, 20.0, 1.3, -0.7,
+                                               interpolation="nearest")[0]))(p)
+    assert set(np.unique(np.asarray(g))) <= {0.0, 1.0, 2.0}
+    assert float(g.sum()) == inside.sum()       # each covered image pixel copies one
+    # bilinear at an integer placement is the same paste
+    a = place_patch(x, p, 1.0, 0.0, 0.0, 0.0, interpolation="nearest")[0]
+    b = place_patch(x, p, 1.0, 0.0, 0.0, 0.0)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    apply_fn, params, xs, ys, _, _ = _train_test(32, 8)
+    cfg = PatchConfig(patch_shape=(4, 4), target=3, steps=1, learning_rate=1e-9,
+                      init="gray", interpolation="nearest")
+    res = adversarial_patch(apply_fn, params, xs, ys, jax.random.key(0), cfg)
+    np.testing.assert_allclose(res.patch, 0.5, atol=1e-6)  # one tiny step from 0.5
+    with pytest.raises(ValueError, match="init must be"):
+        PatchConfig(init="zeros")
+    with pytest.raises(ValueError, match="interpolation must be"):
+        PatchConfig(interpolation="cubic")

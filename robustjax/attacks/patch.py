@@ -43,6 +43,11 @@ class PatchConfig:
       steps: optimisation steps (500).
       batch_size: images (each with its own transformation) per step (16).
       learning_rate: Adam's step in pixel units (5/255, ART's 5.0 on a 0-255 scale).
+      init: the patch's start: ``"uniform"`` random pixels (Brown et al.) or ``"gray"``, 0.5
+        everywhere (ART's).
+      interpolation: how the scaled, rotated patch is resampled onto the image:
+        ``"bilinear"`` (every patch pixel gets a gradient) or ``"nearest"`` (ART's
+        ``AdversarialPatchPyTorch``, torchvision's nearest-pixel affine).
     """
 
     patch_shape: tuple = (8, 8)
@@ -53,8 +58,15 @@ class PatchConfig:
     steps: int = 500
     batch_size: int = 16
     learning_rate: float = 5 / 255
+    init: str = "uniform"
+    interpolation: str = "bilinear"
 
     def __post_init__(self):
+        if self.init not in ("uniform", "gray"):
+            raise ValueError(f"init must be 'uniform' or 'gray', got {self.init!r}")
+        if self.interpolation not in ("bilinear", "nearest"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'nearest', got "
+                             f"{self.interpolation!r}")
         if len(self.patch_shape) != 2 or min(self.patch_shape) < 1:
             raise ValueError(f"patch_shape must be (height, width) >= 1, got "
                              f"{self.patch_shape!r}")
@@ -89,13 +101,14 @@ def _check_shapes(x, patch):
                          f"{tuple(x.shape[1:3])}")
 
 
-def place_patch(x: Array, patch: Array, scale, angle, dx, dy):
+def place_patch(x: Array, patch: Array, scale, angle, dx, dy, interpolation: str = "bilinear"):
     """Paste ``patch`` [ph, pw, C] onto every image of ``x`` [b, H, W, C].
 
     The patch is scaled by ``scale``, rotated by ``angle`` degrees (counter-clockwise on
     screen) about its centre and centred ``(dx, dy)`` pixels right/down of the image centre
-    (each a scalar or [b]). Returns ``(x_adv [b, H, W, C], mask [b, H, W])``, ``mask`` in
-    [0, 1] the patch's coverage of each pixel.
+    (each a scalar or [b]), resampled with ``interpolation`` (``"bilinear"`` or
+    ``"nearest"``). Returns ``(x_adv [b, H, W, C], mask [b, H, W])``, ``mask`` in [0, 1] the
+    patch's coverage of each pixel.
     """
     _check_shapes(x, patch)
     b, h, w, c = x.shape
@@ -118,7 +131,8 @@ def place_patch(x: Array, patch: Array, scale, angle, dx, dy):
                           [0.0, 0.0, 1.0]])
 
     mats = jax.vmap(matrix)(scale, angle, dx, dy)
-    warped = warp_batch(jnp.broadcast_to(canvas, (b, h, w, c + 1)), mats, 0.0)
+    warped = warp_batch(jnp.broadcast_to(canvas, (b, h, w, c + 1)), mats, 0.0,
+                        nearest=interpolation == "nearest")
     mask = warped[..., -1]
     return x * (1.0 - mask[..., None]) + warped[..., :-1], mask
 
@@ -141,7 +155,8 @@ def random_placement(key: Array, b: int, image_hw, config: PatchConfig):
 def apply_patch(x: Array, patch: Array, key: Array, config: PatchConfig = PatchConfig()):
     """``place_patch`` at a random placement per image -> ``(x_adv, mask)``."""
     _check_shapes(x, patch)
-    return place_patch(x, patch, *random_placement(key, x.shape[0], x.shape[1:3], config))
+    return place_patch(x, patch, *random_placement(key, x.shape[0], x.shape[1:3], config),
+                       interpolation=config.interpolation)
 
 
 def _objective(apply_fn, params, x, y, patch, key, cfg):
@@ -172,7 +187,9 @@ def adversarial_patch(apply_fn, params, x_train: Array, y_train: Array, key: Arr
                          f"{tuple(x_train.shape[1:3])}")
     n, c = x_train.shape[0], x_train.shape[-1]
     k_init, k_steps, k_eval = jax.random.split(key, 3)
-    patch0 = jax.random.uniform(k_init, tuple(cfg.patch_shape) + (c,), jnp.float32)
+    shape = tuple(cfg.patch_shape) + (c,)
+    patch0 = (jax.random.uniform(k_init, shape, jnp.float32) if cfg.init == "uniform"
+              else jnp.full(shape, 0.5, jnp.float32))
     opt = optax.adam(cfg.learning_rate)
 
     def mean_objective(p, xb, yb, k):

@@ -98,8 +98,9 @@ def warp(img, forward, fill: float = 0.0):
     return warp_batch(img[None], forward[None], fill)[0]
 
 
-def warp_batch(x, forward, fill: float = 0.0):
-    """``warp`` of every image of ``x [B, H, W, C]`` by its homography ``forward [B, 3, 3]``."""
+def warp_batch(x, forward, fill: float = 0.0, nearest: bool = False):
+    """``warp`` of every image of ``x [B, H, W, C]`` by its homography ``forward [B, 3, 3]``
+    (bilinear; ``nearest``: the nearest pixel, as torchvision's ``InterpolationMode.NEAREST``)."""
     h, w = x.shape[1], x.shape[2]
     inv = jnp.linalg.inv(forward)
     ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
@@ -115,6 +116,8 @@ def warp_batch(x, forward, fill: float = 0.0):
                                jnp.clip(xx, 0, w - 1).astype(jnp.int32))
         return jnp.where(inside[..., None], v, fill)
 
+    if nearest:
+        return tap(jnp.round(sy), jnp.round(sx))
     top = tap(y0, x0) * (1 - fx) + tap(y0, x0 + 1) * fx
     bottom = tap(y0 + 1, x0) * (1 - fx) + tap(y0 + 1, x0 + 1) * fx
     return top * (1 - fy) + bottom * fy
