@@ -203,35 +203,7 @@ def test_processes_with_different_configs_fail_at_start(tmp_path):
 
 # ---------------------------------------------------------------- multi-host ablation
 
-ABLATION = """
-[experiment]
-name = "tiny"
-seeds = [0, 1]
-[model]
-name = "mlp"
-hidden = [16]
-[data]
-dataset = "digits"
-train_examples = 100
-test_examples = 50
-[recipe]
-loss = "pgd_at"
-eps = 0.2
-step_size = 0.1
-attack_steps = 1
-weight_decay = 1e-3
-lr = 3e-3
-epochs = 1
-batch_size = 25
-[components.adversarial_training]
-off = { loss = "standard" }
-[components.weight_decay]
-off = { weight_decay = 0.0 }
-[evaluation]
-metrics = ["clean", "pgd"]
-eps = 0.2
-pgd_steps = 2
-"""
+from test_experiments_ablate import TOML as ABLATION  # noqa: E402  (the tiny experiment)
 
 
 def _ablate_job(processes, experiments, out, **env):
@@ -310,28 +282,7 @@ def test_groups_of_runs_are_dealt_to_the_least_loaded_process(tmp_path):
 
 # ------------------------------------------------------------------ multi-host report
 
-USER_MODEL = '''
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-
-from robustjax.models import wrap
-from robustjax.types import ModelSpec
-
-
-class Net(nn.Module):
-    @nn.compact
-    def __call__(self, x, features=False):
-        x = nn.relu(nn.Conv(4, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(x))
-        x = x.reshape((x.shape[0], -1))
-        return x if features else nn.Dense(10)(x)
-
-
-def build():
-    module = Net()
-    variables = module.init(jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
-    return wrap(module, variables, ModelSpec("user_net", (8, 8, 1), 10))
-'''
+from test_report_resume import USER_MODULE as USER_MODEL  # noqa: E402  (a plain flax model)
 REPORT = ["report", "--model", "mh_models:build", "--dataset", "digits", "--quick",
           "--sections", "clean,attacks,certify"]
 
