@@ -100,8 +100,8 @@ def stage_ref(a):
     import random
 
     import torch
-    from art.attacks.evasion import UniversalPerturbation
     from art.estimators.classification import PyTorchClassifier
+    from universal_spatial_crosscheck import art_uap  # the same ART setting
 
     torch.set_num_threads(1)
     out = pathlib.Path(a.dir)
@@ -126,11 +126,7 @@ def stage_ref(a):
             random.seed(s)
             np.random.seed(s)
             torch.manual_seed(s)
-            uap = UniversalPerturbation(clf, attacker="deepfool",
-                                        attacker_params={"max_iter": 10, "epsilon": 0.02,
-                                                         "nb_grads": 10, "verbose": False},
-                                        delta=0.2, max_iter=a.uap_epochs, eps=a.xi,
-                                        norm=np.inf, verbose=False)
+            uap = art_uap(clf, a)
             t = time.perf_counter()
             uap.generate(xft)
             xa = np.clip(xtn + uap.noise, 0, 1).astype(np.float32)

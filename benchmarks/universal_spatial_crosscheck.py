@@ -202,7 +202,7 @@ def stage_ref(a):
     import random
 
     import torch
-    from art.attacks.evasion import AdversarialPatchPyTorch, UniversalPerturbation
+    from art.attacks.evasion import AdversarialPatchPyTorch
     from art.estimators.classification import PyTorchClassifier
 
     torch.set_num_threads(2)
@@ -234,11 +234,7 @@ def stage_ref(a):
         np.random.seed(s)
         torch.manual_seed(s)
         if "uap" in parts:
-            uap = UniversalPerturbation(clf, attacker="deepfool",
-                                        attacker_params={"max_iter": 10, "epsilon": 0.02,
-                                                         "nb_grads": 10, "verbose": False},
-                                        delta=0.2, max_iter=a.uap_epochs, eps=a.xi,
-                                        norm=np.inf, verbose=False)
+            uap = art_uap(clf, a)
             t = time.perf_counter()
             uap.generate(xft)
             res["uap_seconds"].append(time.perf_counter() - t)
@@ -278,6 +274,19 @@ def stage_ref(a):
             print("robustjax's patch placed by ART", s,
                   res["robustjax_patch_placed_by_art"][-1], flush=True)
     _save(out / "ref.json", res)
+
+
+def art_uap(clf, a):
+    """ART's ``UniversalPerturbation`` with DeepFool in the setting both cross-checks compare
+    (Linf ``a.xi``, delta 0.2, at most ``a.uap_epochs`` passes; DeepFool 10 iterations,
+    overshoot 0.02, 10 candidate classes)."""
+    from art.attacks.evasion import UniversalPerturbation
+
+    return UniversalPerturbation(clf, attacker="deepfool",
+                                 attacker_params={"max_iter": 10, "epsilon": 0.02,
+                                                  "nb_grads": 10, "verbose": False},
+                                 delta=0.2, max_iter=a.uap_epochs, eps=a.xi, norm=np.inf,
+                                 verbose=False)
 
 
 def _spatial_ref(a, res, net, xt, y):

@@ -163,7 +163,7 @@ def _run_ablate(args) -> int:
 
     import tqdm
 
-    from robustjax import experiments
+    from robustjax import experiments, parallel
 
     _start_distributed(args)
     path = args.experiment
@@ -174,15 +174,9 @@ def _run_ablate(args) -> int:
     experiments.ablate(exp, out=out, force=args.force, vectorise=not args.sequential,
                        progress=lambda it, **kw: tqdm.tqdm(it, leave=False, **kw),
                        log=lambda m: tqdm.tqdm.write(m, file=sys.stderr))
-    if not args.distributed or _coordinator():
+    if parallel.is_coordinator():
         print(os.path.join(out, "ablation.md"))
     return 0
-
-
-def _coordinator() -> bool:
-    import jax
-
-    return jax.process_index() == 0
 
 
 def _add_autoattack(sub):

@@ -811,10 +811,7 @@ def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
     if not alphas:
         return lower0, upper0
 
-    def loss(a):
-        lo, _ = backward(graph, env, start, spec, inputs, "crown", a, upper=False)
-        return -jnp.sum(lo), lo
-
+    # ``loss(a, known) -> (-sum of lower bounds, (lower bounds, tightest intermediate bounds))``
     if config.intermediate:
         # Re-run the forward pass with optimised slopes everywhere; the interval input is
         # the last graph input's value in ``env``.
@@ -826,19 +823,18 @@ def alpha_crown(graph: Graph, env: dict, start: int, spec, inputs: InputSet,
         # the tightest intermediate bounds so far (CROWN's to start): every iteration's are
         # sound for the same inputs, so each new pass is intersected with them
         nodes = list(dict.fromkeys(node for node, _ in record))
-        known0 = {k: Interval(env[k].lower, env[k].upper) for k in nodes}
+        known0 = {k: env[k] for k in nodes}
 
-        def loss(a, known):  # noqa: F811
+        def loss(a, known):
             e = forward(graph, args, inputs, "crown", alphas=a["mid"], known=known)
             lo, _ = backward(graph, e, start, spec, inputs, "crown", a["out"], upper=False)
             return -jnp.sum(lo), (lo, {k: e[k] for k in nodes})
-    else:
+    else:  # output slopes only: the intermediate bounds stay CROWN's, nothing to keep
         known0 = {}
-        plain = loss
 
-        def loss(a, known):  # noqa: F811
-            total, lo = plain(a)
-            return total, (lo, known)
+        def loss(a, known):
+            lo, _ = backward(graph, env, start, spec, inputs, "crown", a, upper=False)
+            return -jnp.sum(lo), (lo, known)
 
     opt = optax.adam(config.lr)
 

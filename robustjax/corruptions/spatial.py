@@ -100,7 +100,7 @@ def warp(img, forward, fill: float = 0.0):
 
 def warp_batch(x, forward, fill: float = 0.0, nearest: bool = False):
     """``warp`` of every image of ``x [B, H, W, C]`` by its homography ``forward [B, 3, 3]``
-    (bilinear; ``nearest``: the nearest pixel, as torchvision's ``InterpolationMode.NEAREST``)."""
+    (bilinear; ``nearest``: the nearest pixel, as torchvision's nearest interpolation)."""
     h, w = x.shape[1], x.shape[2]
     inv = jnp.linalg.inv(forward)
     ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),

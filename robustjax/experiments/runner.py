@@ -193,12 +193,12 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
                              "train": [len(x)] + list(np.shape(x)[1:]), "test": len(xt),
                              "processes": jax.process_count()})
     _prepare_out(out, exp.name)
-    owner = assign_groups(
-        _groups([r for r in runs], configs, vectorise, exp.recipe.loss), jax.process_count())
+    owner = assign_groups(_groups(runs, configs, vectorise, exp.recipe.loss),
+                          jax.process_count())
     here = jax.process_index()
+    share = sum(owner[r.id] == here for r in runs)
     if jax.process_count() > 1:
-        mine = sum(owner[r.id] == here for r in runs)
-        log(f"process {here} of {jax.process_count()}: {mine} of {len(runs)} run(s) are "
+        log(f"process {here} of {jax.process_count()}: {share} of {len(runs)} run(s) are "
             f"this process's share")
 
     ehash = eval_hash(exp)
@@ -215,7 +215,6 @@ def ablate(experiment: Union[Experiment, str, os.PathLike], out="robustjax-ablat
         if rec:
             log(f"{run.id}: the recipe changed since it was saved; training it again")
         todo.append(run)
-    share = len(runs) if jax.process_count() == 1 else sum(owner[r.id] == here for r in runs)
     log(f"{exp.name}: {share} runs, {len(records)} finished, {len(reeval)} to re-evaluate, "
         f"{len(todo)} to train")
     if records or reeval:
@@ -316,8 +315,9 @@ def _groups(runs, configs, vectorise: bool, base_loss: str) -> list:
 
 def assign_groups(groups, processes: int) -> dict:
     """``{run id: process}``: each group of runs (in order) goes to the process with the
-    least work so far (epochs, summed over its runs; ties: the lowest process index). Deterministic, so every process of a job computes the same assignment;
-    one process owns everything."""
+    least work so far (epochs, summed over its runs; ties: the lowest process index).
+    Deterministic, so every process of a job computes the same assignment; one process owns
+    everything."""
     load = [0.0] * max(1, int(processes))
     owner = {}
     for group, _ in groups:

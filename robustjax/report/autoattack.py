@@ -154,20 +154,6 @@ def process_state_path(state_path, process_index: int, process_count: int) -> pa
     return p.with_name(f"{p.stem}.process{process_index}-of-{process_count}{p.suffix}")
 
 
-def _gather(local: np.ndarray, rows: int) -> np.ndarray:
-    """Every process's ``local`` rows (padded to ``rows``), stacked in process order."""
-    from robustjax import parallel
-
-    return parallel.allgather_rows(local, rows)
-
-
-def check_same_run(description: dict) -> None:
-    """``robustjax.parallel.check_same_run``: the processes' configurations must agree."""
-    from robustjax import parallel
-
-    parallel.check_same_run(description)
-
-
 def run_autoattack_sharded(model, x, y, config: AutoAttackConfig, *, key=None, state_path=None,
                            name: str = "model", dataset: str = "",
                            log: Optional[Callable] = None) -> dict:
@@ -182,7 +168,7 @@ def run_autoattack_sharded(model, x, y, config: AutoAttackConfig, *, key=None, s
     returns the merged RobustBench-style entry; process 0 writes it (``parallel.is_coordinator``).
     ``config.schedule`` must be ``"mask"``: fixed batches keyed by their place in the dataset,
     so the numbers equal the one-process run's exactly. Mixed configurations across processes
-    fail at start (``check_same_run``)."""
+    fail at start (``parallel.check_same_run``)."""
     from robustjax import parallel
     from robustjax.report.store import params_hash
 
@@ -195,9 +181,10 @@ def run_autoattack_sharded(model, x, y, config: AutoAttackConfig, *, key=None, s
     count, index = jax.process_count(), jax.process_index()
     key_words = np.asarray(jax.random.key_data(key)) if jax.dtypes.issubdtype(
         key.dtype, jax.dtypes.prng_key) else np.asarray(key)
-    check_same_run({"config": dataclasses.asdict(config), "n": n, "shape": list(np.shape(x)),
-                    "params": params_hash(model.params), "key": key_words.tolist(),
-                    "name": name, "dataset": dataset, "processes": count})
+    parallel.check_same_run({"config": dataclasses.asdict(config), "n": n,
+                             "shape": list(np.shape(x)), "params": params_hash(model.params),
+                             "key": key_words.tolist(), "name": name, "dataset": dataset,
+                             "processes": count})
     batches = parallel.process_slice(-(-n // bs))
     rows = slice(batches.start * bs, min(batches.stop * bs, n))
     xs, ys = np.asarray(x[rows]), np.asarray(y[rows])
@@ -227,12 +214,12 @@ def run_autoattack_sharded(model, x, y, config: AutoAttackConfig, *, key=None, s
                    for p in range(count)) * bs
         sizes = [min(s.stop * bs, n) - s.start * bs for s in
                  (parallel.process_slice(-(-n // bs), process_index=p) for p in range(count))]
-        g = _gather(np.asarray(local.broken_by), most)
+        g = parallel.allgather_rows(np.asarray(local.broken_by), most)
         broken_by = np.concatenate([g[p, :sizes[p]] for p in range(count)])
         ran = np.array([nm in local.accuracy_after for nm in local.attacks], np.int32)
-        ran = _gather(ran[None], 1)[:, 0].max(axis=0)
+        ran = parallel.allgather_rows(ran[None], 1)[:, 0].max(axis=0)
         secs = np.array([local.seconds.get(k, 0.0) for k in ("clean",) + local.attacks])
-        secs = _gather(secs[None], 1)[:, 0].max(axis=0)
+        secs = parallel.allgather_rows(secs[None], 1)[:, 0].max(axis=0)
     else:
         broken_by = local.broken_by
         ran = np.array([nm in local.accuracy_after for nm in local.attacks], np.int32)

@@ -38,7 +38,7 @@ import numpy as np
 from robustjax import data as datasets
 from robustjax import parallel, runfiles
 from robustjax.report.base import ReportContext, Section
-from robustjax.report.store import ResultStore, atomic_write_text
+from robustjax.report.store import ResultStore, atomic_write_text, params_hash
 
 # name -> module holding ``section(ctx) -> Section``; literal, in report order.
 SECTIONS = {
@@ -169,7 +169,7 @@ def run_report(out_dir="robustjax-report", *, model=None, checkpoint=None,
                                                            seed, eps, resize),
                                  "sections": names, "fresh": fresh,
                                  "quantize_corruptions": quantize_corruptions,
-                                 "data": [list(np.shape(x)), _digest(x), _digest(y)],
+                                 "data": params_hash((x, y)),
                                  "processes": processes})
     previous = _previous_status(out_dir)
     runfiles.remove_stale_temporaries(out_dir / STORE_DIR)  # left by a process killed mid-write
@@ -262,12 +262,6 @@ def _mesh(processes: int):
     if processes == 1:
         return contextlib.nullcontext()
     return parallel.use_mesh(parallel.data_mesh())
-
-
-def _digest(a) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
 
 
 def _previous_status(out_dir: pathlib.Path) -> Optional[str]:
