@@ -199,6 +199,23 @@ def _jitted(body, static_config: bool):
     return jax.jit(body, static_argnums=(0, 5) if static_config else (0,))
 
 
+def _result_arrays(result) -> tuple:
+    """The per-example arrays of an attack's result whose values are checked (NaN or inf)."""
+    return tuple(a for a in (getattr(result, "x_adv", None), getattr(result, "loss", None))
+                 if a is not None and getattr(a, "ndim", 0) > 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_checked(body, static_config: bool):
+    """``_jitted(body)`` that also returns ``validation.packed_checks`` of its inputs and
+    result: an eager call dispatches one program and reads one small array back."""
+    def run(apply_fn, params, x, y, key, config, **extras):
+        result = body(apply_fn, params, x, y, key, config, **extras)
+        return result, validation.packed_checks(x, y, _result_arrays(result))
+
+    return jax.jit(run, static_argnums=(0, 5) if static_config else (0,))
+
+
 def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
                  eager_loop: Optional[Callable[[Any, LoopHint], bool]] = None):
     """Decorator: the public attack ``attack(apply_fn, params, x, y, key, config)`` from its
@@ -223,16 +240,26 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
         extras = {n: arguments[n] for n in names[6:]}  # e.g. starting points (arrays or None)
         traced = is_traced(params, x, y, key, config, extras) or _config_traced(config)
         fn = model_function(apply_fn)
-        probe, finish_checks = validation.check_attack_call(apply_fn, fn, params, x, y, config,
-                                                            gradient=gradient)
+        probe = validation.check_attack_call(apply_fn, fn, params, x, y, config,
+                                             gradient=gradient)
         hint = LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
         with _hinting(hint):
+            mesh = None if traced else parallel.active_mesh()
+            python_loop = traced or (eager_loop is not None and eager_loop(config, hint))
+            if mesh is None and not python_loop:
+                # the common eager call: the value checks inside the attack's own program
+                try:
+                    result, packed = _jitted_checked(body, _static_config(config))(
+                        fn, params, x, y, key, config, **extras)
+                except Exception:
+                    # a bad input is reported in place of what the body raised
+                    validation.start_value_checks(x, y, probe.num_classes)()
+                    raise
+                validation.read_packed(packed, x, y, probe.num_classes, _result_arrays(result))
+                return result
+            finish_checks = validation.start_value_checks(x, y, probe.num_classes)
             try:
-                mesh = None if traced else parallel.active_mesh()
-                if traced or (eager_loop is not None and eager_loop(config, hint)):
-                    run = body
-                else:
-                    run = _jitted(body, _static_config(config))
+                run = body if python_loop else _jitted(body, _static_config(config))
                 if mesh is None:
                     result = run(fn, params, x, y, key, config, **extras)
                 else:
@@ -245,9 +272,7 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
         # one transfer: the input checks and whether the result is finite (a model that returns
         # NaN for some inputs is reported with their indices; a loss may be +inf, see
         # validation._bad_values)
-        outputs = tuple(a for a in (getattr(result, "x_adv", None), getattr(result, "loss", None))
-                        if a is not None and getattr(a, "ndim", 0) > 0)
-        finish_checks(outputs or None)
+        finish_checks(_result_arrays(result) or None)
         return result
 
     attack.body = body
@@ -288,6 +313,18 @@ def _per_shard(body, fn, static_items: tuple, mesh, axis: str, names: tuple, oth
 @functools.lru_cache(maxsize=None)
 def _jitted_named(body, static: tuple):
     return jax.jit(body, static_argnames=static)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_named_checked(body, static: tuple, labels: Optional[str]):
+    """``_jitted_named(body)`` that also returns ``validation.packed_checks`` of ``x`` and the
+    labels: one program, one small transfer per eager call."""
+    @functools.wraps(body)  # jit reads the argument names from body's signature
+    def run(**arguments):
+        y = arguments.get(labels) if labels else None
+        return body(**arguments), validation.packed_checks(arguments["x"], y)
+
+    return jax.jit(run, static_argnames=static)
 
 
 def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: Optional[str] = None,
@@ -332,15 +369,28 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
         probe = validation.probe_model(fn, params, x)
         if "eps" in arguments:
             validation.check_eps(arguments["eps"], x.shape[0])
-        finish_checks = validation.start_value_checks(x, y, probe.num_classes,
-                                                      pixel_range=images)
         arguments["apply_fn"] = fn
         dynamic = [v for k, v in arguments.items() if k not in static and k != "apply_fn"]
-        with _checked(finish_checks), \
-                _hinting(LoopHint(probe.xla_convolutions, probe.onednn_convolutions)):
-            traced = is_traced(dynamic)
+        traced = is_traced(dynamic)
+        mesh = None if traced else parallel.active_mesh()
+        hint = LoopHint(probe.xla_convolutions, probe.onednn_convolutions)
+        if compile and not traced and mesh is None:
+            # the common eager call: the value checks inside the body's own program
+            with _hinting(hint):
+                try:
+                    out, packed = _jitted_named_checked(body, ("apply_fn",) + static, labels)(
+                        **arguments)
+                except Exception:
+                    # a bad input is reported in place of what the body raised
+                    validation.start_value_checks(x, y, probe.num_classes,
+                                                  pixel_range=images)()
+                    raise
+            validation.read_packed(packed, x, y, probe.num_classes, pixel_range=images)
+            return out
+        finish_checks = validation.start_value_checks(x, y, probe.num_classes,
+                                                      pixel_range=images)
+        with _checked(finish_checks), _hinting(hint):
             run = body if not compile or traced else _jitted_named(body, ("apply_fn",) + static)
-            mesh = None if traced else parallel.active_mesh()
             if mesh is None:
                 return run(**arguments)
             b = x.shape[0]

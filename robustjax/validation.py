@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -49,6 +50,15 @@ def _spec(a):
     return jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a))
 
 
+def _signature(a):
+    # a cache key for one leaf: its shape and (canonical) dtype, without building a
+    # ShapeDtypeStruct (an eager call keys the probe on every parameter leaf)
+    if isinstance(a, jax.Array):
+        return a.shape, a.dtype
+    shape, dtype = _shape_dtype(a)
+    return shape, jax.dtypes.canonicalize_dtype(dtype)
+
+
 def _looks_nchw(shape) -> bool:
     return len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
 
@@ -69,8 +79,10 @@ def _model_error(x_shape, x_dtype, err: Exception) -> InputError:
 
 
 @functools.lru_cache(maxsize=512)
-def _probe_cached(apply_fn, params_tree, params_specs, x_spec) -> ModelProbe:
-    return _probe(apply_fn, jax.tree.unflatten(params_tree, params_specs), x_spec)
+def _probe_cached(apply_fn, params_tree, params_signature, x_signature) -> ModelProbe:
+    specs = [jax.ShapeDtypeStruct(*s) for s in params_signature]
+    return _probe(apply_fn, jax.tree.unflatten(params_tree, specs),
+                  jax.ShapeDtypeStruct(*x_signature))
 
 
 def _probe(apply_fn, params_spec, x_spec) -> ModelProbe:
@@ -95,14 +107,16 @@ def _probe(apply_fn, params_spec, x_spec) -> ModelProbe:
 def probe_model(apply_fn: Callable, params, x) -> ModelProbe:
     """Trace ``apply_fn(params, x)`` abstractly (cached per function and signature)."""
     leaves, tree = jax.tree.flatten(params)
-    specs = tuple(_spec(a) for a in leaves)
-    x_spec = _spec(x)
+    signature = tuple(_signature(a) for a in leaves)
+    x_signature = _signature(x)
     try:
-        return _probe_cached(apply_fn, tree, specs, x_spec)
+        return _probe_cached(apply_fn, tree, signature, x_signature)
     except TypeError as err:
         if "unhashable" not in str(err):
             raise
-        return _probe(apply_fn, jax.tree.unflatten(tree, specs), x_spec)
+        return _probe(apply_fn, jax.tree.unflatten(tree, [jax.ShapeDtypeStruct(*s)
+                                                          for s in signature]),
+                      jax.ShapeDtypeStruct(*x_signature))
 
 
 def check_applies(fn: Callable, x) -> None:
@@ -120,6 +134,10 @@ def check_applies(fn: Callable, x) -> None:
 def check_eps(eps, batch: int) -> None:
     """A concrete eps is finite, >= 0, and a scalar or one value per example."""
     if eps is None or isinstance(eps, jax.core.Tracer):
+        return
+    if type(eps) in (float, int):  # the common case, without NumPy's dispatch
+        if not (math.isfinite(eps) and eps >= 0):
+            raise InputError(f"eps must be finite and >= 0, got {eps}")
         return
     e = np.asarray(eps)
     if e.ndim > 1 or (e.ndim == 1 and e.shape[0] != batch):
@@ -240,23 +258,65 @@ def value_checks_from(stats, x, num_classes=None, name: str = "x", *,
         if any(isinstance(v, jax.Array) for v in values):  # one transfer for all of them
             values = jax.device_get(values)
         lo, hi, y_lo, y_hi, ok = values
-        if not (np.isfinite(lo) and np.isfinite(hi)):  # only now look for the images
-            raise _non_finite_error(x, name)
-        if pixel_range and (lo < 0.0 or hi > 1.0):
-            raise InputError(
-                f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
-                f"{hi:.4g}]. robustjax models normalise internally: pass raw pixels scaled to "
-                f"[0, 1].")
-        if concrete_y and num_classes is not None and (y_lo < 0 or y_hi >= num_classes):
+        _raise_for_values(x, name, lo, hi, pixel_range, (y_lo, y_hi) if concrete_y else None,
+                          num_classes, outputs if flag is not None else None, ok)
+
+    return finish
+
+
+def _raise_for_values(x, name, lo, hi, pixel_range, label_range, num_classes, outputs, ok):
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # only now look for the images
+        raise _non_finite_error(x, name)
+    if pixel_range and (lo < 0.0 or hi > 1.0):
+        raise InputError(
+            f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
+            f"{hi:.4g}]. robustjax models normalise internally: pass raw pixels scaled to "
+            f"[0, 1].")
+    if label_range is not None and num_classes is not None:
+        y_lo, y_hi = label_range
+        if y_lo < 0 or y_hi >= num_classes:
             raise InputError(
                 f"labels must be class indices in [0, {num_classes}) (the model's logits have "
                 f"{num_classes} classes), got labels in [{y_lo}, {y_hi}].")
-        if flag is not None and not ok:
-            _raise_non_finite_outputs(outputs, "the attack's result",
-                                      "the model returned NaN or inf for those inputs (or "
-                                      "for perturbed versions of them)")
+    if outputs is not None and not ok:
+        _raise_non_finite_outputs(outputs, "the attack's result",
+                                  "the model returned NaN or inf for those inputs (or "
+                                  "for perturbed versions of them)")
 
-    return finish
+
+def packed_checks(x, y=None, outputs=()):
+    """The value checks of an eager call, computed inside the entry point's own compiled
+    program (no second program to dispatch, one small transfer): float32 ``[5]`` =
+    ``min(x), max(x)``, the int32 bits of ``min(y), max(y)`` (exact for any label), and 1.0
+    where every array in ``outputs`` is free of bad values (``_bad_values``). Read it with
+    ``read_packed``."""
+    lo, hi = min_max(x)
+    if y is None:
+        y_range = jnp.zeros(2, jnp.int32)
+    else:
+        info, int32 = jnp.iinfo(y.dtype), np.iinfo(np.int32)
+        if info.max > int32.max:  # saturate rather than wrap into the valid range
+            y = jnp.minimum(y, jnp.asarray(int32.max, y.dtype))
+        if info.min < int32.min:
+            y = jnp.maximum(y, jnp.asarray(int32.min, y.dtype))
+        y = y.astype(jnp.int32)
+        y_range = jnp.stack([jnp.min(y), jnp.max(y)])
+    ok = jnp.all(jnp.stack([~jnp.any(_bad_values(a)) for a in outputs])) if outputs else True
+    return jnp.concatenate([jnp.stack([lo, hi]),
+                            jax.lax.bitcast_convert_type(y_range, jnp.float32),
+                            jnp.asarray(ok, jnp.float32)[None]])
+
+
+def read_packed(packed, x, y=None, num_classes=None, outputs=(), name: str = "x", *,
+                pixel_range: bool = True) -> None:
+    """Raise what ``packed_checks``' result shows (the same errors as ``start_value_checks``)."""
+    if isinstance(packed, jax.core.Tracer):
+        return  # concrete inputs inside someone's trace (a loop body): shapes were checked
+    values = np.asarray(packed)
+    labels = values[2:4].view(np.int32) if y is not None else None
+    _raise_for_values(x, name, float(values[0]), float(values[1]), pixel_range,
+                      None if labels is None else (int(labels[0]), int(labels[1])),
+                      num_classes, tuple(outputs) if outputs else None, values[4] > 0)
 
 
 def _outputs_flag(outputs):
@@ -300,9 +360,10 @@ def _non_finite_output_error(values, name: str, what: str) -> ModelOutputError:
         f"overflowing exp, a division by a norm that can be 0), or leave them out.")
 
 
-def check_attack_call(apply_fn, fn, params, x, y, config, *, gradient: bool):
-    """Everything an attack call needs checked. Returns the probe of the model as it runs and
-    the function that completes the value checks (``start_value_checks``)."""
+def check_attack_call(apply_fn, fn, params, x, y, config, *, gradient: bool) -> ModelProbe:
+    """Everything an attack call needs checked before it runs (shapes, dtypes, eps, the model
+    on this batch). Returns the probe of the model as it runs; the value checks follow
+    (``start_value_checks``, or ``packed_checks`` inside the attack's own program)."""
     from robustjax.attacks._core import warn_if_not_differentiable
 
     if gradient:
@@ -310,7 +371,7 @@ def check_attack_call(apply_fn, fn, params, x, y, config, *, gradient: bool):
     check_shapes(x, y)  # first: the model probe needs a valid batch
     probe = probe_model(fn, params, x)
     check_eps(getattr(config, "eps", None), np.shape(x)[0])
-    return probe, start_value_checks(x, y, probe.num_classes)
+    return probe
 
 
 # ------------------------------------------------------------- the rest of the layer

@@ -4,6 +4,8 @@ training and the report's data check. Each bad input gives a robustjax ``InputEr
 message names the problem; a model that returns NaN for some inputs is reported with their
 indices; the checks cost nothing under jit."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -251,21 +253,36 @@ def test_check_outputs_names_the_examples():
 
 def test_attack_checks_read_the_outputs_in_the_same_transfer():
     # what robustjax.entry's attack call does: check, dispatch the attack, then complete the
-    # checks with the result, so a model that returns NaN for some inputs is named
+    # checks with the result, so a model that returns NaN for some inputs is named; on a mesh
+    # (start_value_checks after the body) and in the common eager call (packed_checks inside
+    # the attack's own program, read_packed after it)
     from robustjax import attacks
 
     x, y = data(6)
     x = x.at[1].set(0.9).at[4].set(0.8).at[jnp.array([0, 2, 3, 5])].multiply(0.5)
     cfg = attacks.FGSMConfig()
     body = jax.jit(attacks.fgsm.body, static_argnums=(0, 5))
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def fused(fn, x, y):
+        result = attacks.fgsm.body(fn, PARAMS, x, y, None, cfg)
+        return result, validation.packed_checks(x, y, (result.x_adv, result.loss))
+
     for fn, bad in ((nan_for_bright, True), (tiny_apply, False)):
-        _, finish = validation.check_attack_call(fn, fn, PARAMS, x, y, cfg, gradient=True)
+        probe = validation.check_attack_call(fn, fn, PARAMS, x, y, cfg, gradient=True)
+        finish = validation.start_value_checks(x, y, probe.num_classes)
         result = body(fn, PARAMS, x, y, None, cfg)
+        result2, packed = fused(fn, x, y)
+        read = functools.partial(validation.read_packed, packed, x, y, probe.num_classes,
+                                 (result2.x_adv, result2.loss))
         if bad:
             with pytest.raises(validation.ModelOutputError, match=r"at indices \[1, 4\]"):
                 finish((result.x_adv, result.loss))
+            with pytest.raises(validation.ModelOutputError, match=r"at indices \[1, 4\]"):
+                read()
         else:
             finish((result.x_adv, result.loss))  # finite: nothing raised
+            read()
     # the public entry point, eager: the same report
     key = jax.random.PRNGKey(0)
     with pytest.raises(validation.ModelOutputError, match=r"at indices \[1, 4\]"):
