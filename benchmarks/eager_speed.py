@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax import attacks, certify, corruptions, data, entry, models
+from robustjax import attacks, certify, corruptions, data, entry, models, validation
 
 # moderate settings (the papers' budgets would make the table take hours on 2 cores)
 SETTINGS = {"steps": 10, "n_queries": 200, "iterations": 10, "num_samples": 32,
@@ -121,8 +121,11 @@ def _optimized_hlo(lowered) -> list:
 def same_program_rows(model, x, y, eps, only=None):
     """For each attack: is the program an eager call runs the one ``jax.jit(attack)`` runs?
 
-    Compares XLA's optimized HLO of the two (source metadata stripped). Where they are equal,
-    any gap in the timings is the fixed cost of the eager call's input checks, or noise.
+    Compares XLA's optimized HLO of the two (source metadata stripped). An eager call's program
+    is the attack's body plus its value checks (``validation.packed_checks`` of the inputs and
+    the result, ``entry._jitted_checked``), so the jitted side is ``jax.jit`` of the public
+    attack followed by the same checks. Where they are equal, any gap in the timings is the
+    eager call's Python (argument binding, the model probe's cache lookup), or noise.
     """
     rows = []
     key = jax.random.key(1)
@@ -133,9 +136,14 @@ def same_program_rows(model, x, y, eps, only=None):
         static = entry._static_config(cfg)
         fn = entry.model_function(model.apply_fn)
         with entry._hinting(entry.loop_hint(fn, model.params, x)):
-            eager = _optimized_hlo(entry._jitted(attack.body, static).lower(
+            eager = _optimized_hlo(entry._jitted_checked(attack.body, static).lower(
                 fn, model.params, x, y, key, cfg))
-        jitted = _optimized_hlo(jax.jit(attack, static_argnums=(0, 5) if static else (0,)).lower(
+
+        def public(apply_fn, params, x, y, key, cfg, attack=attack):
+            result = attack(apply_fn, params, x, y, key, cfg)
+            return result, validation.packed_checks(x, y, entry._result_arrays(result))
+
+        jitted = _optimized_hlo(jax.jit(public, static_argnums=(0, 5) if static else (0,)).lower(
             model.apply_fn, model.params, x, y, key, cfg))
         rows.append((f"attacks.{name}", len(eager), eager == jitted))
         print(rows[-1], flush=True)

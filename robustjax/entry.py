@@ -14,8 +14,10 @@ holds only the algorithm, into the public attack. A call
    (``loop_hint``; ``attacks._core.loop_steps``'s ``"auto"`` reads it);
 4. called eagerly, runs the whole attack as one compiled program, cached by ``jax.jit`` on the
    body, the model function, the config's static fields and the shapes and dtypes. New data of
-   the same shape reuses it, so an eager call costs what the jitted call costs. Inside a
-   caller's ``jit``/``vmap``/``grad`` the body is traced inline.
+   the same shape reuses it, so an eager call costs what the jitted call costs. The value
+   checks of step 1 are computed by that same program (``validation.packed_checks``: one
+   small array read back after it), not by a second one. Inside a caller's
+   ``jit``/``vmap``/``grad`` the body is traced inline.
 
 ``model_entry`` does the same for entry points that are not attacks (certifiers).
 """

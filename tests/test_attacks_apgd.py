@@ -163,6 +163,26 @@ def test_apgd_t_targets_and_restarts(setup):
         A.APGDConfig(loss="margin")
 
 
+def test_apgd_t_target_rank_runs_the_one_target_each_example_names(setup):
+    # AutoAttack's cascade runs APGD-T's targets one at a time: target_rank r is the run
+    # towards the (r + 2)-th most likely class, the r-th of the num_targets runs
+    params, x, y = setup
+    cfg = A.APGDTConfig(eps=0.05, steps=8, num_targets=1)
+    key = jax.random.PRNGKey(3)
+    whole = A.apgd_t(mlp_apply, params, x, y, key, cfg)
+    ranked = A.apgd_t(mlp_apply, params, x, y, key, cfg, target_rank=jnp.zeros(24, jnp.int32))
+    np.testing.assert_array_equal(ranked.x_adv, whole.x_adv)
+    # rank 1 on every example is the loss of the third most likely class (not the runner-up)
+    order = np.argsort(np.asarray(mlp_apply(params, x)), axis=-1)
+    third = A.apgd_t(mlp_apply, params, x, y, key, cfg, target_rank=jnp.ones(24, jnp.int32))
+    t3 = jnp.asarray(order[:, -3])
+    towards_third = _core.dlr_targeted(mlp_apply(params, third.x_adv), y, t3)
+    towards_second = _core.dlr_targeted(mlp_apply(params, whole.x_adv), y, t3)
+    assert float(towards_third.mean()) > float(towards_second.mean())
+    with pytest.raises(ValueError, match=r"target_rank must be int \[batch=24\]"):
+        A.apgd_t(mlp_apply, params, x, y, key, cfg, target_rank=jnp.zeros(3, jnp.int32))
+
+
 def test_fab_hyperplane_projection_matches_linear_program():
     from scipy.optimize import linprog
 

@@ -128,12 +128,25 @@ def test_one_program_per_attack_and_both_schedules(ref):
     x, y = jnp.asarray(f["x"][:40]), jnp.asarray(f["y"][:40])
     for schedule in ("compact", "mask"):
         cfg = _custom(eps=0.08, attacks=("apgd-ce", "apgd-t"), schedule=schedule)
-        lines = []
-        r = _run(params, x, y, cfg, log=lines.append)
+        lines, rounds = [], []
+
+        def checkpoint(state):  # the examples each APGD-T target round starts from
+            if state.current == 1 and state.batches_done == 0:
+                rounds.append(int(state.robust.sum()))
+
+        r = _run(params, x, y, cfg, log=lines.append, checkpoint=checkpoint)
         for name, fn, acfg in AA.attack_plan(cfg):
             # the runners are keyed on the model function as it runs (accelerated by entry)
-            run = AA._runner(entry.model_function(mlp_apply), fn, acfg, cfg.norm, float(cfg.eps))
-            assert run._cache_size() == 1, name  # several batches, one compilation
+            args = (entry.model_function(mlp_apply), fn, acfg, cfg.norm, float(cfg.eps))
+            if name == "apgd-t" and schedule == "compact":
+                # the targets one at a time on the examples still robust (as the reference):
+                # one program per padded batch size the rounds needed
+                assert AA._runner(*args)._cache_size() == 0
+                assert any(line.startswith("apgd-t (target 2/") for line in lines)
+                sizes = {AA.compact_batch(t, cfg.batch_size)[1] for t in rounds if t}
+                assert AA._target_runner(*args)._cache_size() == len(sizes) >= 1, sizes
+            else:
+                assert AA._runner(*args)._cache_size() == 1, name  # several batches, one program
         assert lines[1] == f"initial accuracy: {r.clean_accuracy:.2%}"
         assert any(line.startswith("robust accuracy after APGD-CE: ") for line in lines)
         assert lines[-1] == f"robust accuracy: {r.robust_accuracy:.2%}"

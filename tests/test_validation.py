@@ -289,3 +289,34 @@ def test_attack_checks_read_the_outputs_in_the_same_transfer():
         attacks.pgd(nan_for_bright, PARAMS, x, y, key, attacks.PGDConfig(steps=2))
     assert attacks.pgd(tiny_apply, PARAMS, x, y, key,
                        attacks.PGDConfig(steps=2)).x_adv.shape == x.shape
+
+
+def test_packed_checks_report_what_the_separate_checks_report():
+    # the eager entry points compute the value checks inside their own program and read one
+    # float32[5] back; the errors are those of start_value_checks
+    x, y = data(4)
+    ok = jax.jit(validation.packed_checks)(x, y)
+    validation.read_packed(ok, x, y, 10)  # valid: nothing raised
+    for bad_x, match in ((x.at[2].set(jnp.nan), r"1 image\(s\), at indices \[2\]"),
+                         (x.at[0, 0, 0, 0].set(1.5), r"pixel range \[0, 1\]")):
+        with pytest.raises(validation.InputError, match=match):
+            validation.read_packed(validation.packed_checks(bad_x, y), bad_x, y, 10)
+    for labels in (y.at[1].set(10), y.at[3].set(-1)):
+        with pytest.raises(validation.InputError, match=r"class indices in \[0, 10\)"):
+            validation.read_packed(validation.packed_checks(x, labels), x, labels, 10)
+    # the label range travels as int32 bits: exact where float32 would round (2**30 + 1)
+    big = jnp.full(4, 2 ** 30 + 1, jnp.int32)
+    validation.read_packed(validation.packed_checks(x, big), x, big, 2 ** 30 + 2)
+    with pytest.raises(validation.InputError, match=r"got labels in \[1073741825"):
+        validation.read_packed(validation.packed_checks(x, big), x, big, 2 ** 30 + 1)
+    # unsigned labels beyond int32 saturate (an error), never wrap into the valid range
+    huge = jnp.full(4, 2 ** 32 - 1, jnp.uint32)
+    with pytest.raises(validation.InputError, match=r"class indices"):
+        validation.read_packed(validation.packed_checks(x, huge), x, huge, 10)
+    # the result's arrays: NaN in a row is named; +inf in a per-example loss is allowed
+    loss = jnp.array([0.0, jnp.inf, 1.0, 2.0])
+    validation.read_packed(validation.packed_checks(x, y, (x, loss)), x, y, 10, (x, loss))
+    with pytest.raises(validation.ModelOutputError, match=r"at indices \[3\]"):
+        nan_loss = loss.at[3].set(jnp.nan)
+        validation.read_packed(validation.packed_checks(x, y, (x, nan_loss)), x, y, 10,
+                               (x, nan_loss))

@@ -20,6 +20,8 @@ first success; ``lax.cond`` skips a restart or target once every example is brok
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -297,18 +299,33 @@ def apgd(apply_fn, params, x, y, key, config: APGDConfig = APGDConfig()) -> Atta
 
 
 @attack_entry
-def apgd_t(apply_fn, params, x, y, key, config: APGDTConfig = APGDTConfig()) -> AttackResult:
+def apgd_t(apply_fn, params, x, y, key, config: APGDTConfig = APGDTConfig(),
+           target_rank: Optional[jax.Array] = None) -> AttackResult:
     """APGD-T: targeted runs towards the 2nd ... (num_targets + 1)-th most likely clean class.
 
     The number of targets is ``min(num_targets, k - 1)`` for ``k`` classes; the targeted DLR
     loss needs ``k >= 4`` (use ``loss="ce-targeted"`` below that).
+
+    ``target_rank``: int ``[b]``, optional: one target per example instead, the
+    ``(target_rank + 2)``-th most likely clean class (0: the runner-up), ``config.restarts``
+    runs towards it. AutoAttack's cascade uses it to run the targets one at a time on the
+    examples still robust, as the reference does (``num_targets`` is then not used).
     """
     k = apply_fn(params, x[:1]).shape[-1]
     order = jnp.argsort(apply_fn(params, x), axis=-1)  # ascending; targets from the top
     n_t = min(config.num_targets, k - 1)
+    if target_rank is not None:
+        rank = jnp.asarray(target_rank, jnp.int32)
+        if rank.shape != (x.shape[0],):
+            raise ValueError(f"target_rank must be int [batch={x.shape[0]}], got shape "
+                             f"{rank.shape}")
+        fixed = jnp.take_along_axis(order, jnp.clip(k - 2 - rank, 0, k - 2)[:, None],
+                                    axis=1)[:, 0]
+        n_t = 1
 
     def loss_of(j):
-        target = jnp.take(order, k - 2 - j, axis=1)  # the (j + 2)-th largest clean logit
+        # the (j + 2)-th largest clean logit, or each example's own rank
+        target = fixed if target_rank is not None else jnp.take(order, k - 2 - j, axis=1)
         if config.loss == "dlr-targeted":
             return lambda z: _core.dlr_targeted(z, y, target)
         return lambda z: _core.cross_entropy(z, target, targeted=True)

@@ -22,7 +22,10 @@ attack. Every attack is one compiled program for its batch shape: with ``schedul
 ``batch_size`` (rounded up to a multiple of 8, or to a power of two below 8, and padded, so an
 attack that sees 173 examples runs one batch of 176, not 250, and one that sees 1 a batch of
 1); with ``schedule="mask"`` the batches are the fixed slices of the data set and slices
-without a robust example are skipped.
+without a robust example are skipped. With ``"compact"``, APGD-T also runs its targets one at a
+time, each on the examples the earlier ones left robust, as the reference does
+(``target_rounds``; its log lines then say ``apgd-t (target 2/9) - ...``); with ``"mask"`` one
+program runs every target on the batch.
 ``benchmarks/results/autoattack.md`` compares them.
 
 This function runs on the host (a loop over attacks and batches, like the reference); each
@@ -189,6 +192,33 @@ def _runner(apply_fn, fn, cfg, norm: str, eps: float):
     return jax.jit(run)
 
 
+@functools.lru_cache(maxsize=64)
+def _target_runner(apply_fn, fn, cfg, norm: str, eps: float):
+    """``_runner`` for one target of APGD-T: ``(params, x, y, key, rank) -> (x_out, broken)``,
+    ``rank`` int ``[b]`` (``apgd_t``'s ``target_rank``), traced: one program for every target."""
+
+    def run(params, x, y, key, rank):
+        res = fn(apply_fn, params, x, y, key, cfg, target_rank=rank)
+        x_adv = jnp.clip(res.x_adv, 0.0, 1.0)
+        pred = jnp.argmax(apply_fn(params, x_adv), -1)
+        inside = _core.lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-7
+        broken = (pred != y) & inside
+        return jnp.where(broken.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x), broken
+
+    return jax.jit(run)
+
+
+def target_rounds(name: str, cfg, num_classes: int, schedule: str) -> int:
+    """How many rounds attack ``name`` runs in the cascade: APGD-T with ``schedule="compact"``
+    runs its targets one at a time, each on the examples the earlier targets left robust (the
+    reference's ``for target_class in range(2, n_target_classes + 2)`` over ``acc.nonzero()``:
+    an example broken by the first target is not attacked 8 more times); every other attack,
+    and APGD-T with ``"mask"`` (fixed batches), is one round."""
+    if name != "apgd-t" or schedule != "compact":
+        return 1
+    return max(1, min(cfg.num_targets, num_classes - 1))
+
+
 @functools.lru_cache(maxsize=16)
 def _predictor(apply_fn):
     return jax.jit(lambda p, x: jnp.argmax(apply_fn(p, x), -1))
@@ -199,7 +229,9 @@ class AutoAttackState:
     """Where an evaluation stands (host numpy arrays; ``checkpoint`` receives it after every
     batch). ``broken_by[i]``: -1 robust, 0 misclassified clean, ``j >= 1`` broken by the
     ``j``-th attack of ``attacks``. ``current`` attacks are done; of attack ``current``,
-    ``batches_done`` batches over ``todo`` (the indices robust when it started)."""
+    ``target`` rounds (``target_rounds``: APGD-T's targets, one at a time) are done, and of
+    the round under way ``batches_done`` batches over ``todo`` (the indices robust when it
+    started)."""
 
     attacks: tuple
     version: str
@@ -216,6 +248,7 @@ class AutoAttackState:
     batches_done: int = 0
     todo: Optional[np.ndarray] = None
     seconds: dict = dataclasses.field(default_factory=dict)
+    target: int = 0
 
     def matches(self, config: AutoAttackConfig, names, n: int) -> None:
         got = (tuple(self.attacks), self.version, self.norm, float(self.eps), self.schedule,
@@ -249,6 +282,14 @@ class AutoAttackResult(NamedTuple):
     robust_accuracy: float
     accuracy_after: dict
     seconds: dict
+
+
+def compact_batch(todo: int, bs: int) -> tuple[int, int]:
+    """``(per, padded)``: ``todo`` examples in equal batches of ``per`` (at most ``bs``), each
+    padded to ``padded``, a multiple of 8 (below 8 a power of two, so a lone survivor of an
+    expensive model is not attacked 8 times): few shapes, so few compiled programs."""
+    per = -(-todo // -(-todo // bs))
+    return per, min(bs, (per + 7) // 8 * 8 if per > 4 else 1 << (per - 1).bit_length())
 
 
 def _batches(indices: np.ndarray, bs: int):
@@ -311,7 +352,7 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
     for note in attack_plan_notes(config):
         say(f"note: {note}")
     say(f"using {config.version} version including {', '.join(names)}.")
-    run_checks(apply_fn, params, x, y, config, names)
+    num_classes = run_checks(apply_fn, params, x, y, config, names)
 
     if resume is not None:
         state = resume
@@ -345,44 +386,59 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
             say("no robust datapoints left, skipping remaining attacks")
             break
         t_attack = time.perf_counter()
-        if state.todo is None:
-            state.todo, state.batches_done = np.nonzero(state.robust)[0], 0
-        if config.schedule == "compact":
-            # equal batches just large enough (a multiple of 8; below 8 a power of two, so a
-            # lone survivor of an expensive model is not attacked 8 times): one shape per attack
-            n_b = -(-len(state.todo) // bs)
-            per = -(-len(state.todo) // n_b)
-            bs_a = min(bs, (per + 7) // 8 * 8 if per > 4 else 1 << (per - 1).bit_length())
-            batches = _batches(state.todo, per)
-        else:
-            bs_a = bs
-            batches = [b for b in _batches(np.arange(n), bs) if np.isin(b, state.todo).any()]
+        rounds = target_rounds(name, cfg, num_classes, config.schedule)
         key_a = jax.random.fold_in(key, a)
-        for bi in range(state.batches_done, len(batches)):
-            idx = batches[bi]
-            padded = _pad(idx, bs_a)
-            x_out, broken = entry.data_parallel(  # sharded over the mesh, if there is one
-                lambda f, p, b, k, fn=fn, cfg=cfg: _runner(f, fn, cfg, config.norm,
-                                                           float(config.eps))(p, *b, k),
-                apply_fn, params, (jnp.asarray(x[padded]), jnp.asarray(y[padded])),
-                jax.random.fold_in(key_a, bi if batch_offset is None
-                                   else batch_offset + int(idx[0]) // bs))
-            x_out, broken = np.asarray(x_out)[:len(idx)], np.asarray(broken)[:len(idx)]
-            live = state.robust[idx]
-            hit = broken & live
-            state.robust[idx[hit]] = False
-            state.broken_by[idx[hit]] = a + 1
-            state.x_adv[idx[hit]] = x_out[hit]
-            state.batches_done = bi + 1
-            state.seconds[name] = state.seconds.get(name, 0.0) + time.perf_counter() - t_attack
-            t_attack = time.perf_counter()
-            say(f"{name} - {bi + 1}/{len(batches)} - {int(hit.sum())} out of {int(live.sum())} "
-                "successfully perturbed")
-            if checkpoint:
-                checkpoint(state)
+        for t in range(state.target, rounds):
+            if state.todo is None:
+                state.todo, state.batches_done = np.nonzero(state.robust)[0], 0
+            if not len(state.todo):  # every example broken by an earlier target
+                break
+            if config.schedule == "compact":
+                per, bs_a = compact_batch(len(state.todo), bs)
+                batches = _batches(state.todo, per)
+            else:
+                bs_a = bs
+                batches = [b for b in _batches(np.arange(n), bs) if np.isin(b, state.todo).any()]
+            # one round keeps the keys of the whole attack; target t of APGD-T its own
+            key_t = key_a if rounds == 1 else jax.random.fold_in(key_a, 1 << 20 | t)
+            label = name if rounds == 1 else f"{name} (target {t + 1}/{rounds})"
+            for bi in range(state.batches_done, len(batches)):
+                idx = batches[bi]
+                padded = _pad(idx, bs_a)
+                key_b = jax.random.fold_in(key_t, bi if batch_offset is None
+                                           else batch_offset + int(idx[0]) // bs)
+                if rounds == 1:
+                    run = lambda f, p, b, k, fn=fn, cfg=cfg: _runner(  # noqa: E731
+                        f, fn, cfg, config.norm, float(config.eps))(p, *b, k)
+                    per_example = (jnp.asarray(x[padded]), jnp.asarray(y[padded]))
+                else:
+                    run = lambda f, p, b, k, fn=fn, cfg=cfg: _target_runner(  # noqa: E731
+                        f, fn, cfg, config.norm, float(config.eps))(p, b[0], b[1], k, b[2])
+                    per_example = (jnp.asarray(x[padded]), jnp.asarray(y[padded]),
+                                   jnp.full(len(padded), t, jnp.int32))
+                x_out, broken = entry.data_parallel(  # sharded over the mesh, if there is one
+                    run, apply_fn, params, per_example, key_b)
+                x_out, broken = np.asarray(x_out)[:len(idx)], np.asarray(broken)[:len(idx)]
+                live = state.robust[idx]
+                hit = broken & live
+                state.robust[idx[hit]] = False
+                state.broken_by[idx[hit]] = a + 1
+                state.x_adv[idx[hit]] = x_out[hit]
+                state.batches_done = bi + 1
+                state.seconds[name] = (state.seconds.get(name, 0.0) + time.perf_counter()
+                                       - t_attack)
+                t_attack = time.perf_counter()
+                say(f"{label} - {bi + 1}/{len(batches)} - {int(hit.sum())} out of "
+                    f"{int(live.sum())} successfully perturbed")
+                if checkpoint:
+                    checkpoint(state)
+            if t + 1 < rounds:  # the next target starts from the examples still robust
+                state.target, state.todo, state.batches_done = t + 1, None, 0
+                if checkpoint:
+                    checkpoint(state)
         acc = float(state.robust.mean())
         state.accuracy_after[name] = acc
-        state.current, state.todo, state.batches_done = a + 1, None, 0
+        state.current, state.todo, state.batches_done, state.target = a + 1, None, 0, 0
         state.seconds.setdefault(name, 0.0)
         say(f"robust accuracy after {name.upper()}: {acc:.2%} "
             f"(total time {time.perf_counter() - start:.1f} s)")
