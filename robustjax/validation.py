@@ -264,14 +264,17 @@ def value_checks_from(stats, x, num_classes=None, name: str = "x", *,
     return finish
 
 
+def _pixel_range_error(name, lo, hi) -> InputError:
+    return InputError(f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
+                      f"{hi:.4g}]. robustjax models normalise internally: pass raw pixels "
+                      f"scaled to [0, 1].")
+
+
 def _raise_for_values(x, name, lo, hi, pixel_range, label_range, num_classes, outputs, ok):
     if not (np.isfinite(lo) and np.isfinite(hi)):  # only now look for the images
         raise _non_finite_error(x, name)
     if pixel_range and (lo < 0.0 or hi > 1.0):
-        raise InputError(
-            f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
-            f"{hi:.4g}]. robustjax models normalise internally: pass raw pixels scaled to "
-            f"[0, 1].")
+        raise _pixel_range_error(name, lo, hi)
     if label_range is not None and num_classes is not None:
         y_lo, y_hi = label_range
         if y_lo < 0 or y_hi >= num_classes:
@@ -524,10 +527,7 @@ def start_checks(*, images=(), logits=(), labels=None, num_classes: Optional[int
             if not (np.isfinite(lo) and np.isfinite(hi)):
                 raise _non_finite_error(x, name)
             if pixel_range and (lo < 0.0 or hi > 1.0):
-                raise InputError(
-                    f"{name} must be in the pixel range [0, 1], got values in [{lo:.4g}, "
-                    f"{hi:.4g}]. robustjax models normalise internally: pass raw pixels "
-                    f"scaled to [0, 1].")
+                raise _pixel_range_error(name, lo, hi)
         for (name, values), ok in zip(logits, finite):
             if not ok:
                 raise _non_finite_output_error(values, name, what)

@@ -176,18 +176,24 @@ def attack_plan_notes(config: AutoAttackConfig) -> list:
     return []
 
 
+def _outcome(apply_fn, params, x, y, x_adv, norm: str, eps: float):
+    """``(x_out, broken)`` of one attacked batch: ``broken`` = misclassified at the (clipped)
+    ``x_adv`` and inside the threat model; ``x_out`` = ``x_adv`` there, else ``x``."""
+    x_adv = jnp.clip(x_adv, 0.0, 1.0)
+    pred = jnp.argmax(apply_fn(params, x_adv), -1)
+    inside = _core.lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-7
+    broken = (pred != y) & inside
+    return jnp.where(broken.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x), broken
+
+
 @functools.lru_cache(maxsize=64)
 def _runner(apply_fn, fn, cfg, norm: str, eps: float):
-    """The jitted attack for one batch: ``(params, x, y, key) -> (x_out, broken)`` with
-    ``broken`` = misclassified at ``x_out`` and inside the threat model (else ``x_out = x``)."""
+    """The jitted attack for one batch: ``(params, x, y, key) -> (x_out, broken)``
+    (``_outcome``)."""
 
     def run(params, x, y, key):
         res = fn(apply_fn, params, x, y, key, cfg)
-        x_adv = jnp.clip(res.x_adv, 0.0, 1.0)
-        pred = jnp.argmax(apply_fn(params, x_adv), -1)
-        inside = _core.lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-7
-        broken = (pred != y) & inside
-        return jnp.where(broken.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x), broken
+        return _outcome(apply_fn, params, x, y, res.x_adv, norm, eps)
 
     return jax.jit(run)
 
@@ -199,11 +205,7 @@ def _target_runner(apply_fn, fn, cfg, norm: str, eps: float):
 
     def run(params, x, y, key, rank):
         res = fn(apply_fn, params, x, y, key, cfg, target_rank=rank)
-        x_adv = jnp.clip(res.x_adv, 0.0, 1.0)
-        pred = jnp.argmax(apply_fn(params, x_adv), -1)
-        inside = _core.lp_norm(x_adv - x, norm) <= eps * (1 + 1e-5) + 1e-7
-        broken = (pred != y) & inside
-        return jnp.where(broken.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x), broken
+        return _outcome(apply_fn, params, x, y, res.x_adv, norm, eps)
 
     return jax.jit(run)
 
