@@ -215,6 +215,8 @@ def _jitted_checked(body, static_config: bool):
         result = body(apply_fn, params, x, y, key, config, **extras)
         return result, validation.packed_checks(x, y, _result_arrays(result))
 
+    # the program keeps the attack's name (jit_fgsm, ...) in logs, profiles and the cache
+    run.__name__, run.__qualname__ = body.__name__, body.__qualname__
     return jax.jit(run, static_argnums=(0, 5) if static_config else (0,))
 
 
