@@ -207,6 +207,21 @@ def _result_arrays(result) -> tuple:
                  if a is not None and getattr(a, "ndim", 0) > 0)
 
 
+def _run_checked(call, x, y, num_classes, outputs_of, *, pixel_range: bool = True):
+    """``call()`` (a program returning ``(result, validation.packed_checks(...))``), then its
+    value checks (``validation.read_packed``; ``outputs_of(result)``: the arrays checked
+    finite). Where ``call`` raises, the inputs are checked on their own first, so a bad input
+    is reported in place of what the body raised."""
+    try:
+        result, packed = call()
+    except Exception:
+        validation.start_value_checks(x, y, num_classes, pixel_range=pixel_range)()
+        raise
+    validation.read_packed(packed, x, y, num_classes, outputs_of(result),
+                           pixel_range=pixel_range)
+    return result
+
+
 @functools.lru_cache(maxsize=None)
 def _jitted_checked(body, static_config: bool):
     """``_jitted(body)`` that also returns ``validation.packed_checks`` of its inputs and
@@ -252,15 +267,10 @@ def attack_entry(body: Optional[Callable] = None, *, gradient: bool = True,
             python_loop = traced or (eager_loop is not None and eager_loop(config, hint))
             if mesh is None and not python_loop:
                 # the common eager call: the value checks inside the attack's own program
-                try:
-                    result, packed = _jitted_checked(body, _static_config(config))(
-                        fn, params, x, y, key, config, **extras)
-                except Exception:
-                    # a bad input is reported in place of what the body raised
-                    validation.start_value_checks(x, y, probe.num_classes)()
-                    raise
-                validation.read_packed(packed, x, y, probe.num_classes, _result_arrays(result))
-                return result
+                return _run_checked(
+                    lambda: _jitted_checked(body, _static_config(config))(
+                        fn, params, x, y, key, config, **extras),
+                    x, y, probe.num_classes, _result_arrays)
             finish_checks = validation.start_value_checks(x, y, probe.num_classes)
             try:
                 run = body if python_loop else _jitted(body, _static_config(config))
@@ -381,16 +391,10 @@ def model_entry(body: Optional[Callable] = None, *, static: tuple = (), labels: 
         if compile and not traced and mesh is None:
             # the common eager call: the value checks inside the body's own program
             with _hinting(hint):
-                try:
-                    out, packed = _jitted_named_checked(body, ("apply_fn",) + static, labels)(
-                        **arguments)
-                except Exception:
-                    # a bad input is reported in place of what the body raised
-                    validation.start_value_checks(x, y, probe.num_classes,
-                                                  pixel_range=images)()
-                    raise
-            validation.read_packed(packed, x, y, probe.num_classes, pixel_range=images)
-            return out
+                return _run_checked(
+                    lambda: _jitted_named_checked(body, ("apply_fn",) + static, labels)(
+                        **arguments),
+                    x, y, probe.num_classes, lambda out: (), pixel_range=images)
         finish_checks = validation.start_value_checks(x, y, probe.num_classes,
                                                       pixel_range=images)
         with _checked(finish_checks), _hinting(hint):

@@ -78,11 +78,13 @@ def _model_error(x_shape, x_dtype, err: Exception) -> InputError:
         f"or convert the images first).")
 
 
-@functools.lru_cache(maxsize=512)
-def _probe_cached(apply_fn, params_tree, params_signature, x_signature) -> ModelProbe:
+def _probe_signature(apply_fn, params_tree, params_signature, x_signature) -> ModelProbe:
     specs = [jax.ShapeDtypeStruct(*s) for s in params_signature]
     return _probe(apply_fn, jax.tree.unflatten(params_tree, specs),
                   jax.ShapeDtypeStruct(*x_signature))
+
+
+_probe_cached = functools.lru_cache(maxsize=512)(_probe_signature)
 
 
 def _probe(apply_fn, params_spec, x_spec) -> ModelProbe:
@@ -114,9 +116,7 @@ def probe_model(apply_fn: Callable, params, x) -> ModelProbe:
     except TypeError as err:
         if "unhashable" not in str(err):
             raise
-        return _probe(apply_fn, jax.tree.unflatten(tree, [jax.ShapeDtypeStruct(*s)
-                                                          for s in signature]),
-                      jax.ShapeDtypeStruct(*x_signature))
+        return _probe_signature(apply_fn, tree, signature, x_signature)
 
 
 def check_applies(fn: Callable, x) -> None:

@@ -389,6 +389,12 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
             break
         t_attack = time.perf_counter()
         rounds = target_rounds(name, cfg, num_classes, config.schedule)
+        if rounds == 1:
+            run = lambda f, p, b, k, fn=fn, cfg=cfg: _runner(  # noqa: E731
+                f, fn, cfg, config.norm, float(config.eps))(p, *b, k)
+        else:  # b[2]: the target rank of every row
+            run = lambda f, p, b, k, fn=fn, cfg=cfg: _target_runner(  # noqa: E731
+                f, fn, cfg, config.norm, float(config.eps))(p, b[0], b[1], k, b[2])
         key_a = jax.random.fold_in(key, a)
         for t in range(state.target, rounds):
             if state.todo is None:
@@ -409,15 +415,9 @@ def autoattack(apply_fn, params, x, y, key, config: AutoAttackConfig = AutoAttac
                 padded = _pad(idx, bs_a)
                 key_b = jax.random.fold_in(key_t, bi if batch_offset is None
                                            else batch_offset + int(idx[0]) // bs)
-                if rounds == 1:
-                    run = lambda f, p, b, k, fn=fn, cfg=cfg: _runner(  # noqa: E731
-                        f, fn, cfg, config.norm, float(config.eps))(p, *b, k)
-                    per_example = (jnp.asarray(x[padded]), jnp.asarray(y[padded]))
-                else:
-                    run = lambda f, p, b, k, fn=fn, cfg=cfg: _target_runner(  # noqa: E731
-                        f, fn, cfg, config.norm, float(config.eps))(p, b[0], b[1], k, b[2])
-                    per_example = (jnp.asarray(x[padded]), jnp.asarray(y[padded]),
-                                   jnp.full(len(padded), t, jnp.int32))
+                per_example = (jnp.asarray(x[padded]), jnp.asarray(y[padded]))
+                if rounds > 1:
+                    per_example += (jnp.full(len(padded), t, jnp.int32),)
                 x_out, broken = entry.data_parallel(  # sharded over the mesh, if there is one
                     run, apply_fn, params, per_example, key_b)
                 x_out, broken = np.asarray(x_out)[:len(idx)], np.asarray(broken)[:len(idx)]
